@@ -56,7 +56,9 @@ def nonlocal_attention_map(f: Tensor, g: Tensor, zbar: Tensor, scale: float = 1.
     check_attention_inputs(f, g, zbar)
     impl = resolve_impl(impl, f.device)
     if impl == "reference":
-        return reference.nonlocal_attention_map(f, g, zbar, float(scale), upcast=True)
+        # Autocast would cast the reference's bmm back to half precision; keep fp32 accumulation.
+        with torch.autocast(f.device.type, enabled=False):
+            return reference.nonlocal_attention_map(f, g, zbar, float(scale), upcast=True)
     if impl == "triton" and f.device.type == "cpu":
         return _triton.nonlocal_attention_map_interpreted(f, g, zbar, float(scale))
     return torch.ops.wsol_fast.nonlocal_attention_map(f, g, zbar, float(scale))[0]
