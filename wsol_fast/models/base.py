@@ -1,0 +1,228 @@
+"""What every WSOL backbone shares: the output records, the stage/block loop, CAM extraction, the
+split of parameters into pretrained backbone and new layers, and block construction from a config.
+
+A backbone subclass provides three stages (each ends where an attention block sits, SPEC 2), an optional
+`head` after the last block, `logits(features)` and `class_map(features, labels)`. The attention blocks
+live in their own `attention_blocks` ModuleList, never inside the torchvision modules, so the backbone's
+parameter names stay torchvision's and pretrained weights load by name.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+NUM_STAGES = 3  # three attention blocks per backbone (SPEC 2); the last one is the L_fc reference
+
+METHODS = ("cam", "adl", "icl")
+
+# Options each method understands (create_model overrides). `impl` is accepted everywhere so a trainer
+# can pass it whatever the method; options of another method are recorded but ignored with a warning.
+METHOD_OPTIONS = {
+    "cam": ("impl",),
+    "adl": ("impl", "drop_rate", "drop_threshold", "per_sample_drop"),
+    "icl": ("impl", "drop_rate", "gamma_fg", "gamma_bg", "drop_threshold", "per_sample_drop",
+            "use_contrastive", "use_fc", "nonlocal_attention", "use_dfg_mask", "attention_scale",
+            "inner_channels_ratio", "embed_dim"),
+}
+ALL_OPTIONS = tuple(sorted({k for opts in METHOD_OPTIONS.values() for k in opts}))
+
+# Defaults shared by every backbone; per-backbone values (SPEC 1.4) are merged on top.
+COMMON_DEFAULTS = {
+    "cam": {"impl": None},
+    # ADL (Choe & Shim, CVPR 2019): drop_rate 0.75, drop threshold 0.9 of the per-sample max.
+    "adl": {"impl": None, "drop_rate": 0.75, "drop_threshold": 0.9, "per_sample_drop": False},
+    "icl": {"impl": None, "per_sample_drop": False, "use_contrastive": True, "use_fc": True,
+            "nonlocal_attention": True, "use_dfg_mask": True, "attention_scale": 1.0,
+            "inner_channels_ratio": 0.5, "embed_dim": 128,
+            # Only used with use_dfg_mask=False (ADL's drop mask [A < t * max]); None means t = gamma_fg,
+            # so that ablation differs from full ICL only by not dropping the background.
+            "drop_threshold": None},
+}
+
+
+@dataclass
+class BlockRecord:
+    """What one attention block hands to the losses (training only). Nothing is kept in module state.
+
+    attention:  [B, h, w] the raw attention map A (non-local or channel mean), with its graph.
+    embeddings: [B, 3, D] e_fg, e_dfg, e_bg (ICL with the contrastive loss), else None.
+    counts:     [B, 3] int64 sizes of the fg, dfg, bg masks (ICL), else None.
+    drop_mask:  [B, h, w] bool, the hard mask used when the drop branch was drawn.
+    dropped:    [B] bool, which samples got the drop mask (all or none unless per_sample_drop).
+    """
+    attention: Tensor
+    embeddings: Tensor | None = None
+    counts: Tensor | None = None
+    drop_mask: Tensor | None = None
+    dropped: Tensor | None = None
+
+    @property
+    def e_fg(self) -> Tensor | None:
+        return None if self.embeddings is None else self.embeddings[:, 0]
+
+    @property
+    def e_dfg(self) -> Tensor | None:
+        return None if self.embeddings is None else self.embeddings[:, 1]
+
+    @property
+    def e_bg(self) -> Tensor | None:
+        return None if self.embeddings is None else self.embeddings[:, 2]
+
+
+@dataclass
+class WSOLOutput:
+    """Training-mode output of a WSOL model. `blocks` are in network order; the last is the L_fc reference.
+    `use_contrastive` / `use_fc` say which auxiliary losses this model's config asks for."""
+    logits: Tensor
+    blocks: list[BlockRecord] = field(default_factory=list)
+    use_contrastive: bool = False
+    use_fc: bool = False
+
+
+def resolve_config(method: str, backbone_defaults: dict, overrides: dict) -> tuple[dict, dict]:
+    """(defaults, resolved) block options for `method`. None-valued overrides are dropped (timm style)
+    so CLI defaults stay model defaults; unknown keys are an error naming them."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    unknown = sorted(set(overrides) - set(ALL_OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown model option(s) {unknown}; known: {list(ALL_OPTIONS)}")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    ignored = sorted(set(overrides) - set(METHOD_OPTIONS[method]))
+    if ignored:
+        warnings.warn(f"model option(s) {ignored} do not apply to method {method!r} and are ignored",
+                      stacklevel=3)
+    defaults = dict(COMMON_DEFAULTS[method])
+    defaults.update({k: v for k, v in backbone_defaults.get(method, {}).items()})
+    resolved = dict(defaults)
+    resolved.update({k: v for k, v in overrides.items() if k in METHOD_OPTIONS[method]})
+    if "drop_rate" in resolved and not 0.0 <= resolved["drop_rate"] <= 1.0:
+        raise ValueError(f"drop_rate must be in [0, 1], got {resolved['drop_rate']}")
+    return defaults, resolved
+
+
+def build_attention_blocks(method: str, channels: list[int], options: dict) -> nn.ModuleList:
+    """One block per stage: none for CAM, ADL blocks, or ICL blocks, configured by the resolved options."""
+    from .adl import ADLBlock
+    from .icl import ICLBlock
+
+    if method == "cam":
+        return nn.ModuleList()
+    if method == "adl":
+        adl_keys = ("drop_rate", "drop_threshold", "per_sample_drop")
+        return nn.ModuleList(ADLBlock(**{k: options[k] for k in adl_keys}) for _ in channels)
+    icl_keys = ("drop_rate", "gamma_fg", "gamma_bg", "drop_threshold", "per_sample_drop", "use_contrastive",
+                "nonlocal_attention", "use_dfg_mask", "attention_scale", "inner_channels_ratio", "embed_dim",
+                "impl")
+    return nn.ModuleList(ICLBlock(c, **{k: options[k] for k in icl_keys}) for c in channels)
+
+
+class WSOLModel(nn.Module):
+    """Backbone + attention blocks + class-map head. Train mode: `model(x)` -> WSOLOutput; eval mode:
+    `model(x)` -> logits (the blocks are the identity). `model.cam(x, labels)` -> [B, h, w] class maps."""
+
+    backbone_name: str = ""
+    # State-dict prefixes of the modules that come from the torchvision network (pretrained, 1x lr).
+    pretrained_prefixes: tuple[str, ...] = ()
+
+    def __init__(self, num_classes: int, method: str, block_channels: list[int], defaults: dict,
+                 options: dict):
+        super().__init__()
+        if len(block_channels) != NUM_STAGES:
+            raise ValueError(f"need {NUM_STAGES} block channel counts, got {block_channels}")
+        self.num_classes = num_classes
+        self.method = method
+        self.default_config = {"backbone": self.backbone_name, "num_classes": num_classes, "method": method,
+                               **defaults}
+        self.config = {"backbone": self.backbone_name, "num_classes": num_classes, "method": method,
+                       **options}
+        self.attention_blocks = build_attention_blocks(method, block_channels, options)
+
+    # --- what a backbone provides ---------------------------------------------------------------
+    def stage(self, index: int, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def head(self, x: Tensor) -> Tensor:
+        """Layers between the last block and the class-map layer (e.g. VGG's conv6)."""
+        return x
+
+    def logits(self, features: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def class_map(self, features: Tensor, labels: Tensor) -> Tensor:
+        """[B, h, w] class activation map of class labels[b] for each sample."""
+        raise NotImplementedError
+
+    # --- shared --------------------------------------------------------------------------------
+    def forward_features(self, x: Tensor, use_blocks: bool = True) -> tuple[Tensor, list[BlockRecord]]:
+        """Features entering the class-map layer, and the block records (training with blocks only)."""
+        records: list[BlockRecord] = []
+        active = use_blocks and self.training and len(self.attention_blocks) > 0
+        for i in range(NUM_STAGES):
+            x = self.stage(i, x)
+            if active:
+                x, record = self.attention_blocks[i](x)
+                records.append(record)
+        return self.head(x), records
+
+    def forward(self, x: Tensor):
+        features, records = self.forward_features(x)
+        logits = self.logits(features)
+        if not self.training:
+            return logits
+        return WSOLOutput(logits=logits, blocks=records,
+                          use_contrastive=self.method == "icl" and bool(self.config.get("use_contrastive")),
+                          use_fc=self.method == "icl" and bool(self.config.get("use_fc")))
+
+    def cam(self, x: Tensor, labels: Tensor | None = None, return_logits: bool = False):
+        """Class activation maps [B, h, w] for `labels` (the predicted class where None).
+
+        The blocks are always bypassed (they are identities at test time); call it in eval mode so that
+        batch norm uses its running statistics."""
+        features, _ = self.forward_features(x, use_blocks=False)
+        logits = self.logits(features)
+        if labels is None:
+            labels = logits.argmax(dim=1)
+        cams = self.class_map(features, labels)
+        return (cams, logits) if return_logits else cams
+
+    def is_pretrained_key(self, name: str) -> bool:
+        return name.startswith(self.pretrained_prefixes)
+
+    def remap_pretrained_key(self, key: str) -> str:
+        """torchvision checkpoint key -> our key. Identity: the blocks live in `attention_blocks`, outside
+        the torchvision modules, so no inserted module shifts a torchvision name."""
+        return key
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """{"pretrained": torchvision backbone params, "new": blocks, extra convs, classifier}, so the
+        trainer can give new layers 10x the learning rate (wsolevaluation's habit, SPEC 1.4)."""
+        groups: dict[str, list[nn.Parameter]] = {"pretrained": [], "new": []}
+        for name, p in self.named_parameters():
+            groups["pretrained" if self.is_pretrained_key(name) else "new"].append(p)
+        return groups
+
+    def extra_repr(self) -> str:
+        return f"backbone={self.backbone_name}, method={self.method}, num_classes={self.num_classes}"
+
+
+def linear_class_map(weight: Tensor, features: Tensor, labels: Tensor) -> Tensor:
+    """CAM of a GAP + fc classifier: mean over channels of w[label]_c * F_c (wsolevaluation's form; the
+    bias and the 1/C factor do not matter after the per-image min-max normalisation of the metrics)."""
+    w = weight[labels].to(features.dtype)                   # [B, C]
+    return torch.einsum("bc,bchw->bhw", w, features) / features.shape[1]
+
+
+def init_new_conv(module: nn.Module) -> None:
+    """He init for convolutions of new layers; small normal for linear classifiers."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            nn.init.zeros_(m.bias)

@@ -1,0 +1,101 @@
+"""The ICL block (SPEC 1.1): non-local attention map, importance map / dropped-foreground mask, and the
+masked-GAP embeddings the contrastive loss needs.
+
+Both heavy steps go through the public ops, in the forms of SPEC 1.3:
+  identity 1: A = softmax(f g^T s) zbar with zbar = mean_c z = w_bar^T x + b_bar, so the C-channel z is never
+              built; w_bar, b_bar are means of Conv1x1_z's rows, so conv_z keeps the paper's C x C shape and
+              gets exactly the gradient of the literal form;
+  identity 2: e_alpha = Conv1x1_e(masked-GAP_alpha(x)): pool the C-channel x once, then project 3 vectors.
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import ops
+from .adl import adl_drop_mask, apply_selected_map, channel_mean_attention, draw_drop
+from .base import BlockRecord
+
+
+class ICLBlock(nn.Module):
+    """In-sample contrastive learning block for a C-channel feature map.
+
+    Training: returns (new_x, BlockRecord). new_x = x * M_dfg with probability drop_rate, else
+    x * sigmoid(A). Eval: returns (x, None) with x untouched and nothing computed.
+
+    Ablation switches (paper Table 2): nonlocal_attention=False uses the channel mean of x as A;
+    use_dfg_mask=False drops with ADL's mask [A < t * max A], t = drop_threshold (None: gamma_fg);
+    use_contrastive=False builds no Conv1x1_e and records no embeddings.
+    `impl` is passed to both ops (None: fastest for the device).
+    """
+
+    def __init__(self, channels: int, drop_rate: float, gamma_fg: float, gamma_bg: float,
+                 drop_threshold: float | None = None, per_sample_drop: bool = False,
+                 use_contrastive: bool = True, nonlocal_attention: bool = True, use_dfg_mask: bool = True,
+                 attention_scale: float = 1.0, inner_channels_ratio: float = 0.5, embed_dim: int = 128,
+                 impl: str | None = None):
+        super().__init__()
+        if not 0.0 <= drop_rate <= 1.0:
+            raise ValueError(f"drop_rate must be in [0, 1], got {drop_rate}")
+        self.channels = channels
+        self.drop_rate = drop_rate
+        self.gamma_fg = gamma_fg
+        self.gamma_bg = gamma_bg
+        self.drop_threshold = gamma_fg if drop_threshold is None else drop_threshold
+        self.per_sample_drop = per_sample_drop
+        self.use_contrastive = use_contrastive
+        self.nonlocal_attention = nonlocal_attention
+        self.use_dfg_mask = use_dfg_mask
+        self.attention_scale = attention_scale
+        self.impl = impl
+        if nonlocal_attention:
+            inner = max(1, int(channels * inner_channels_ratio))   # C' = C // 2 by default
+            self.conv_f = nn.Conv2d(channels, inner, kernel_size=1)
+            self.conv_g = nn.Conv2d(channels, inner, kernel_size=1)
+            self.conv_z = nn.Conv2d(channels, channels, kernel_size=1)   # C rows, as in the paper
+        if use_contrastive:
+            # A 1x1 conv applied to the three pooled vectors (identity 2), kept as a conv so its parameters
+            # have the literal form's shape.
+            self.conv_e = nn.Conv2d(channels, embed_dim, kernel_size=1)
+
+    def attention_map(self, x: Tensor) -> Tensor:
+        """A: [B, C, H, W] -> [B, N], with its graph."""
+        if not self.nonlocal_attention:
+            return channel_mean_attention(x)
+        f = self.conv_f(x).flatten(2).transpose(1, 2).contiguous()       # [B, N, C']
+        g = self.conv_g(x).flatten(2).transpose(1, 2).contiguous()       # [B, N, C']
+        c = x.shape[1]
+        # zbar = mean_c (W_z x + b_z) = w_bar^T x + b_bar: the channel mean folded into the weights.
+        w_bar = self.conv_z.weight.mean(dim=0).view(1, c, 1)
+        b_bar = self.conv_z.bias.mean().view(1)
+        zbar = F.conv1d(x.flatten(2), w_bar, b_bar).squeeze(1).to(f.dtype)   # [B, N]
+        return ops.nonlocal_attention_map(f, g, zbar, scale=self.attention_scale, impl=self.impl)
+
+    def embed(self, pooled: Tensor) -> Tensor:
+        """Conv1x1_e on pooled vectors [B, 3, C] -> [B, 3, D] (pool-then-project, identity 2)."""
+        return F.linear(pooled, self.conv_e.weight.flatten(1), self.conv_e.bias)
+
+    def forward(self, x: Tensor):
+        if not self.training:
+            return x, None
+        b, _, h, w = x.shape
+        attention = self.attention_map(x)                                   # [B, N]
+        embeddings = counts = dfg_mask = None
+        if self.use_contrastive or self.use_dfg_mask:
+            # Masks are hard, so the pooled features are differentiable w.r.t. x only.
+            pooled, counts, dfg_mask = ops.masked_gap(x.flatten(2), attention.detach(), self.gamma_fg,
+                                                      self.gamma_bg, impl=self.impl)
+            if self.use_contrastive:
+                embeddings = self.embed(pooled)
+        drop_mask = dfg_mask if self.use_dfg_mask else adl_drop_mask(attention, self.drop_threshold)
+        dropped = draw_drop(b, self.drop_rate, self.per_sample_drop, x.device)
+        out = apply_selected_map(x, attention, drop_mask, dropped)
+        record = BlockRecord(attention=attention.view(b, h, w), embeddings=embeddings, counts=counts,
+                             drop_mask=drop_mask.view(b, h, w), dropped=dropped)
+        return out, record
+
+    def extra_repr(self) -> str:
+        return (f"channels={self.channels}, drop_rate={self.drop_rate}, gamma_fg={self.gamma_fg}, "
+                f"gamma_bg={self.gamma_bg}, nonlocal_attention={self.nonlocal_attention}, "
+                f"use_dfg_mask={self.use_dfg_mask}, use_contrastive={self.use_contrastive}, "
+                f"scale={self.attention_scale}, impl={self.impl}")

@@ -1,0 +1,100 @@
+"""InceptionV3, wsolevaluation's WSOL variant with the large feature map (SPEC 2).
+
+Changes to torchvision's Inception3: Conv2d_1a_3x3 gets padding 1; the stem's max pools use padding 1 and
+ceil_mode (wsolevaluation's, which keeps 28x28 at 224 input); Mixed_6a runs at stride 1 (its two stride-2
+convs get stride 1 / padding 1, its max pool stride 1 / padding 1); Mixed_7*, AuxLogits and fc are gone.
+Head: SPG_A3_1b (768 -> 1024, 3x3) + ReLU, SPG_A3_2b (1024 -> 1024, 3x3) + ReLU, SPG_A4 (1x1 -> classes),
+GAP. Blocks after Mixed_5d, Mixed_6e and SPG_A3_2b (maps 28, 28, 28 at 224; class maps 28x28).
+
+The modules are torchvision's own classes under torchvision's names, so ImageNet weights load by name.
+wsolevaluation's CAM variant also applies dropout(0.5) inside the head; its ADL variant, which ICL builds
+on, does not, and neither do we.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.inception import BasicConv2d, InceptionA, InceptionB, InceptionC
+
+from .base import WSOLModel, init_new_conv
+
+# SPEC 1.4 (paper Table 1).
+METHOD_DEFAULTS = {"icl": {"drop_rate": 0.69, "gamma_fg": 0.86, "gamma_bg": 1.2}}
+
+
+class InceptionBStride1(InceptionB):
+    """torchvision's InceptionB (Mixed_6a) at stride 1, padding 1: the spatial size is kept."""
+
+    def __init__(self, in_channels: int):
+        super().__init__(in_channels)
+        for conv_block in (self.branch3x3, self.branch3x3dbl_3):
+            conv_block.conv.stride = (1, 1)
+            conv_block.conv.padding = (1, 1)
+
+    def _forward(self, x: Tensor) -> list[Tensor]:
+        branch3x3 = self.branch3x3(x)
+        branch3x3dbl = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        branch_pool = F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
+        return [branch3x3, branch3x3dbl, branch_pool]
+
+
+class InceptionV3WSOL(WSOLModel):
+    backbone_name = "inceptionv3"
+    pretrained_prefixes = ("Conv2d_", "Mixed_")
+
+    def __init__(self, num_classes: int, method: str, defaults: dict, options: dict):
+        super().__init__(num_classes, method, block_channels=[288, 768, 1024], defaults=defaults,
+                         options=options)
+        self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2, padding=1)
+        self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
+        self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
+        self.maxpool1 = nn.MaxPool2d(kernel_size=3, stride=2, padding=1, ceil_mode=True)
+        self.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)
+        self.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)
+        self.maxpool2 = nn.MaxPool2d(kernel_size=3, stride=2, padding=1, ceil_mode=True)
+        self.Mixed_5b = InceptionA(192, pool_features=32)
+        self.Mixed_5c = InceptionA(256, pool_features=64)
+        self.Mixed_5d = InceptionA(288, pool_features=64)
+        self.Mixed_6a = InceptionBStride1(288)
+        self.Mixed_6b = InceptionC(768, channels_7x7=128)
+        self.Mixed_6c = InceptionC(768, channels_7x7=160)
+        self.Mixed_6d = InceptionC(768, channels_7x7=160)
+        self.Mixed_6e = InceptionC(768, channels_7x7=192)
+        self.SPG_A3_1b = nn.Sequential(nn.Conv2d(768, 1024, kernel_size=3, padding=1), nn.ReLU(inplace=True))
+        self.SPG_A3_2b = nn.Sequential(nn.Conv2d(1024, 1024, kernel_size=3, padding=1), nn.ReLU(inplace=True))
+        self.SPG_A4 = nn.Conv2d(1024, num_classes, kernel_size=1)
+        self._init_backbone()
+        init_new_conv(self.SPG_A3_1b)
+        init_new_conv(self.SPG_A3_2b)
+        nn.init.normal_(self.SPG_A4.weight, 0.0, 0.01)
+        nn.init.zeros_(self.SPG_A4.bias)
+
+    def _init_backbone(self) -> None:
+        # Truncated normal (std 0.1) as torchvision's Inception3 does for a from-scratch net.
+        for name, m in self.named_modules():
+            if name.startswith(self.pretrained_prefixes) and isinstance(m, nn.Conv2d):
+                nn.init.trunc_normal_(m.weight, mean=0.0, std=0.1, a=-2, b=2)
+
+    def stage(self, index: int, x: Tensor) -> Tensor:
+        if index == 0:
+            x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
+            x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(self.maxpool1(x)))
+            return self.Mixed_5d(self.Mixed_5c(self.Mixed_5b(self.maxpool2(x))))
+        if index == 1:
+            x = self.Mixed_6c(self.Mixed_6b(self.Mixed_6a(x)))
+            return self.Mixed_6e(self.Mixed_6d(x))
+        return self.SPG_A3_2b(self.SPG_A3_1b(x))
+
+    def logits(self, features: Tensor) -> Tensor:
+        return self.SPG_A4(features).mean(dim=(2, 3))
+
+    def class_map(self, features: Tensor, labels: Tensor) -> Tensor:
+        # Only the wanted classes' 1x1 filters: [B, C] . [B, C, h, w] + bias, the rows of SPG_A4's output.
+        w = self.SPG_A4.weight.flatten(1)[labels].to(features.dtype)
+        b = self.SPG_A4.bias[labels].to(features.dtype)
+        return torch.einsum("bc,bchw->bhw", w, features) + b.view(-1, 1, 1)
+
+
+def inceptionv3(num_classes: int, method: str, defaults: dict, options: dict) -> InceptionV3WSOL:
+    return InceptionV3WSOL(num_classes, method, defaults, options)
