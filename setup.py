@@ -35,10 +35,13 @@ def cpp_extension():
     if not sources:
         return [], {}
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
+    # C++20: the headers of torch >= 2.10 need it (std::strong_ordering). No -march: the wheel must
+    # run on any x86-64; the kernels get SIMD from ATen's runtime dispatch and `omp simd` loops.
     ext = CppExtension(
         name="wsol_fast._C",
         sources=sources,
-        extra_compile_args={"cxx": ["-O3", "-std=c++17", *openmp]},
+        include_dirs=[os.path.join(HERE, "csrc")],
+        extra_compile_args={"cxx": ["-O3", "-std=c++20", *openmp]},
         extra_link_args=openmp,
     )
 
