@@ -1,0 +1,243 @@
+"""Triton kernels (kernels/) against the literal reference: values and every gradient.
+
+Without a GPU the kernels run in Triton's interpreter on CPU tensors: TRITON_INTERPRET=1 must be set
+before the kernel modules are imported (conftest does it; so does this module, for a lone run).
+With a GPU and TRITON_INTERPRET=0 the same tests run compiled on CUDA, bf16 included.
+
+Tolerance rule (flash-attention): max |fused - ref64| <= 2 * max |ref_dtype - ref64| + atol
++ rtol * max |ref64|, where ref64 is the reference in fp64 on the same (rounded) inputs and ref_dtype
+the reference run in the tested dtype; rtol is about the dtype's unit roundoff (the rounding of the
+output itself), atol a floor for outputs near zero.
+"""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest.importorskip("triton")
+
+import wsol_fast.ops as ops  # noqa: E402
+from wsol_fast.kernels import masked_gap as gap_kernels  # noqa: E402
+from wsol_fast.kernels import nonlocal_attention as attention_kernels  # noqa: E402
+from wsol_fast.ops import _triton, reference  # noqa: E402
+
+INTERPRETING = attention_kernels.INTERPRETING and gap_kernels.INTERPRETING
+if INTERPRETING:
+    DEVICE = "cpu"
+elif torch.cuda.is_available():
+    DEVICE = "cuda"
+else:
+    DEVICE = None
+pytestmark = pytest.mark.skipif(
+    DEVICE is None, reason="no CUDA device, and the Triton interpreter is not active (TRITON_INTERPRET is not 1, "
+                           "or the kernel modules were imported before it was set): the kernels cannot run here")
+
+# (dtype, atol, rtol). bf16 is not supported by the interpreter: it runs only compiled on CUDA.
+DTYPE_TOLERANCES = [
+    pytest.param(torch.float32, 1e-6, 1e-6, id="fp32"),
+    pytest.param(torch.float16, 1e-4, 1e-3, id="fp16"),
+    pytest.param(torch.bfloat16, 1e-3, 8e-3, id="bf16",
+                 marks=pytest.mark.skipif(DEVICE != "cuda", reason="bf16 needs compiled Triton on CUDA")),
+]
+GAMMA_FG, GAMMA_BG = 0.72, 1.2   # vgg16's row of SPEC 1.4
+
+
+def assert_close_to_reference(name, fused, ref_same_dtype, ref64, atol, rtol, extra_rtol=0.0):
+    assert torch.isfinite(fused).all(), f"{name}: non-finite values"
+    err = (fused.double() - ref64).abs().max().item()
+    ref_err = (ref_same_dtype.double() - ref64).abs().max().item()
+    bound = 2 * ref_err + atol + (rtol + extra_rtol) * ref64.abs().max().item()
+    assert err <= bound, f"{name}: error {err:.3e} > bound {bound:.3e} (reference's own error {ref_err:.3e})"
+
+
+# ------------------------------------------------------------------------- non-local attention map
+
+def attention_inputs(batch, n, head_dim, dtype, logit_scale=1.0):
+    f = (torch.randn(batch, n, head_dim) * logit_scale).to(DEVICE, dtype)
+    g = (torch.randn(batch, n, head_dim) * logit_scale).to(DEVICE, dtype)
+    zbar = torch.randn(batch, n).to(DEVICE, dtype)
+    return f, g, zbar
+
+
+def attention_reference(f, g, zbar, scale, grad_a):
+    """(A, df, dg, dzbar) of the literal reference by autograd, in the inputs' dtype."""
+    leaves = [t.detach().clone().requires_grad_() for t in (f, g, zbar)]
+    a = reference.nonlocal_attention_map(*leaves, scale)
+    a.backward(grad_a.to(a.dtype))
+    return (a.detach(), *(t.grad for t in leaves))
+
+
+def lse_recompute_rtol(f, g, scale):
+    """Relative error of P = exp(S - lse) recomputed in the backward from the fp32 lse of the contract.
+
+    lse and S * scale are fp32 numbers of size max|S|: half an ulp each is 2^-24 max|S|, and the fp32
+    dot that forms S adds about as much again. The literal reference never rounds an lse, so this
+    term is the price of O(N) memory; it matters only for large logits (1e-4 at |S| ~ 2e3).
+    """
+    s_max = (torch.bmm(f.double(), g.double().transpose(1, 2)) * scale).abs().max().item()
+    return 4 * 2.0 ** -24 * s_max
+
+
+def check_attention(f, g, zbar, scale, atol, rtol):
+    """Forward and backward launchers against the reference in fp64 and in the inputs' dtype."""
+    a, lse = attention_kernels.nonlocal_attention_forward(f, g, zbar, scale)
+    grad_a = torch.randn(a.shape).to(DEVICE, f.dtype)
+    fused = (a, *attention_kernels.nonlocal_attention_backward(grad_a, f, g, zbar, a, lse, scale))
+    ref_same = attention_reference(f, g, zbar, scale, grad_a)
+    ref64 = attention_reference(f.double(), g.double(), zbar.double(), scale, grad_a)
+    backward_rtol = lse_recompute_rtol(f, g, scale)
+    for name, out, same, exact in zip(("A", "df", "dg", "dzbar"), fused, ref_same, ref64):
+        assert out.dtype == f.dtype and out.shape == exact.shape, name
+        assert_close_to_reference(name, out, same, exact, atol, rtol, 0.0 if name == "A" else backward_rtol)
+    # lse is fp32 for every input dtype (the reference's too): held to fp32 tolerances.
+    assert lse.dtype == torch.float32
+    lse64 = reference.nonlocal_attention_lse(f.double(), g.double(), scale)
+    assert_close_to_reference("lse", lse, reference.nonlocal_attention_lse(f, g, scale), lse64, 1e-6, 1e-6)
+
+
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPE_TOLERANCES)
+@pytest.mark.parametrize("batch, height, width, head_dim, scale", [
+    (1, 1, 1, 1, 1.0),         # N = 1: one key, P = 1, A = zbar, df = dg = 0
+    (2, 5, 7, 1, 1.0),         # C' = 1 (padded to 16 for tl.dot); N = 35 between the two block sizes
+    (2, 13, 17, 24, 0.2),      # N = 221 a multiple of no block; C' = 24: two head-dim chunks, the last partial
+    (1, 28, 28, 8, 0.35),      # N = 784, the ICL map size: 25 key blocks for the online softmax
+])
+def test_attention_matches_reference(batch, height, width, head_dim, scale, dtype, atol, rtol):
+    check_attention(*attention_inputs(batch, height * width, head_dim, dtype), scale, atol, rtol)
+
+
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPE_TOLERANCES)
+def test_attention_large_logits(dtype, atol, rtol):
+    # |S| up to ~3e3: a naive exp overflows in fp32 (and fp16); the running max must keep it finite.
+    f, g, zbar = attention_inputs(1, 9 * 11, 8, dtype, logit_scale=11.0)
+    s_max = torch.bmm(f.double(), g.double().transpose(1, 2)).abs().max().item()
+    assert s_max > 1e3
+    check_attention(f, g, zbar, 1.0, atol, rtol)
+
+
+def test_attention_strided_inputs_need_no_copy():
+    # Conv outputs arrive as [B, C', N] viewed as [B, N, C'] (stride 1 along N): same numbers, bit for bit.
+    f, g, zbar = attention_inputs(2, 40, 24, torch.float32)
+    f_t, g_t = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (f, g))
+    assert not f_t.is_contiguous()
+    a, lse = attention_kernels.nonlocal_attention_forward(f, g, zbar, 0.5)
+    a_t, lse_t = attention_kernels.nonlocal_attention_forward(f_t, g_t, zbar, 0.5)
+    assert torch.equal(a, a_t) and torch.equal(lse, lse_t)
+    grad_a = torch.randn(a.shape, device=DEVICE)
+    grads = attention_kernels.nonlocal_attention_backward(grad_a, f, g, zbar, a, lse, 0.5)
+    grads_t = attention_kernels.nonlocal_attention_backward(grad_a, f_t, g_t, zbar, a, lse, 0.5)
+    for grad, grad_t in zip(grads, grads_t):
+        assert torch.equal(grad, grad_t)
+
+
+def test_attention_public_op_with_autograd():
+    assert "triton" in ops.available_impls(DEVICE)
+    f, g, zbar = (t.requires_grad_() for t in attention_inputs(2, 6 * 5, 12, torch.float32))
+    a = ops.nonlocal_attention_map(f, g, zbar, 0.5, impl="triton")
+    grad_a = torch.randn(a.shape, device=DEVICE)
+    a.backward(grad_a)
+    ref64 = attention_reference(f.detach().double(), g.detach().double(), zbar.detach().double(), 0.5, grad_a)
+    ref32 = attention_reference(f.detach(), g.detach(), zbar.detach(), 0.5, grad_a)
+    for name, out, same, exact in zip(("A", "df", "dg", "dzbar"), (a.detach(), f.grad, g.grad, zbar.grad),
+                                      ref32, ref64):
+        assert_close_to_reference(name, out, same, exact, 1e-6, 1e-6)
+
+
+# ------------------------------------------------------------------------------------- masked GAP
+
+def masked_gap_reference(x, attention, grad_pooled):
+    """(pooled, counts, dfg_mask, dx) of the literal reference by autograd, in x's dtype."""
+    leaf = x.detach().clone().requires_grad_()
+    pooled, counts, dfg_mask = reference.masked_gap(leaf, attention, GAMMA_FG, GAMMA_BG)
+    pooled.backward(grad_pooled.to(pooled.dtype))
+    return pooled.detach(), counts, dfg_mask, leaf.grad
+
+
+def check_masked_gap(x, attention, atol, rtol):
+    pooled, counts, dfg_mask = gap_kernels.masked_gap_forward(x, attention, GAMMA_FG, GAMMA_BG)
+    grad_pooled = torch.randn(pooled.shape).to(DEVICE, x.dtype)
+    dx = gap_kernels.masked_gap_backward(grad_pooled, x, attention, counts, GAMMA_FG, GAMMA_BG)
+    ref_same = masked_gap_reference(x, attention, grad_pooled)
+    ref64 = masked_gap_reference(x.double(), attention, grad_pooled)
+    # The masks come from the same fp32 thresholds: they must agree exactly.
+    assert counts.dtype == torch.int64 and torch.equal(counts, ref64[1])
+    assert dfg_mask.dtype == torch.bool and torch.equal(dfg_mask, ref64[2])
+    assert pooled.dtype == x.dtype and dx.dtype == x.dtype and dx.is_contiguous()
+    assert_close_to_reference("pooled", pooled, ref_same[0], ref64[0], atol, rtol)
+    assert_close_to_reference("dx", dx, ref_same[3], ref64[3], atol, rtol)
+    return counts
+
+
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPE_TOLERANCES)
+@pytest.mark.parametrize("batch, channels, height, width, signed", [
+    (1, 1, 1, 1, False),      # N = 1, C = 1: the single position is below theta_bg = 1.2 A
+    (2, 5, 13, 17, True),     # C = 5 < BLOCK_C, N = 221 a multiple of no tile; signed A (mean may be < 0)
+    (2, 16, 28, 28, False),   # the ICL map size; two channel blocks, 13 N tiles
+])
+def test_masked_gap_matches_reference(batch, channels, height, width, signed, dtype, atol, rtol):
+    n = height * width
+    x = torch.randn(batch, channels, n).to(DEVICE, dtype)
+    attention = (torch.randn(batch, n) if signed else torch.rand(batch, n)).to(DEVICE, dtype)
+    counts = check_masked_gap(x, attention, atol, rtol)
+    if n > 1:  # the masks are not trivially empty or full, so the three sums really differ
+        assert (counts > 0).all() and (counts < n).all()
+
+
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPE_TOLERANCES)
+@pytest.mark.parametrize("value, expected_counts", [
+    (0.0, (0, 0, 0)),         # theta_fg = theta_bg = 0 = A: every mask is empty -> zeros, not NaN
+    (0.5, (0, 0, 70)),        # theta_bg = 0.6 > A: fg and dfg empty, bg full
+    (-0.5, (70, 70, 0)),      # negative A: theta_bg = -0.6 < A < theta_fg = -0.36: bg empty
+])
+def test_masked_gap_constant_attention(value, expected_counts, dtype, atol, rtol):
+    x = torch.randn(2, 5, 70).to(DEVICE, dtype)
+    attention = torch.full((2, 70), value, device=DEVICE, dtype=dtype)
+    counts = check_masked_gap(x, attention, atol, rtol)
+    assert counts.tolist() == [list(expected_counts)] * 2
+
+
+def test_masked_gap_channels_last_input():
+    # A channels_last [B, C, H, W] map viewed as [B, C, N] has stride 1 along C: read in place.
+    x4d = torch.randn(2, 6, 5, 7, device=DEVICE).to(memory_format=torch.channels_last)
+    x = x4d.view(2, 6, 35) if x4d.is_contiguous() else x4d.flatten(2)
+    assert x.stride(1) == 1
+    check_masked_gap(x, torch.rand(2, 35, device=DEVICE), 1e-6, 1e-6)
+
+
+def test_masked_gap_public_op_with_autograd():
+    assert "triton" in ops.available_impls(DEVICE)
+    x = torch.randn(2, 9, 50, device=DEVICE, requires_grad=True)
+    attention = torch.rand(2, 50, device=DEVICE, requires_grad=True)
+    pooled, counts, dfg_mask = ops.masked_gap(x, attention, GAMMA_FG, GAMMA_BG, impl="triton")
+    grad_pooled = torch.randn(pooled.shape, device=DEVICE)
+    pooled.backward(grad_pooled)
+    assert attention.grad is None   # hard masks: no gradient reaches the attention
+    ref32 = masked_gap_reference(x.detach(), attention.detach(), grad_pooled)
+    ref64 = masked_gap_reference(x.detach().double(), attention.detach(), grad_pooled)
+    assert torch.equal(counts, ref64[1]) and torch.equal(dfg_mask, ref64[2])
+    assert_close_to_reference("pooled", pooled.detach(), ref32[0], ref64[0], 1e-6, 1e-6)
+    assert_close_to_reference("dx", x.grad, ref32[3], ref64[3], 1e-6, 1e-6)
+
+
+def test_interpreter_state_is_reported():
+    assert _triton.triton_interpreter_active() == INTERPRETING
+
+
+def test_fp64_fallback_of_the_cuda_kernels():
+    # The registered CUDA kernels route fp64 (no Triton path) to plain PyTorch forms: same formulas.
+    f, g, zbar = (t.double() for t in attention_inputs(2, 30, 6, torch.float32))
+    grad_a = torch.randn(2, 30, dtype=torch.float64, device=DEVICE)
+    a, lse = _triton.attention_forward_fp64(f, g, zbar, 0.5)
+    ref = attention_reference(f, g, zbar, 0.5, grad_a)
+    torch.testing.assert_close(a, ref[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lse, reference.nonlocal_attention_lse(f, g, 0.5), rtol=1e-12, atol=1e-12)
+    for grad, expected in zip(_triton.attention_backward_fp64(grad_a, f, g, zbar, a, lse, 0.5), ref[1:]):
+        torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12)
+    x, attention = torch.randn(2, 5, 30, dtype=torch.float64, device=DEVICE), torch.rand(2, 30, device=DEVICE)
+    grad_pooled = torch.randn(2, 3, 5, dtype=torch.float64, device=DEVICE)
+    expected = masked_gap_reference(x, attention, grad_pooled)
+    counts = expected[1]
+    dx = _triton.masked_gap_backward_fp64(grad_pooled, x, attention, counts, GAMMA_FG, GAMMA_BG)
+    torch.testing.assert_close(dx, expected[3], rtol=1e-12, atol=1e-12)
