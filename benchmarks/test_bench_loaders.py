@@ -1,0 +1,128 @@
+"""Training-input throughput: the DALI CPU pipeline against the OpenCV DataLoader, with the same
+transforms (resize, random crop, flip, normalise) and the same 2 threads / 2 worker processes.
+
+Two image sets: (a) the built-in dataset (its profile: resize 146, crop 128) and (b) 400 photo-like
+JPEGs of 500 x 375, CUB's typical size (resize 256, crop 224). Each row is one epoch; extra_info holds
+images/s and CPU seconds per image (this process plus its reaped worker processes, so the DataLoader's
+decoding counts). The `dali-gpu` row (mixed decoding) skips without CUDA.
+
+    pytest benchmarks/test_bench_loaders.py --benchmark-only
+"""
+from __future__ import annotations
+
+import os
+import resource
+import time
+
+import numpy as np
+import pytest
+import torch
+
+cv2 = pytest.importorskip("cv2")
+
+from wsol_fast.data import dali  # noqa: E402
+
+THREADS = 2
+BATCH = 32
+CUB_LIKE = (400, 375, 500)  # count, height, width
+
+
+def _cpu_seconds() -> float:
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _photo_like_jpegs(root: str, count: int, h: int, w: int) -> list[str]:
+    """Smooth colour fields plus grain: compresses and decodes like a photo (noise alone decodes slower)."""
+    rng = np.random.default_rng(0)
+    os.makedirs(os.path.join(root, "CUBLIKE"), exist_ok=True)
+    base = cv2.resize(rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8), (w, h),
+                      interpolation=cv2.INTER_CUBIC)
+    ids = []
+    for k in range(count):
+        img = cv2.add(np.roll(base, 7 * k, axis=1), rng.integers(0, 24, base.shape, dtype=np.uint8))
+        ids.append(f"{k:04d}.jpg")
+        cv2.imwrite(os.path.join(root, "CUBLIKE", ids[-1]), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return ids
+
+
+@pytest.fixture(scope="module")
+def image_sets(tmp_path_factory):
+    """name -> (image ids, labels, data_root, dataset, resize_size, crop_size)."""
+    root = str(tmp_path_factory.mktemp("bench_loaders"))
+    sets = {"cub-like-500x375": (_photo_like_jpegs(root, *CUB_LIKE), None, root, "CUBLIKE", 256, 224)}
+    try:
+        from wsol_fast.data import builtin
+        from wsol_fast.data.metadata import load_split
+        meta_root = builtin.generate(root)
+        meta = load_split(meta_root, "builtin", "train")
+        sets["builtin"] = (meta.image_ids, [meta.class_labels[i] for i in meta.image_ids],
+                           builtin.data_root(root), "builtin", 146, 128)
+    except ImportError:  # the built-in dataset module is not there: use our own images of its size
+        sets["builtin"] = (_photo_like_jpegs(os.path.join(root, "small"), 256, 160, 160), None,
+                           os.path.join(root, "small"), "CUBLIKE", 146, 128)
+    return {k: (ids, labels or [0] * len(ids), *rest) for k, (ids, labels, *rest) in sets.items()}
+
+
+class _OpenCVTrainSet(torch.utils.data.Dataset):
+    """Stand-in with the OpenCV loader's transforms, used when wsol_fast.data.loaders is absent."""
+
+    def __init__(self, paths, resize_size, crop_size):
+        self.paths, self.resize_size, self.crop_size = paths, resize_size, crop_size
+        self.mean = np.array(dali.IMAGENET_MEAN, np.float32) * 255
+        self.std = np.array(dali.IMAGENET_STD, np.float32) * 255
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, k):
+        img = cv2.cvtColor(cv2.imread(self.paths[k]), cv2.COLOR_BGR2RGB)
+        img = cv2.resize(img, (self.resize_size, self.resize_size), interpolation=cv2.INTER_LINEAR)
+        y, x = np.random.randint(0, self.resize_size - self.crop_size + 1, 2)
+        img = img[y:y + self.crop_size, x:x + self.crop_size]
+        if np.random.rand() < 0.5:
+            img = img[:, ::-1]
+        return torch.from_numpy(((img - self.mean) / self.std).transpose(2, 0, 1).copy()), k
+
+
+def _make_loader(provider, ids, labels, data_root, dataset, resize_size, crop_size):
+    if provider == "opencv":
+        cv2.setNumThreads(1)  # one thread per worker process, as the trainer runs it
+        return torch.utils.data.DataLoader(
+            _OpenCVTrainSet([os.path.join(data_root, dataset, i) for i in ids], resize_size, crop_size),
+            batch_size=BATCH, shuffle=True, num_workers=THREADS, drop_last=True)
+    device = "cuda" if provider == "dali-gpu" else "cpu"
+    return dali.DaliLoader(ids, labels, data_root, dataset, train=True, batch_size=BATCH, num_threads=THREADS,
+                           resize_size=resize_size, crop_size=crop_size, device=device)
+
+
+@pytest.mark.parametrize("image_set", ["builtin", "cub-like-500x375"])
+@pytest.mark.parametrize("provider", ["opencv", "dali-cpu", "dali-gpu"])
+def test_train_epoch_throughput(benchmark, image_sets, image_set, provider):
+    if provider.startswith("dali") and not dali.dali_available():
+        pytest.skip("nvidia.dali is not installed")
+    if provider == "dali-gpu" and not torch.cuda.is_available():
+        pytest.skip("mixed (GPU) decoding needs CUDA")
+    loader = _make_loader(provider, *image_sets[image_set])
+    totals = {"images": 0, "wall": 0.0, "cpu": 0.0}
+
+    def one_epoch():
+        t0, c0, n = time.perf_counter(), _cpu_seconds(), 0
+        for batch in loader:
+            n += batch[0].shape[0]
+        if provider == "dali-gpu":
+            torch.cuda.synchronize()
+        totals["images"] += n
+        totals["wall"] += time.perf_counter() - t0
+        totals["cpu"] += _cpu_seconds() - c0
+
+    one_epoch()  # warm-up: page cache, worker start-up code paths, DALI allocations
+    totals.update(images=0, wall=0.0, cpu=0.0)
+    benchmark.pedantic(one_epoch, rounds=2, iterations=1)
+    n = max(totals["images"], 1)
+    benchmark.extra_info.update({
+        "images_per_s": round(n / totals["wall"], 1),
+        "cpu_ms_per_image": round(1000 * totals["cpu"] / n, 3),
+        "wall_ms_per_image": round(1000 * totals["wall"] / n, 3),
+        "threads_or_workers": THREADS, "batch": BATCH,
+    })
