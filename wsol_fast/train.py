@@ -1,0 +1,383 @@
+"""python -m wsol_fast.train --backbone inceptionv3
+
+Trains a WSOL model (ICL, ADL or plain CAM) on wsolevaluation-format data, or on the built-in dataset
+when no data flags are given, evaluates every epoch on val, and ends with the test evaluation, a
+results table, results.json and CAM overlays. Works under `torchrun --nproc_per_node=N`.
+
+Reading order: parse -> data -> model/optimizer -> (resume) -> epochs [train, validate, checkpoint]
+-> test. The loop avoids a host sync per step: losses are accumulated on the device and read back at
+the log interval.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import signal
+import sys
+import time
+
+import torch
+import torch.nn as nn
+
+from . import runtime
+from .config import DataConfig, ModelConfig, OptimConfig, RuntimeConfig, TrainConfig, resolve
+from .data.pipeline import RunData, prepare_data, make_train_loader
+from .evaluate import evaluate_model, print_table, write_outputs
+from .losses import WSOLLoss
+from .models import create_model, list_models
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def parse_args(argv=None) -> TrainConfig:
+    p = argparse.ArgumentParser(prog="python -m wsol_fast.train", description=__doc__.split("\n\n")[1],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    m = p.add_argument_group("model")
+    m.add_argument("--backbone", default="inceptionv3", choices=list_models())
+    m.add_argument("--method", default="icl", choices=["icl", "adl", "cam"])
+    m.add_argument("--pretrained", default=None,
+                   help="PATH to a torchvision ImageNet state dict, 'imagenet' (torchvision's hub cache) or "
+                        "'none'. Default: imagenet on real data, none on the built-in dataset")
+    m.add_argument("--drop-rate", type=float, default=None, help="default: per backbone (SPEC 1.4)")
+    m.add_argument("--gamma-fg", type=float, default=None)
+    m.add_argument("--gamma-bg", type=float, default=None)
+    m.add_argument("--no-contrastive", dest="use_contrastive", action="store_const", const=False,
+                   help="ablation: no contrastive attention loss")
+    m.add_argument("--no-fc", dest="use_fc", action="store_const", const=False,
+                   help="ablation: no foreground consistency loss")
+    m.add_argument("--no-nonlocal", dest="nonlocal_attention", action="store_const", const=False,
+                   help="ablation: channel-mean attention instead of the non-local block")
+    m.add_argument("--no-dfg-mask", dest="use_dfg_mask", action="store_const", const=False,
+                   help="ablation: ADL's drop mask instead of the dropped-foreground mask")
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", default=None,
+                   help="dataset name under the metadata root (CUB, ILSVRC, OpenImages); default: builtin")
+    d.add_argument("--data-root", default=None, help="images at DATA_ROOT/DATASET/<image_id>")
+    d.add_argument("--metadata-root", default=None, help="metadata at METADATA_ROOT/DATASET/<split>/")
+    d.add_argument("--resize-size", type=int, default=None, help="train resize (default 256; CPU builtin 146)")
+    d.add_argument("--crop-size", type=int, default=None, help="train crop / eval size (default 224; CPU builtin 128)")
+    d.add_argument("--workers", type=int, default=None)
+    d.add_argument("--loader", default="auto", choices=["auto", "dali", "opencv"])
+    d.add_argument("--skip-bad-images", action="store_true", help="skip and count corrupt/missing images")
+    d.add_argument("--builtin-seed", type=int, default=0)
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=int, default=None)
+    o.add_argument("--batch-size", type=int, default=32)
+    o.add_argument("--lr", type=float, default=None, help="default 1e-3 (paper); builtin from scratch 0.02")
+    o.add_argument("--lr-decay-every", type=int, default=None)
+    o.add_argument("--weight-decay", type=float, default=1e-4)
+    o.add_argument("--lambda-ca", type=float, default=1.0)
+    o.add_argument("--lambda-fc", type=float, default=1.0)
+    o.add_argument("--fc-norm", default="max", choices=["max", "minmax", "none"])
+    o.add_argument("--fc-reduction", default="mean", choices=["mean", "sum"])
+    r = p.add_argument_group("run")
+    r.add_argument("--output", default=None, help="run folder (default runs/<backbone>-<method>-<time>)")
+    r.add_argument("--resume", default=None, help="RUN/last.pt to continue from")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    r.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"])
+    r.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)
+    r.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    r.add_argument("--compile", nargs="?", const="default", default=None,
+                   help="torch.compile the model (optionally a mode: default, reduce-overhead, max-autotune)")
+    r.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP")
+    r.add_argument("--cam-curve-interval", type=float, default=0.01, help="0.001 for the paper protocol")
+    r.add_argument("--num-overlays", type=int, default=16)
+    r.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap steps per epoch (smoke runs)")
+    a = p.parse_args(argv)
+
+    dataset = a.dataset or ("builtin" if a.data_root is None and a.metadata_root is None else "CUB")
+    if dataset != "builtin" and (a.data_root is None or a.metadata_root is None):
+        p.error(f"--dataset {dataset} needs both --data-root and --metadata-root")
+    pretrained = None if a.pretrained in (None,) else a.pretrained
+    return TrainConfig(
+        DataConfig(dataset=dataset, data_root=a.data_root, metadata_root=a.metadata_root,
+                   resize_size=a.resize_size, crop_size=a.crop_size, workers=a.workers, loader=a.loader,
+                   skip_bad_images=a.skip_bad_images, builtin_seed=a.builtin_seed),
+        ModelConfig(backbone=a.backbone, method=a.method, pretrained=pretrained, drop_rate=a.drop_rate,
+                    gamma_fg=a.gamma_fg, gamma_bg=a.gamma_bg, use_contrastive=a.use_contrastive,
+                    use_fc=a.use_fc, nonlocal_attention=a.nonlocal_attention, use_dfg_mask=a.use_dfg_mask),
+        OptimConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, lr_decay_every=a.lr_decay_every,
+                    weight_decay=a.weight_decay, lambda_ca=a.lambda_ca, lambda_fc=a.lambda_fc,
+                    fc_norm=a.fc_norm, fc_reduction=a.fc_reduction),
+        RuntimeConfig(output=a.output, seed=a.seed, device=a.device, amp=a.amp, channels_last=a.channels_last,
+                      compile=a.compile, sync_bn=a.sync_bn, resume=a.resume,
+                      cam_curve_interval=a.cam_curve_interval, num_overlays=a.num_overlays,
+                      max_steps_per_epoch=a.max_steps_per_epoch),
+    )
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig):
+    """SGD (nesterov), new layers at new_layer_lr_mult x lr; step decay (wsolevaluation's schedule)."""
+    o = cfg.optim
+    params = model.parameter_groups()
+    groups = [{"params": params["pretrained"], "lr": o.lr},
+              {"params": params["new"], "lr": o.lr * o.new_layer_lr_mult}]
+    opt = torch.optim.SGD([g for g in groups if g["params"]], lr=o.lr, momentum=o.momentum,
+                          weight_decay=o.weight_decay, nesterov=o.nesterov)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=o.lr_decay_every, gamma=o.lr_decay)
+    return opt, sched
+
+
+def run_dir(cfg: TrainConfig) -> str:
+    if cfg.runtime.output:
+        return cfg.runtime.output
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", f"{cfg.model.backbone}-{cfg.model.method}-{cfg.data.dataset}-{stamp}")
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume_state: dict | None = None):
+        self.info, self.device = runtime.init_distributed(cfg.runtime.device)
+        self.cfg = resolve(cfg, self.device.type)
+        c = self.cfg
+        self.out = run_dir(c)
+        if self.info.is_main:
+            os.makedirs(self.out, exist_ok=True)
+            with open(os.path.join(self.out, "config.json"), "w") as fh:
+                json.dump(c.to_dict(), fh, indent=2)
+        runtime.seed_everything(c.runtime.seed)
+        self.data: RunData = prepare_data(c, self.info, self.device)
+        if self.info.is_main and self.data.bad_images:
+            print(f"skipped {len(self.data.bad_images)} unreadable images (--skip-bad-images)")
+
+        pretrained = None if c.model.pretrained in (None, "none") else (
+            True if c.model.pretrained == "imagenet" else c.model.pretrained)
+        self.model = create_model(c.model.backbone, self.data.num_classes, method=c.model.method,
+                                  pretrained=pretrained, **c.model.overrides())
+        self.model_config = getattr(self.model, "config", {})
+        if c.runtime.sync_bn and self.info.enabled:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.model.to(self.device)
+        if c.runtime.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.raw_model = self.model  # uncompiled, unwrapped: what checkpoints save
+        self.amp_dtype = runtime.resolve_amp(c.runtime.amp, self.device)
+        self.autocast = runtime.autocast_context(self.device, self.amp_dtype)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.optimizer, self.scheduler = build_optimizer(self.raw_model, c)
+        self.criterion = WSOLLoss(lambda_ca=c.optim.lambda_ca, lambda_fc=c.optim.lambda_fc,
+                                  margin=c.optim.margin, fc_norm=c.optim.fc_norm,
+                                  fc_reduction=c.optim.fc_reduction)
+        self.start_epoch, self.start_step, self.best = 0, 0, {"maxboxacc_v2": -1.0, "epoch": -1}
+        self.history: list[dict] = []
+        if resume_state is not None:
+            self._load_state(resume_state)
+        self.train_model = self.raw_model
+        if self.info.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = nn.parallel.DistributedDataParallel(self.raw_model, device_ids=ids)
+        self.compile_seconds = 0.0
+        if c.runtime.compile:
+            mode = None if c.runtime.compile == "default" else c.runtime.compile
+            self.train_model = torch.compile(self.train_model, mode=mode)
+        self.train_loader = make_train_loader(c, self.data, self.info, self.device, self.amp_dtype)
+        self._interrupted = False
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self, epoch: int, step: int) -> dict:
+        """Everything a resume needs; plain values and tensors only (weights_only-loadable)."""
+        return {
+            "model": self.raw_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch, "step": step,
+            "best": dict(self.best), "history": list(self.history),
+            "config": self.cfg.to_dict(),
+            "model_config": dict(self.model_config),
+            "num_classes": self.data.num_classes,
+            "rng": runtime.rng_state(),
+        }
+
+    def _load_state(self, st: dict) -> None:
+        self.raw_model.load_state_dict(st["model"])
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.scaler.load_state_dict(st["scaler"])
+        self.start_epoch, self.start_step = st["epoch"], st["step"]
+        self.best, self.history = st["best"], st["history"]
+        runtime.set_rng_state(st["rng"])
+
+    def save(self, name: str, epoch: int, step: int) -> None:
+        if self.info.is_main:
+            runtime.atomic_save(self._state(epoch, step), os.path.join(self.out, name))
+
+    # ------------------------------------------------------------------ one epoch
+    def train_epoch(self, epoch: int, start_step: int) -> dict:
+        c, dev = self.cfg, self.device
+        self.train_model.train()
+        loader = self.train_loader
+        loader.set_epoch(epoch, start_step * c.optim.batch_size)
+        steps = len(loader)
+        if c.runtime.max_steps_per_epoch:
+            steps = min(steps, c.runtime.max_steps_per_epoch - start_step)
+        sums = torch.zeros(4, device=dev)  # total, cls, ca, fc, accumulated without host syncs
+        nonfinite = torch.zeros((), dtype=torch.bool, device=dev)
+        n_img, wait, t0 = 0, 0.0, time.perf_counter()
+        bar = _progress(steps, f"epoch {epoch + 1}/{c.optim.epochs}", self.info.is_main)
+        it = iter(loader)
+        step = start_step
+        for i in range(steps):
+            t_wait = time.perf_counter()
+            images, labels = next(it)[:2]
+            images = images.to(dev, non_blocking=True)
+            labels = labels.to(dev, non_blocking=True)
+            if c.runtime.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            wait += time.perf_counter() - t_wait
+            with self.autocast:
+                output = self.train_model(images)
+                losses = self.criterion(output, labels)
+            loss = losses["total"]
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            with torch.no_grad():
+                sums += torch.stack([losses[k].detach().float() for k in ("total", "cls", "ca", "fc")])
+                nonfinite |= ~torch.isfinite(loss.detach())
+            n_img += images.shape[0]
+            step += 1
+            if (i + 1) % c.runtime.log_every == 0 or i + 1 == steps:
+                if bool(nonfinite):  # one host sync per log interval, not per step
+                    raise NonFiniteLoss(f"non-finite loss at epoch {epoch + 1}, step {step}; the last good "
+                                        f"checkpoint ({os.path.join(self.out, 'last.pt')}) is kept")
+                avg = (sums / (i + 1)).tolist()
+                el = time.perf_counter() - t0
+                bar.set_postfix(loss=f"{avg[0]:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2g}",
+                                img_s=f"{n_img * self.info.world_size / el:.1f}")
+            bar.update(1)
+            if self._interrupted:
+                bar.close()
+                raise KeyboardInterrupt(step)
+        bar.close()
+        runtime.synchronize(dev)
+        elapsed = time.perf_counter() - t0
+        avg = (sums / max(steps, 1)).tolist()
+        return {"epoch": epoch + 1, "loss": avg[0], "loss_cls": avg[1], "loss_ca": avg[2], "loss_fc": avg[3],
+                "lr": self.optimizer.param_groups[0]["lr"], "steps": steps,
+                "images_per_s": n_img * self.info.world_size / max(elapsed, 1e-9),
+                "step_time_s": elapsed / max(steps, 1), "data_wait_frac": wait / max(elapsed, 1e-9),
+                "epoch_time_s": elapsed, "peak_mem_mb": runtime.peak_memory_mb(dev)}
+
+    # ------------------------------------------------------------------ the whole run
+    def fit(self) -> dict:
+        c = self.cfg
+        prev = signal.signal(signal.SIGINT, self._on_sigint) if self.info.is_main else None
+        t_run = time.perf_counter()
+        epoch, step = self.start_epoch, self.start_step
+        try:
+            for epoch in range(self.start_epoch, c.optim.epochs):
+                step = self.start_step if epoch == self.start_epoch else 0
+                try:
+                    stats = self.train_epoch(epoch, step)
+                except KeyboardInterrupt as ki:
+                    done = ki.args[0] if ki.args and isinstance(ki.args[0], int) else step
+                    self.save("last.pt", epoch, done)
+                    if self.info.is_main:
+                        print(f"\ninterrupted: resumable checkpoint written to {self.out}/last.pt "
+                              f"(resume with --resume {self.out}/last.pt)")
+                    raise SystemExit(130)
+                self.scheduler.step()
+                val = evaluate_model(self.raw_model, self.data.val_loader, self.data.val_meta, self.device,
+                                     self.autocast, c, self.info)
+                stats.update({"val_top1_cls": val["top1_cls"], "val_maxboxacc_v2": val["maxboxacc_v2"]})
+                self.history.append(stats)
+                if val["maxboxacc_v2"] > self.best["maxboxacc_v2"]:
+                    self.best = {"maxboxacc_v2": val["maxboxacc_v2"], "epoch": epoch + 1,
+                                 "threshold": val["best_threshold_iou50"]}
+                    self.save("best.pt", epoch + 1, 0)
+                self.save("last.pt", epoch + 1, 0)
+                if self.info.is_main:
+                    self._write_metrics_csv()
+                    print(f"epoch {epoch + 1}: loss {stats['loss']:.3f}  {stats['images_per_s']:.1f} img/s  "
+                          f"data wait {100 * stats['data_wait_frac']:.0f}%  val top-1 {val['top1_cls']:.1f}  "
+                          f"val MaxBoxAccV2 {val['maxboxacc_v2']:.1f}")
+        finally:
+            if prev is not None:
+                signal.signal(signal.SIGINT, prev)
+        return self.test(time.perf_counter() - t_run)
+
+    def test(self, train_seconds: float) -> dict:
+        c = self.cfg
+        best_path = os.path.join(self.out, "best.pt")
+        if os.path.exists(best_path):  # report the model selected on val, as the protocol asks
+            self.raw_model.load_state_dict(runtime.load_checkpoint(best_path)["model"])
+        threshold = self.best.get("threshold")
+        results = evaluate_model(self.raw_model, self.data.test_loader, self.data.test_meta, self.device,
+                                 self.autocast, c, self.info, loc_threshold=threshold, with_baseline=True,
+                                 overlays=c.runtime.num_overlays)
+        summary = _summary(self.history, train_seconds, self.compile_seconds)
+        results["telemetry"] = summary
+        results["best_val"] = self.best
+        if self.info.is_main:
+            write_outputs(results, self.out, self.data, c)
+            print_table(results, f"{c.model.backbone} / {c.model.method} on {c.data.dataset} (test split)")
+            print(f"throughput {summary['images_per_s']:.1f} img/s, step {summary['step_time_s']:.2f} s, "
+                  f"data wait {100 * summary['data_wait_frac']:.0f}%, peak memory {summary['peak_mem_mb']:.0f} MiB, "
+                  f"train time {train_seconds:.0f} s")
+            print(f"run folder: {self.out}")
+        return results
+
+    def _write_metrics_csv(self) -> None:
+        path = os.path.join(self.out, "metrics.csv")
+        keys = list(self.history[0].keys())
+        with open(path + ".tmp", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=keys)
+            w.writeheader()
+            w.writerows(self.history)
+        os.replace(path + ".tmp", path)
+
+    def _on_sigint(self, signum, frame):
+        if self._interrupted:  # a second Ctrl-C exits at once
+            raise KeyboardInterrupt
+        self._interrupted = True
+        print("\nCtrl-C: finishing the current step and writing a resumable checkpoint ...", file=sys.stderr)
+
+
+def _summary(history: list[dict], train_seconds: float, compile_seconds: float) -> dict:
+    if not history:
+        return {"images_per_s": 0.0, "step_time_s": 0.0, "data_wait_frac": 0.0, "peak_mem_mb": 0.0,
+                "train_seconds": train_seconds, "compile_seconds": compile_seconds}
+    steps = sum(h["steps"] for h in history)
+    t = sum(h["epoch_time_s"] for h in history)
+    return {"images_per_s": sum(h["images_per_s"] * h["epoch_time_s"] for h in history) / max(t, 1e-9),
+            "step_time_s": t / max(steps, 1),
+            "data_wait_frac": sum(h["data_wait_frac"] * h["epoch_time_s"] for h in history) / max(t, 1e-9),
+            "peak_mem_mb": max(h["peak_mem_mb"] for h in history),
+            "train_seconds": train_seconds, "compile_seconds": compile_seconds}
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True, leave=False,
+                file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    cfg = parse_args(argv)
+    resume_state = None
+    if cfg.runtime.resume:
+        resume_state = runtime.load_checkpoint(cfg.runtime.resume)
+        saved = TrainConfig.from_dict(resume_state["config"])
+        saved.runtime.resume = cfg.runtime.resume
+        saved.runtime.output = cfg.runtime.output or os.path.dirname(os.path.abspath(cfg.runtime.resume))
+        cfg = saved
+    try:
+        trainer = Trainer(cfg, resume_state)
+        trainer.fit()
+    except NonFiniteLoss as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
