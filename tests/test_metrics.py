@@ -1,0 +1,496 @@
+"""wsol_fast.metrics: hand-worked cases (answers derived in the comments), the grouped fast path
+against a literal per-threshold loop written here after wsolevaluation's structure, rescaling on the
+real CUB metadata, and PxAP against a literal np.histogram formula."""
+import os
+import pickle
+
+import cv2
+import numpy as np
+import pytest
+
+from wsol_fast import metrics as M
+from wsol_fast.data.metadata import load_metadata
+
+IOUS = (30, 50, 70)
+
+
+# ------------------------------------------------------------------ literal reference (test-local)
+
+def _literal_iou(box, gt):
+    """One pair, Python ints, inclusive pixels (+1), 0 for a non-positive union."""
+    iw = max(0, min(box[2], gt[2]) - max(box[0], gt[0]) + 1)
+    ih = max(0, min(box[3], gt[3]) - max(box[1], gt[1]) + 1)
+    inter = iw * ih
+    union = ((box[2] - box[0] + 1) * (box[3] - box[1] + 1) + (gt[2] - gt[0] + 1) * (gt[3] - gt[1] + 1)
+             - inter)
+    return 0.0 if union <= 0 else inter / union
+
+
+def _literal_boxes(scoremap, threshold, multi_contour):
+    """One threshold, spelled out as wsolevaluation's compute_bboxes_from_scoremaps does it."""
+    height, width = scoremap.shape
+    image = np.expand_dims((scoremap.astype(np.float64) * 255).astype(np.uint8), 2)
+    _, binary = cv2.threshold(src=image, thresh=int(threshold * np.max(image)), maxval=255,
+                              type=cv2.THRESH_BINARY)
+    contours = cv2.findContours(image=binary, mode=cv2.RETR_TREE, method=cv2.CHAIN_APPROX_SIMPLE)[-2]
+    if len(contours) == 0:
+        return [[0, 0, 0, 0]]
+    if not multi_contour:
+        contours = [max(contours, key=cv2.contourArea)]
+    boxes = []
+    for contour in contours:
+        x, y, w, h = cv2.boundingRect(contour)
+        boxes.append([x, y, min(x + w, width - 1), min(y + h, height - 1)])
+    return boxes
+
+
+def _literal_best_ious(scoremap, gt_boxes, thresholds, multi_contour):
+    gts = [[int(v) for v in g] for g in np.asarray(gt_boxes).reshape(-1, 4)]
+    return np.array([max(_literal_iou(b, g) for b in _literal_boxes(scoremap, t, multi_contour) for g in gts)
+                     for t in thresholds])
+
+
+def _literal_maxboxacc(best_ious_per_image, thresholds):
+    """num_correct per IoU threshold, then max over t of num_correct * 100. / cnt."""
+    num_correct = {iou: np.zeros(len(thresholds)) for iou in IOUS}
+    for best in best_ious_per_image:
+        for iou in IOUS:
+            num_correct[iou][np.where(best >= iou / 100)[0]] += 1
+    return [float((num_correct[iou] * 100. / float(len(best_ious_per_image))).max()) for iou in IOUS]
+
+
+# ------------------------------------------------------------------ map makers
+
+def _gauss(shape, cx, cy, sx, sy):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    return np.exp(-0.5 * (((xx - cx) / sx) ** 2 + ((yy - cy) / sy) ** 2))
+
+
+def _random_case(rng, kind):
+    """A (score map, GT boxes) pair of one of several families."""
+    if kind == "white":                                        # many tiny contours: small map
+        size = (24, 32)
+        m = rng.random(size)
+    else:
+        size = (224, 224)
+        m = np.zeros(size)
+        for _ in range(rng.integers(1, 4)):
+            m += rng.uniform(0.3, 1) * _gauss(size, *rng.uniform(0, 224, 2), *rng.uniform(6, 60, 2))
+        if kind == "cam":                                     # smooth noise, like an upsampled CAM
+            low = rng.random((14, 14))
+            m += 0.3 * cv2.resize(low, size[::-1], interpolation=cv2.INTER_CUBIC)
+        elif kind == "levels":                                # few distinct values, plateaus
+            m = np.round(m * 4) / 4
+        elif kind == "edge":                                  # blobs cut by the image border
+            m = np.roll(m, (int(rng.integers(60, 160)), int(rng.integers(60, 160))), axis=(0, 1))
+    m = M.normalize_scoremap(m)
+    if kind == "dim":                                         # max < 1: the threshold scales with max
+        m = m * rng.uniform(0.05, 0.6)
+    h, w = m.shape
+    k = int(rng.integers(1, 4))
+    x0, y0 = rng.integers(0, w - 2, k), rng.integers(0, h - 2, k)
+    x1 = np.minimum(w - 1, x0 + rng.integers(1, w, k))
+    y1 = np.minimum(h - 1, y0 + rng.integers(1, h, k))
+    return m, np.stack([x0, y0, x1, y1], axis=1)
+
+
+KINDS = ["cam", "cam", "smooth", "levels", "edge", "dim", "white"]
+
+
+def _cases(n, seed):
+    rng = np.random.default_rng(seed)
+    cases = [_random_case(rng, KINDS[i % len(KINDS)]) for i in range(n)]
+    cases.append((np.zeros((224, 224)), np.array([[0, 0, 0, 1], [10, 10, 50, 50]])))   # no contour at all
+    tiny = np.zeros((224, 224))
+    tiny[100, 100] = 1 / 255 + 1e-9                          # uint8 max 1: int(t * 1) = 0 for every t
+    cases.append((tiny, np.array([[100, 100, 101, 101]])))
+    return cases
+
+
+# ------------------------------------------------------------------ fast path == literal loop
+
+@pytest.mark.parametrize("multi_contour", [True, False], ids=["multi", "largest"])
+@pytest.mark.parametrize("interval", [0.01, 0.001])
+def test_fast_path_equals_literal_loop(interval, multi_contour):
+    thresholds = np.arange(0, 1, interval)
+    cases = _cases(48, seed=int(interval * 1e4) + multi_contour)
+    ev = M.BoxEvaluator(interval, multi_contour=multi_contour)
+    literal = []
+    for m, gt in cases:
+        literal.append(_literal_best_ious(m, gt, thresholds, multi_contour))
+        np.testing.assert_array_equal(ev.accumulate(m, gt), literal[-1])
+    want = _literal_maxboxacc(literal, thresholds)
+    got = ev.compute()
+    assert [got["maxboxacc"][i] for i in IOUS] == want          # exact, not approx
+    assert got["maxboxacc_v2"] == float(np.average(want))
+    assert got["num_images"] == len(cases)
+
+
+def test_module_reference_path_equals_fast_path():
+    cases = _cases(6, seed=7)
+    for multi in (True, False):
+        fast = M.BoxEvaluator(0.001, multi_contour=multi)
+        ref = M.BoxEvaluator(0.001, multi_contour=multi, reference=True)
+        for m, gt in cases:
+            np.testing.assert_array_equal(fast.accumulate(m, gt), ref.accumulate(m, gt))
+        np.testing.assert_array_equal(fast.num_correct, ref.num_correct)
+
+
+def test_best_iou_and_boxes_at_threshold_match_literal():
+    rng = np.random.default_rng(3)
+    for i in range(12):
+        m, gt = _random_case(rng, KINDS[i % len(KINDS)])
+        for t in (0.0, 0.13, 0.5, 0.77, 0.999):
+            assert M.boxes_at_threshold(m, t).tolist() == _literal_boxes(m, t, True)
+            assert M.boxes_at_threshold(m, t, multi_contour=False).tolist() == _literal_boxes(m, t, False)
+            assert M.best_iou_at_threshold(m, gt, t) == _literal_best_ious(m, gt, [t], True)[0]
+
+
+# ------------------------------------------------------------------ hand-worked maps
+
+def _block(shape, x0, y0, x1, y1, value=1.0, base=None):
+    m = np.zeros(shape) if base is None else base.copy()
+    m[y0:y1 + 1, x0:x1 + 1] = value                          # pixels x0..x1, y0..y1 inclusive
+    return m
+
+
+def test_blob_one_pixel_short_of_gt_scores_iou_one():
+    # boundingRect w = 100 for pixels 50..149, box x1 = x + w = 150: the box is one past the blob.
+    # A blob on pixels 50..149 x 60..159 therefore gives (50, 60, 150, 160) == GT -> IoU 1 at every t.
+    gt = np.array([[50, 60, 150, 160]])
+    m = _block((224, 224), 50, 60, 149, 159)
+    assert M.boxes_at_threshold(m, 0.5).tolist() == [[50, 60, 150, 160]]
+    ev = M.BoxEvaluator(0.01)
+    assert (ev.accumulate(m, gt) == 1.0).all()
+    r = ev.compute()
+    assert r["maxboxacc"] == {30: 100.0, 50: 100.0, 70: 100.0}
+    assert r["maxboxacc_v2"] == 100.0
+    assert r["best_threshold"] == {30: 0.0, 50: 0.0, 70: 0.0}   # all tie: the first threshold
+
+
+def test_blob_exactly_on_gt_pixels_is_one_pixel_too_big():
+    # Blob on pixels 50..149 (100 x 100) -> box (50, 50, 150, 150), 101 x 101 = 10201 pixels;
+    # GT (50, 50, 149, 149) has 10000, all inside -> IoU = 10000 / 10201.
+    m = _block((224, 224), 50, 50, 149, 149)
+    assert M.best_iou_at_threshold(m, np.array([[50, 50, 149, 149]]), 0.3) == 10000 / 10201
+
+
+def test_half_blob_hand_computed_iou():
+    # GT (20, 40, 119, 139): 100 x 100 = 10000. Blob pixels x 20..69, y 40..139 -> box (20, 40, 70, 140):
+    # 51 x 101 = 5151. Intersection x 20..70 (51) x y 40..139 (100) = 5100.
+    # IoU = 5100 / (5151 + 10000 - 5100) = 5100 / 10051 = 0.5074 -> correct at 30 and 50, not at 70.
+    gt = np.array([[20, 40, 119, 139]])
+    m = _block((224, 224), 20, 40, 69, 139)
+    assert M.best_iou_at_threshold(m, gt, 0.5) == 5100 / 10051
+    ev = M.BoxEvaluator(0.01)
+    ev.accumulate(m, gt)
+    ev.accumulate(_block((224, 224), 20, 40, 118, 138), gt)      # the IoU-1 blob: 100 everywhere
+    r = ev.compute()
+    assert r["maxboxacc"] == {30: 100.0, 50: 100.0, 70: 50.0}
+    assert r["maxboxacc_v2"] == pytest.approx(250 / 3)
+
+
+def test_box_clipped_at_right_and_bottom_edges():
+    # Blob on pixels 200..223: x + w = 224 is clipped to width - 1 = 223 (same for y).
+    m = _block((224, 224), 200, 210, 223, 223)
+    assert M.boxes_at_threshold(m, 0.0).tolist() == [[200, 210, 223, 223]]
+    # A 100-wide map: the clip is at 99.
+    m = _block((80, 100), 90, 0, 99, 79)
+    assert M.boxes_at_threshold(m, 0.0).tolist() == [[90, 0, 99, 79]]
+
+
+def test_all_zero_map_scores_the_zero_box():
+    # No contour at any t -> box (0, 0, 0, 0), one pixel.
+    zero = np.zeros((224, 224))
+    assert M.boxes_at_threshold(zero, 0.0).tolist() == [[0, 0, 0, 0]]
+    # vs GT (10, 10, 50, 50): no overlap -> IoU 0, accuracy 0.
+    assert M.best_iou_at_threshold(zero, np.array([[10, 10, 50, 50]]), 0.5) == 0.0
+    # vs GT (0, 0, 1, 1): 1 / 4 = 0.25; vs GT (0, 0, 0, 1): 1 / 2 = 0.5 -> "correct" at 30 and 50.
+    assert M.best_iou_at_threshold(zero, np.array([[0, 0, 1, 1]]), 0.5) == 0.25
+    ev = M.BoxEvaluator(0.01)
+    ev.accumulate(zero, np.array([[10, 10, 50, 50]]))
+    ev.accumulate(zero, np.array([[0, 0, 0, 1]]))
+    assert ev.compute()["maxboxacc"] == {30: 50.0, 50: 50.0, 70: 0.0}
+
+
+def test_threshold_is_relative_to_the_uint8_max_and_strict():
+    # Outer block value 0.25 (uint8 63) on pixels 0..199, inner block 0.5 (uint8 127) on 50..99.
+    # The cv2 threshold is int(t * 127), and THRESH_BINARY keeps img > thr:
+    #   t = 0.49: int(62.23) = 62 -> 63 > 62 keeps the outer block;  t = 0.50: int(63.5) = 63 -> inner only.
+    # (Were it t * 255, t = 0.5 would give 127 and keep nothing.)
+    m = _block((224, 224), 50, 50, 99, 99, value=0.5, base=_block((224, 224), 0, 0, 199, 199, value=0.25))
+    assert M.boxes_at_threshold(m, 0.49).tolist() == [[0, 0, 200, 200]]
+    assert M.boxes_at_threshold(m, 0.50).tolist() == [[50, 50, 100, 100]]
+    gt = np.array([[50, 50, 100, 100]])
+    ev = M.BoxEvaluator(0.01)
+    ev.accumulate(m, gt)
+    r = ev.compute()
+    assert r["maxboxacc"][70] == 100.0
+    # t < 0.50: the outer box (0, 0, 200, 200) has IoU 51^2 / 201^2 = 2601 / 40401 = 0.064 -> wrong at
+    # every IoU; t >= 0.50: IoU 1. The maximum (100) ties over 0.50..0.99: np.argmax picks the first.
+    for iou in IOUS:
+        curve = r["box_acc_curve"][iou]
+        assert curve[:50].max() == 0.0 and curve[50:].min() == 100.0
+        assert r["best_threshold"][iou] == ev.thresholds[50] == pytest.approx(0.5)
+
+
+def test_hole_contours_are_boxes_too():
+    # A ring: block 20..179 with a hole 60..139. RETR_TREE returns the hole's contour, which runs over
+    # the foreground pixels around the hole, 59..140 -> box (59, 59, 141, 141). Multi-contour finds it
+    # (IoU 1 against that GT); V1's largest contour is the outer one, (20, 20, 180, 180):
+    # IoU = 83^2 / 161^2 = 6889 / 25921 = 0.266 -> wrong at every IoU threshold.
+    m = _block((224, 224), 60, 60, 139, 139, value=0.0, base=_block((224, 224), 20, 20, 179, 179))
+    boxes = M.boxes_at_threshold(m, 0.5).tolist()
+    assert sorted(boxes) == [[20, 20, 180, 180], [59, 59, 141, 141]]
+    gt = np.array([[59, 59, 141, 141]])
+    multi, single = M.BoxEvaluator(0.01), M.BoxEvaluator(0.01, multi_contour=False)
+    multi.accumulate(m, gt)
+    single.accumulate(m, gt)
+    assert multi.compute()["maxboxacc"] == {30: 100.0, 50: 100.0, 70: 100.0}
+    assert single.best_ious(m, gt)[0] == 6889 / 25921
+    r = single.compute()
+    assert r["maxboxacc"] == {30: 0.0, 50: 0.0, 70: 0.0}
+    assert r["maxboxacc_v1"] == 0.0
+
+
+def test_multi_contour_vs_largest_contour():
+    # Big blob 0..119 (box (0,0,120,120)) and small blob 150..189 (box (150,150,190,190)) = GT.
+    m = _block((224, 224), 150, 150, 189, 189, base=_block((224, 224), 0, 0, 119, 119))
+    gt = np.array([[150, 150, 190, 190]])
+    assert M.BoxEvaluator(0.01).best_ious(m, gt)[0] == 1.0
+    assert M.BoxEvaluator(0.01, multi_contour=False).best_ious(m, gt)[0] == 0.0
+    # several GT boxes: the best pair counts
+    assert M.best_iou_at_threshold(m, np.array([[0, 0, 5, 5], [150, 150, 190, 190]]), 0.2) == 1.0
+
+
+# ------------------------------------------------------------------ evaluator plumbing
+
+def test_merge_equals_single_evaluator_and_pickles():
+    cases = _cases(9, seed=11)
+    whole = M.BoxEvaluator(0.01)
+    parts = [M.BoxEvaluator(0.01) for _ in range(3)]
+    for i, (m, gt) in enumerate(cases):
+        whole.accumulate(m, gt)
+        parts[i % 3].accumulate(m, gt)
+    parts = [pickle.loads(pickle.dumps(p)) for p in parts]      # as all_gather_object ships them
+    merged = M.BoxEvaluator.merge(parts)
+    np.testing.assert_array_equal(merged.num_correct, whole.num_correct)
+    a, b = merged.compute(), whole.compute()
+    assert (a["maxboxacc"], a["maxboxacc_v2"], a["best_threshold"], a["num_images"]) == \
+        (b["maxboxacc"], b["maxboxacc_v2"], b["best_threshold"], b["num_images"])
+    with pytest.raises(ValueError):
+        M.BoxEvaluator.merge([whole, M.BoxEvaluator(0.001)])
+    with pytest.raises(ValueError):
+        M.BoxEvaluator.merge([whole, M.BoxEvaluator(0.01, multi_contour=False)])
+
+
+def test_repeated_map_reuses_boxes_without_changing_results():
+    # The evaluator caches the last map's boxes (the centre prior is scored against every GT set);
+    # a map changed in place must not hit the stale cache.
+    m, _ = _random_case(np.random.default_rng(4), "cam")
+    gts = [np.array([[10, 20, 100, 150]]), np.array([[60, 60, 200, 190], [0, 0, 30, 30]])]
+    ev = M.BoxEvaluator(0.001)
+    thresholds = ev.thresholds
+    for gt in gts:
+        np.testing.assert_array_equal(ev.accumulate(m, gt), _literal_best_ious(m, gt, thresholds, True))
+    m[:100] = 0.0                                               # same object, new content
+    np.testing.assert_array_equal(ev.accumulate(m, gts[0]), _literal_best_ious(m, gts[0], thresholds, True))
+    assert pickle.loads(pickle.dumps(ev))._cache is None         # counts travel, boxes do not
+    assert len(pickle.dumps(ev)) < 40_000
+
+
+def test_thresholds_and_input_checks():
+    assert np.array_equal(M.BoxEvaluator(0.001).thresholds, np.arange(0, 1, 0.001))
+    assert len(M.BoxEvaluator(0.01).thresholds) == 100 and M.BoxEvaluator(0.01).thresholds[-1] < 1
+    ev = M.BoxEvaluator()
+    with pytest.raises(RuntimeError):
+        ev.compute()                                            # no image
+    with pytest.raises(ValueError):
+        ev.accumulate(np.full((8, 8), 1.5), np.array([[0, 0, 1, 1]]))
+    with pytest.raises(ValueError):
+        ev.accumulate(np.full((8, 8), np.nan), np.array([[0, 0, 1, 1]]))
+    with pytest.raises(ValueError):
+        ev.accumulate(np.zeros((8, 8)), np.array([[3, 0, 1, 1]]))   # x1 < x0
+    with pytest.raises(ValueError):
+        ev.accumulate(np.zeros((8, 8)), np.array([[-1, 0, 1, 1]]))
+    assert ev.cnt == 0
+
+
+def test_float32_map_is_quantised_in_float64():
+    # (m * 255) in float64, as wsolevaluation's float64 maps: a float32 map is cast first.
+    m32 = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    assert np.array_equal(M.quantize_scoremap(m32), (m32.astype(np.float64) * 255).astype(np.uint8))
+
+
+# ------------------------------------------------------------------ score-map preprocessing
+
+def test_normalize_scoremap():
+    const = np.full((5, 7), 3.0)
+    assert (M.normalize_scoremap(const) == 0).all()
+    assert const[0, 0] == 3.0                                   # input untouched
+    nan = np.arange(12.0).reshape(3, 4)
+    nan[1, 1] = np.nan
+    assert (M.normalize_scoremap(nan) == 0).all()
+    m = np.array([[2.0, 4.0], [6.0, 10.0]])
+    assert M.normalize_scoremap(m).tolist() == [[0.0, 0.25], [0.5, 1.0]]
+    x = np.random.default_rng(1).normal(size=(9, 9))
+    shifted = x - x.min()
+    np.testing.assert_array_equal(M.normalize_scoremap(x), shifted / shifted.max())
+
+
+def test_resize_scoremap_is_float64_bicubic():
+    cam = np.random.default_rng(2).random((14, 14)).astype(np.float32)
+    out = M.resize_scoremap(cam, (224, 224))
+    assert out.shape == (224, 224) and out.dtype == np.float64
+    np.testing.assert_array_equal(out, cv2.resize(cam.astype(np.float64), (224, 224),
+                                                  interpolation=cv2.INTER_CUBIC))
+    assert M.resize_scoremap(np.zeros((7, 5)), (30, 20)).shape == (20, 30)   # size is (W, H)
+
+
+def test_center_prior():
+    p = M.center_prior_scoremap((224, 224))
+    assert p.shape == (224, 224) and p.dtype == np.float32
+    assert p.min() == 0.0 and p.max() == 1.0
+    np.testing.assert_array_equal(p, p[::-1, :])
+    np.testing.assert_array_equal(p, p.T)
+    assert p[111:113, 111:113].min() == 1.0                     # the four centre pixels of an even side
+    # sigma = 0.25 * 224 = 56 px around 111.5; min-max: lo at the corners, hi at the 4 centre pixels
+    g = np.exp(-0.5 * ((111.5 / 56.0) ** 2 + ((np.arange(224) - 111.5) / 56.0) ** 2))   # row 0
+    lo = np.exp(-0.5 * 2 * (111.5 / 56.0) ** 2)
+    hi = np.exp(-0.5 * 2 * (0.5 / 56.0) ** 2)
+    np.testing.assert_allclose(p[0], (g - lo) / (hi - lo), atol=1e-6)
+    ev = M.BoxEvaluator(0.01)
+    ev.accumulate(p, np.array([[56, 56, 167, 167]]))
+    assert ev.compute()["maxboxacc"][70] == 100.0               # a centred box is found
+
+
+# ------------------------------------------------------------------ GT boxes on the real CUB metadata
+
+def _raw_lines(path, n=None):
+    with open(path) as fh:
+        lines = fh.read().splitlines()
+    return [line.split(",") for line in lines[:n] if line.strip()]
+
+
+def test_rescale_boxes_hand_computed():
+    # First CUB test image: 500 x 335, box (60, 27, 385, 331):
+    # 60*224/500 = 26.88 -> 26; 27*224/335 = 18.05 -> 18; 385*224/500 = 172.48 -> 172; 331*224/335 = 221.3 -> 221
+    assert M.rescale_boxes(np.array([[60, 27, 385, 331]]), (500, 335)).tolist() == [[26, 18, 172, 221]]
+    # truncation, not rounding: 499 * 224 / 500 = 223.55 -> 223
+    assert M.rescale_boxes(np.array([[0, 0, 499, 334]]), (500, 335)).tolist() == [[0, 0, 223, 223]]
+    assert M.rescale_boxes(np.array([[0, 0, 499, 334]]), (500, 335)).dtype == np.int64
+    with pytest.raises(ValueError):
+        M.rescale_boxes(np.array([[5, 0, 4, 3]]), (10, 10))
+
+
+def test_rescale_boxes_on_cub_test_metadata(cub_metadata_root):
+    folder = os.path.join(cub_metadata_root, "CUB", "test")
+    sizes = {i: (int(w), int(h)) for i, w, h in _raw_lines(os.path.join(folder, "image_sizes.txt"))}
+    rows = _raw_lines(os.path.join(folder, "localization.txt"))
+    boxes = np.array([[int(v) for v in r[1:]] for r in rows])
+    whs = np.array([sizes[r[0]] for r in rows], dtype=np.float64)
+    # literal resize_bbox: int(float(x) * 224.0 / float(w)), one coordinate at a time, for every line
+    want = [[int(float(x0) * 224.0 / w), int(float(y0) * 224.0 / h), int(float(x1) * 224.0 / w),
+             int(float(y1) * 224.0 / h)] for (x0, y0, x1, y1), (w, h) in zip(boxes.tolist(), whs.tolist())]
+    got = [M.rescale_boxes(b[None], wh).tolist()[0] for b, wh in zip(boxes[:400], whs[:400])]
+    assert got == want[:400]
+    # the whole split through the project's metadata reader
+    meta = load_metadata(cub_metadata_root, "CUB", "test")
+    got_all = [row for i in meta.image_ids for row in M.rescale_boxes(meta.boxes[i], meta.sizes[i]).tolist()]
+    assert len(got_all) == len(want) == 5794
+    by_id = {}
+    for r, w in zip(rows, want):
+        by_id.setdefault(r[0], []).append(w)
+    assert got_all == [w for i in meta.image_ids for w in by_id[i]]
+    assert any(int(float(v) * 224.0 / d) != round(float(v) * 224.0 / d)       # truncation matters
+               for (v, d) in zip(boxes[:50, 0], whs[:50, 0]))
+
+
+# ------------------------------------------------------------------ PxAP
+
+def _literal_pxap(maps, gts, ignores, interval):
+    """wsolevaluation's MaskEvaluator formula, with np.histogram, float histograms."""
+    thresholds = list(np.arange(0, 1, interval))
+    edges = np.append(thresholds, [1.0, 2.0, 3.0])
+    true_hist = np.zeros(len(thresholds) + 2)
+    false_hist = np.zeros(len(thresholds) + 2)
+    for m, gt, ign in zip(maps, gts, ignores):
+        label = gt.astype(np.uint8) + 255 * (ign & ~gt).astype(np.uint8)
+        true_hist += np.histogram(m[label == 1], bins=edges)[0].astype(float)
+        false_hist += np.histogram(m[label == 0], bins=edges)[0].astype(float)
+    tp = true_hist[::-1].cumsum()
+    fn = true_hist.sum() - tp
+    fp = false_hist[::-1].cumsum()
+    valid = (tp + fp) != 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = tp / (tp + fp)
+        recall = tp / (tp + fn)
+    return (precision[1:] * np.diff(recall))[valid[1:]].sum() * 100
+
+
+def test_pxap_perfect_map_and_ignore_region():
+    gt = np.zeros((224, 224), bool)
+    gt[50:100, 60:120] = True                                   # F = 3000 foreground pixels
+    ev = M.MaskEvaluator(0.01)
+    ev.accumulate(gt.astype(np.float64), gt)
+    # all foreground at 1.0 (bin [1, 2)), all background at 0.0: precision 1 at recall 1 -> 100
+    assert ev.compute() == 100.0
+    # An ignore region scored 1.0 as well: left out -> still 100; counted as background, the top point
+    # has precision F / (F + I) = 3000 / (3000 + 1000) at recall 1 -> 75.
+    ignore = np.zeros_like(gt)
+    ignore[150:170, 10:60] = True                               # I = 1000
+    m = (gt | ignore).astype(np.float64)
+    with_ignore, without = M.MaskEvaluator(0.01), M.MaskEvaluator(0.01)
+    with_ignore.accumulate(m, gt, ignore)
+    without.accumulate(m, gt)
+    assert with_ignore.compute() == 100.0
+    assert without.compute() == pytest.approx(75.0)
+    # the foreground part of an ignore box stays foreground (wsolevaluation: ignore = box \ foreground)
+    both = M.MaskEvaluator(0.01)
+    both.accumulate(gt.astype(np.float64), gt, gt | ignore)
+    assert both.compute() == 100.0
+    with pytest.raises(RuntimeError):
+        M.MaskEvaluator(0.01).compute()                         # nothing accumulated
+
+
+@pytest.mark.parametrize("interval", [0.01, 0.001])
+def test_pxap_equals_literal_histogram_formula(interval):
+    rng = np.random.default_rng(5)
+    maps, gts, ignores = [], [], []
+    for i in range(12):
+        m, _ = _random_case(rng, KINDS[i % 6])
+        m = cv2.resize(m, (224, 224)) if m.shape != (224, 224) else m
+        m = np.clip(m, 0, 1)
+        gt = _gauss((224, 224), *rng.uniform(40, 180, 2), *rng.uniform(10, 50, 2)) > 0.5
+        ign = np.zeros_like(gt)
+        ign[rng.integers(0, 150):, rng.integers(0, 150):] = True
+        maps.append(m)
+        gts.append(gt)
+        ignores.append(ign)
+    maps[0] = gts[0].astype(np.float64)                         # exact 0.0 and 1.0 values too
+    ev = M.MaskEvaluator(interval)
+    halves = [M.MaskEvaluator(interval), M.MaskEvaluator(interval)]
+    for i, (m, gt, ign) in enumerate(zip(maps, gts, ignores)):
+        ev.accumulate(m, gt, ign)
+        halves[i % 2].accumulate(m, gt.astype(np.uint8), ign.astype(np.uint8))
+    want = _literal_pxap(maps, gts, ignores, interval)
+    assert ev.compute() == want                                  # exact
+    merged = M.MaskEvaluator.merge([pickle.loads(pickle.dumps(h)) for h in halves])
+    assert merged.compute() == want
+    assert 0 < want < 100
+
+
+def test_load_gt_mask(tmp_path):
+    a = np.zeros((300, 400), np.uint8)
+    a[30:90, 40:120] = 255
+    b = np.zeros((300, 400), np.uint8)
+    b[200:260, 300:380] = 255
+    ignore = np.zeros((300, 400), np.uint8)
+    ignore[0:150, 0:200] = 255
+    for name, img in (("a.png", a), ("b.png", b), ("ignore.png", ignore)):
+        cv2.imwrite(str(tmp_path / name), img)
+    gt, ign = M.load_gt_mask([str(tmp_path / "a.png"), str(tmp_path / "b.png")], str(tmp_path / "ignore.png"))
+    near = lambda img: cv2.resize(np.float32(img), (224, 224), interpolation=cv2.INTER_NEAREST) > 0.5  # noqa: E731
+    assert np.array_equal(gt, near(a) | near(b))
+    assert np.array_equal(ign, near(ignore) & ~gt)
+    assert not (gt & ign).any()
