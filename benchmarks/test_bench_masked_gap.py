@@ -6,10 +6,18 @@ Providers:
   fused         the C++ op (impl="cpp"): one read of x for all three sums, one write of dx backward
   roofline      one plain x.sum((2, 3)) on the [B, C, H, W] tensor (forward); plus one write of an
                 x-sized tensor (forward+backward, standing for dx)
-  triton        the Triton op on CUDA (skipped without CUDA)
+
+CUDA rows (test_masked_gap_cuda, skipped without CUDA), in fp32 and bf16, same shapes:
+  reference-cuda     the literal form on CUDA
+  pytorch-best-cuda  the bmm with the [B, 3, N] mask / count matrix on CUDA
+  triton             the Triton op (impl="triton"): one read of x, one write of dx backward
+  roofline-cuda      one plain x.sum((2, 3)) on CUDA (plus one x-sized write backward)
+  They follow conftest.run_cuda_benchmark: warm-up, peak memory, device_ms by CUDA events, then
+  CUDA_ROUNDS synchronised rounds.
 extra_info holds peak_mb (see conftest.py: bytes allocated during one call, gradients included).
 
     pytest benchmarks/test_bench_masked_gap.py --benchmark-only
+    pytest benchmarks/test_bench_masked_gap.py --benchmark-only -k "cuda or triton"   # CUDA rows only
 """
 from __future__ import annotations
 
@@ -18,11 +26,13 @@ import torch
 
 from conftest import synchronize
 from wsol_fast import ops
-from wsol_fast.ops import _library, reference
+from wsol_fast.ops import _library, _triton, reference
 
 B, C = 32, 1024
 SIZES = [28, 56]
-PROVIDERS = ["reference", "pytorch-best", "fused", "roofline", "triton"]
+PROVIDERS = ["reference", "pytorch-best", "fused", "roofline"]
+CUDA_PROVIDERS = ["reference-cuda", "pytorch-best-cuda", "triton", "roofline-cuda"]
+CUDA_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MODES = ["forward", "forward+backward"]
 GAMMA_FG, GAMMA_BG = 0.72, 1.2
 
@@ -40,9 +50,8 @@ def _make_call(provider, x4d, attention, backward, device):
         forward = lambda: reference.masked_gap(x, attention, GAMMA_FG, GAMMA_BG)[0]  # noqa: E731
     elif provider == "pytorch-best":
         forward = lambda: _bmm_masked_gap(x, attention)  # noqa: E731
-    elif provider in ("fused", "triton"):
-        impl = "cpp" if provider == "fused" else "triton"
-        forward = lambda: ops.masked_gap(x, attention, GAMMA_FG, GAMMA_BG, impl=impl)[0]  # noqa: E731
+    elif provider == "fused":
+        forward = lambda: ops.masked_gap(x, attention, GAMMA_FG, GAMMA_BG, impl="cpp")[0]  # noqa: E731
     else:
         def roofline():
             x4d.detach().sum((2, 3))
@@ -64,11 +73,7 @@ def _make_call(provider, x4d, attention, backward, device):
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("size", SIZES, ids=[f"{s}x{s}" for s in SIZES])
 def test_masked_gap(benchmark, record_peak_memory, size, provider, mode):
-    device = "cuda" if provider == "triton" else "cpu"
-    if provider == "triton":
-        from wsol_fast.ops import _triton
-        if not _triton.TRITON_CUDA_AVAILABLE:
-            pytest.skip("the Triton op needs CUDA and triton")
+    device = "cpu"
     if provider == "fused" and not _library.CPP_AVAILABLE:
         pytest.skip("wsol_fast._C is not built")
     backward = mode == "forward+backward"
@@ -81,3 +86,46 @@ def test_masked_gap(benchmark, record_peak_memory, size, provider, mode):
                                  "device": device, "threads": torch.get_num_threads()})
     record_peak_memory(call, device)   # also the warm-up
     benchmark.pedantic(call, rounds=5 if size <= 28 else 3, iterations=1, warmup_rounds=0)
+
+
+# ---------------------------------------------------------------------------------------------- CUDA
+
+def _cuda_run(provider, x4d, attention, backward):
+    """One call's work on CUDA, enqueued without synchronising (conftest.run_cuda_benchmark times it)."""
+    x = x4d.flatten(2)
+    if provider == "roofline-cuda":
+        def roofline():
+            x4d.detach().sum((2, 3))
+            if backward:
+                torch.empty_like(x4d).fill_(1.0)
+        return roofline
+    forward = {
+        "reference-cuda": lambda: reference.masked_gap(x, attention, GAMMA_FG, GAMMA_BG)[0],
+        "pytorch-best-cuda": lambda: _bmm_masked_gap(x, attention),
+        "triton": lambda: ops.masked_gap(x, attention, GAMMA_FG, GAMMA_BG, impl="triton")[0],
+    }[provider]
+
+    def run():
+        out = forward()
+        if backward:
+            x4d.grad = None
+            out.sum().backward()
+    return run
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA rows: no CUDA device")
+@pytest.mark.parametrize("dtype", list(CUDA_DTYPES))
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("provider", CUDA_PROVIDERS)
+@pytest.mark.parametrize("size", SIZES, ids=[f"{s}x{s}" for s in SIZES])
+def test_masked_gap_cuda(benchmark, run_cuda_benchmark, size, provider, mode, dtype):
+    if provider == "triton" and not _triton.TRITON_CUDA_AVAILABLE:
+        pytest.skip("the Triton op needs triton and its CUDA kernels registered")
+    backward = mode == "forward+backward"
+    torch.manual_seed(0)
+    x4d = torch.randn(B, C, size, size, device="cuda").to(CUDA_DTYPES[dtype]).requires_grad_(backward)
+    attention = torch.randn(B, size * size, device="cuda").to(CUDA_DTYPES[dtype])
+    benchmark.group = f"cuda {dtype} masked-gap B{B} C{C} {size}x{size} {mode}"
+    benchmark.extra_info.update({"provider": provider, "mode": mode, "dtype": dtype, "B": B, "C": C,
+                                 "N": size * size, "device": "cuda"})
+    run_cuda_benchmark(_cuda_run(provider, x4d, attention, backward))

@@ -6,10 +6,19 @@ Providers:
   fused         the C++ op (impl="cpp"): online softmax, O(B*N) extra memory
   roofline      the matrix products alone: the bmm giving S (forward); plus the two gradient products
                 dS g and dS^T f (forward+backward), i.e. the least GEMM work of any method
-  triton        the Triton op on CUDA (skipped without CUDA)
+
+CUDA rows (test_nonlocal_attention_cuda, skipped without CUDA), in fp32 and bf16, same shapes:
+  reference-cuda     the literal form on CUDA, in the input dtype
+  pytorch-best-cuda  the padded SDPA on CUDA (whichever backend PyTorch picks for the dtype and C')
+  triton             the Triton op (impl="triton"): online softmax, O(B*N) extra memory
+  roofline-cuda      the bmm giving S (plus the two gradient products backward), in the input dtype
+  They follow conftest.run_cuda_benchmark: warm-up, peak memory, device_ms by CUDA events, then
+  CUDA_ROUNDS synchronised rounds. fp32 products are exact fp32 everywhere (PyTorch's default
+  float32 matmul precision "highest": no TF32 in cuBLAS, tl.dot "ieee" in Triton).
 extra_info holds peak_mb (see conftest.py: bytes allocated during one call, gradients included).
 
     pytest benchmarks/test_bench_nonlocal_attention.py --benchmark-only
+    pytest benchmarks/test_bench_nonlocal_attention.py --benchmark-only -k "cuda or triton"   # CUDA rows only
 """
 from __future__ import annotations
 
@@ -19,11 +28,13 @@ import torch.nn.functional as F
 
 from conftest import synchronize
 from wsol_fast import ops
-from wsol_fast.ops import _library, reference
+from wsol_fast.ops import _library, _triton, reference
 
 B = 8
 SHAPES = [(784, 128), (784, 512), (3136, 128), (3136, 512)]   # (N, C'): 28x28 and 56x56 maps
-PROVIDERS = ["reference", "pytorch-best", "fused", "roofline", "triton"]
+PROVIDERS = ["reference", "pytorch-best", "fused", "roofline"]
+CUDA_PROVIDERS = ["reference-cuda", "pytorch-best-cuda", "triton", "roofline-cuda"]
+CUDA_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MODES = ["forward", "forward+backward"]
 
 
@@ -57,8 +68,6 @@ def _make_call(provider, f, g, zbar, backward, device):
         forward = lambda: _sdpa_attention_map(f, g, zbar)  # noqa: E731
     elif provider == "fused":
         forward = lambda: ops.nonlocal_attention_map(f, g, zbar, 1.0, impl="cpp")  # noqa: E731
-    elif provider == "triton":
-        forward = lambda: ops.nonlocal_attention_map(f, g, zbar, 1.0, impl="triton")  # noqa: E731
     else:
         return lambda: (_roofline(f.detach(), g.detach(), zbar, backward), synchronize(device))
 
@@ -76,11 +85,7 @@ def _make_call(provider, f, g, zbar, backward, device):
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("n,c", SHAPES, ids=[f"N{n}-C{c}" for n, c in SHAPES])
 def test_nonlocal_attention(benchmark, record_peak_memory, n, c, provider, mode):
-    device = "cuda" if provider == "triton" else "cpu"
-    if provider == "triton":
-        from wsol_fast.ops import _triton
-        if not _triton.TRITON_CUDA_AVAILABLE:
-            pytest.skip("the Triton op needs CUDA and triton")
+    device = "cpu"
     if provider == "fused" and not _library.CPP_AVAILABLE:
         pytest.skip("wsol_fast._C is not built")
     backward = mode == "forward+backward"
@@ -93,3 +98,41 @@ def test_nonlocal_attention(benchmark, record_peak_memory, n, c, provider, mode)
     # A few rounds: the N = 3136 reference stores 8 x 3136^2 floats per matrix and takes seconds.
     rounds = 3 if n <= 784 else 2
     benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=0)
+
+
+# ---------------------------------------------------------------------------------------------- CUDA
+
+def _cuda_run(provider, f, g, zbar, backward):
+    """One call's work on CUDA, enqueued without synchronising (conftest.run_cuda_benchmark times it)."""
+    if provider == "roofline-cuda":
+        return lambda: _roofline(f.detach(), g.detach(), zbar, backward)
+    forward = {
+        "reference-cuda": lambda: reference.nonlocal_attention_map(f, g, zbar, 1.0),
+        "pytorch-best-cuda": lambda: _sdpa_attention_map(f, g, zbar),
+        "triton": lambda: ops.nonlocal_attention_map(f, g, zbar, 1.0, impl="triton"),
+    }[provider]
+
+    def run():
+        out = forward()
+        if backward:
+            for t in (f, g, zbar):
+                t.grad = None
+            out.sum().backward()
+    return run
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA rows: no CUDA device")
+@pytest.mark.parametrize("dtype", list(CUDA_DTYPES))
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("provider", CUDA_PROVIDERS)
+@pytest.mark.parametrize("n,c", SHAPES, ids=[f"N{n}-C{c}" for n, c in SHAPES])
+def test_nonlocal_attention_cuda(benchmark, run_cuda_benchmark, n, c, provider, mode, dtype):
+    if provider == "triton" and not _triton.TRITON_CUDA_AVAILABLE:
+        pytest.skip("the Triton op needs triton and its CUDA kernels registered")
+    backward = mode == "forward+backward"
+    f, g, zbar = (t.detach().to(CUDA_DTYPES[dtype]).requires_grad_(backward)
+                  for t in _inputs(n, c, "cuda", requires_grad=False))
+    benchmark.group = f"cuda {dtype} nonlocal-attention B{B} N{n} C'{c} {mode}"
+    benchmark.extra_info.update({"provider": provider, "mode": mode, "dtype": dtype, "B": B, "N": n, "C'": c,
+                                 "device": "cuda"})
+    run_cuda_benchmark(_cuda_run(provider, f, g, zbar, backward))

@@ -2,7 +2,10 @@
 
 Without a GPU the kernels run in Triton's interpreter on CPU tensors: TRITON_INTERPRET=1 must be set
 before the kernel modules are imported (conftest does it; so does this module, for a lone run).
-With a GPU and TRITON_INTERPRET=0 the same tests run compiled on CUDA, bf16 included.
+With a GPU and TRITON_INTERPRET=0 the same tests run compiled on CUDA, bf16 included, plus the
+CUDA-only ones at the end: opcheck of the four ops, torch.compile(fullgraph=True) through them, and
+an ICL block's training steps against the reference (fp32 and bf16 autocast). scripts/gpu_check.sh
+runs them on a GPU machine.
 
 Tolerance rule (flash-attention): max |fused - ref64| <= 2 * max |ref_dtype - ref64| + atol
 + rtol * max |ref64|, where ref64 is the reference in fp64 on the same (rounded) inputs and ref_dtype
@@ -33,6 +36,28 @@ else:
 pytestmark = pytest.mark.skipif(
     DEVICE is None, reason="no CUDA device, and the Triton interpreter is not active (TRITON_INTERPRET is not 1, "
                            "or the kernel modules were imported before it was set): the kernels cannot run here")
+
+needs_cuda = pytest.mark.skipif(DEVICE != "cuda", reason="compiled Triton on a CUDA device only")
+
+# On CUDA the many-shape tests run one config per kernel, so that they do not compile and time every
+# autotune config for every shape (minutes); test_*_every_gpu_config runs each config instead.
+# WSOL_FAST_TEST_AUTOTUNE=1 keeps the full autotuning everywhere. The interpreter has one config anyway.
+PINNED_CONFIGS = {
+    attention_kernels._attention_forward_kernel: attention_kernels.FORWARD_GPU_CONFIGS[2],          # 64 x 32
+    attention_kernels._attention_backward_query_kernel: attention_kernels.BACKWARD_GPU_CONFIGS[2],  # 32 x 64
+    attention_kernels._attention_backward_key_kernel: attention_kernels.BACKWARD_GPU_CONFIGS[2],
+    gap_kernels._masked_gap_forward_kernel: gap_kernels.GPU_CONFIGS[0],
+    gap_kernels._masked_gap_backward_kernel: gap_kernels.GPU_CONFIGS[0],
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_config_per_kernel_on_cuda(monkeypatch):
+    if DEVICE == "cuda" and os.environ.get("WSOL_FAST_TEST_AUTOTUNE", "0") != "1":
+        for kernel, config in PINNED_CONFIGS.items():
+            monkeypatch.setattr(kernel, "configs", [config])   # one config: the autotuner runs it untimed
+    yield
+
 
 # (dtype, atol, rtol). bf16 is not supported by the interpreter: it runs only compiled on CUDA.
 DTYPE_TOLERANCES = [
@@ -117,6 +142,20 @@ def test_attention_large_logits(dtype, atol, rtol):
     check_attention(f, g, zbar, 1.0, atol, rtol)
 
 
+@pytest.mark.parametrize("dtype, atol, rtol", [DTYPE_TOLERANCES[0], DTYPE_TOLERANCES[2]])
+@pytest.mark.parametrize("config", range(len(attention_kernels.FORWARD_GPU_CONFIGS)))
+def test_attention_every_gpu_config(config, dtype, atol, rtol, monkeypatch):
+    # Every block shape the autotuner may pick on a GPU (forward config i with backward config i), with
+    # a partial last block for each. Compiled: N = 221 and C' = 160, two head-dim chunks of 128, the
+    # second partial. Interpreted (slow, chunks of 16): N = 99 and C' = 24, a partial second chunk.
+    kernels = attention_kernels
+    monkeypatch.setattr(kernels._attention_forward_kernel, "configs", [kernels.FORWARD_GPU_CONFIGS[config]])
+    for kernel in (kernels._attention_backward_query_kernel, kernels._attention_backward_key_kernel):
+        monkeypatch.setattr(kernel, "configs", [kernels.BACKWARD_GPU_CONFIGS[config]])
+    n, head_dim = (13 * 17, 160) if DEVICE == "cuda" else (9 * 11, 24)
+    check_attention(*attention_inputs(2, n, head_dim, dtype), 2.0 / head_dim ** 0.5, atol, rtol)
+
+
 def test_attention_strided_inputs_need_no_copy():
     # Conv outputs arrive as [B, C', N] viewed as [B, N, C'] (stride 1 along N): same numbers, bit for bit.
     f, g, zbar = attention_inputs(2, 40, 24, torch.float32)
@@ -198,6 +237,18 @@ def test_masked_gap_constant_attention(value, expected_counts, dtype, atol, rtol
     assert counts.tolist() == [list(expected_counts)] * 2
 
 
+@pytest.mark.parametrize("dtype, atol, rtol", [DTYPE_TOLERANCES[0], DTYPE_TOLERANCES[2]])
+@pytest.mark.parametrize("config", range(len(gap_kernels.GPU_CONFIGS)))
+def test_masked_gap_every_gpu_config(config, dtype, atol, rtol, monkeypatch):
+    # Every tile shape the autotuner may pick on a GPU: C = 80 (a partial channel block for each),
+    # N = 1000 (a partial N tile for each).
+    for kernel in (gap_kernels._masked_gap_forward_kernel, gap_kernels._masked_gap_backward_kernel):
+        monkeypatch.setattr(kernel, "configs", [gap_kernels.GPU_CONFIGS[config]])
+    x = torch.randn(2, 80, 1000).to(DEVICE, dtype)
+    counts = check_masked_gap(x, torch.rand(2, 1000).to(DEVICE, dtype), atol, rtol)
+    assert (counts > 0).all() and (counts < 1000).all()
+
+
 def test_masked_gap_channels_last_input():
     # A channels_last [B, C, H, W] map viewed as [B, C, N] has stride 1 along C: read in place.
     x4d = torch.randn(2, 6, 5, 7, device=DEVICE).to(memory_format=torch.channels_last)
@@ -241,3 +292,132 @@ def test_fp64_fallback_of_the_cuda_kernels():
     counts = expected[1]
     dx = _triton.masked_gap_backward_fp64(grad_pooled, x, attention, counts, GAMMA_FG, GAMMA_BG)
     torch.testing.assert_close(dx, expected[3], rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------- the ops on CUDA: opcheck, torch.compile, a training step
+# Compiled-only: the interpreter path is a torch.autograd.Function, not the registered op. The helpers
+# take (device, impl) so the same checks can be pointed at another registered kernel.
+
+def _opcheck_samples(device):
+    """(op, args) pairs: each op on fp32 with grad, bf16, fp64 (the CUDA kernels' PyTorch fallback) and
+    non-contiguous inputs; the masked GAP also on constant attention (empty masks)."""
+    def attention(b, n, c, dtype, requires_grad, scale=1.0):
+        ts = [torch.randn(b, n, c), torch.randn(b, n, c), torch.randn(b, n)]
+        return [t.to(device, dtype).requires_grad_(requires_grad) for t in ts] + [scale]
+
+    def gap(b, c, n, dtype, requires_grad):
+        return [torch.randn(b, c, n).to(device, dtype).requires_grad_(requires_grad),
+                torch.randn(b, n).to(device, dtype), GAMMA_FG, GAMMA_BG]
+
+    attention_op, gap_op = torch.ops.wsol_fast.nonlocal_attention_map.default, torch.ops.wsol_fast.masked_gap.default
+    samples = {
+        "attention-fp32-grad": (attention_op, attention(2, 37, 24, torch.float32, True, 0.5)),
+        "attention-bf16": (attention_op, attention(2, 40, 16, torch.bfloat16, False)),
+        "attention-fp64-grad": (attention_op, attention(1, 9, 3, torch.float64, True)),
+        "attention-noncontiguous-grad": (attention_op, [
+            torch.randn(2, 8, 12, device=device).transpose(1, 2).requires_grad_(),
+            torch.randn(2, 12, 8, device=device), torch.randn(2, 24, device=device)[:, ::2], 1.0]),
+        "attention-fp64-noncontiguous-grad": (attention_op, [
+            torch.randn(2, 4, 9, device=device, dtype=torch.float64).transpose(1, 2).requires_grad_(),
+            torch.randn(2, 9, 4, device=device, dtype=torch.float64).requires_grad_(),
+            torch.randn(2, 9, device=device, dtype=torch.float64).requires_grad_(), 0.7]),
+        "gap-fp32-grad": (gap_op, gap(2, 5, 70, torch.float32, True)),
+        "gap-bf16": (gap_op, gap(2, 6, 33, torch.bfloat16, False)),
+        "gap-fp64-grad": (gap_op, gap(1, 3, 9, torch.float64, True)),
+        "gap-noncontiguous-empty-masks": (gap_op, [
+            torch.randn(2, 7, 4, device=device).transpose(1, 2).requires_grad_(),
+            torch.zeros(2, 7, device=device), 0.86, 1.2]),
+    }
+    f, g, zbar = (t.detach() for t in attention(2, 21, 5, torch.float32, False)[:3])
+    a, lse = torch.ops.wsol_fast.nonlocal_attention_map(f, g, zbar, 1.0)
+    samples["attention-backward-op"] = (torch.ops.wsol_fast.nonlocal_attention_map_backward.default,
+                                        [torch.randn(2, 21, device=device), f, g, zbar, a, lse, 1.0])
+    x, att = torch.randn(2, 5, 21, device=device), torch.rand(2, 21, device=device)
+    counts = torch.ops.wsol_fast.masked_gap(x, att, GAMMA_FG, GAMMA_BG)[1]
+    samples["gap-backward-op"] = (torch.ops.wsol_fast.masked_gap_backward.default,
+                                  [torch.randn(2, 3, 5, device=device), x, att, counts, GAMMA_FG, GAMMA_BG])
+    return samples
+
+
+OPCHECK_SAMPLES = ["attention-fp32-grad", "attention-bf16", "attention-fp64-grad", "attention-noncontiguous-grad",
+                   "attention-fp64-noncontiguous-grad", "gap-fp32-grad", "gap-bf16", "gap-fp64-grad",
+                   "gap-noncontiguous-empty-masks", "attention-backward-op", "gap-backward-op"]
+
+
+@needs_cuda
+@pytest.mark.parametrize("sample", OPCHECK_SAMPLES)
+def test_opcheck_on_cuda(sample):
+    # Schema, fake kernel (shapes, dtypes and strides of the real outputs), autograd registration and
+    # AOT dispatch, all through the Triton kernels registered for "cuda".
+    op, args = _opcheck_samples("cuda")[sample]
+    torch.library.opcheck(op, args)
+
+
+def _attention_then_pool(f, g, zbar, x, impl):
+    attention = ops.nonlocal_attention_map(f, g, zbar, scale=0.5, impl=impl)
+    pooled, counts, dfg = ops.masked_gap(x, attention.detach(), GAMMA_FG, GAMMA_BG, impl=impl)
+    loss = (pooled * pooled).sum() + (attention * attention).sum()
+    return loss, counts, dfg
+
+
+def check_compile_fullgraph(device, impl):
+    """torch.compile(fullgraph=True) through both ops equals eager, values and gradients."""
+    torch._dynamo.reset()
+    inputs = [torch.randn(2, 70, 24), torch.randn(2, 70, 24), torch.randn(2, 70), torch.randn(2, 40, 70)]
+    eager_in = [t.to(device).requires_grad_() for t in inputs]
+    compiled_in = [t.to(device).requires_grad_() for t in inputs]
+    eager = _attention_then_pool(*eager_in, impl)
+    compiled = torch.compile(_attention_then_pool, fullgraph=True)(*compiled_in, impl)
+    # The ops are the same kernels in both; only the generated code around them sums in another order.
+    for e, c in zip(eager, compiled):
+        torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-5)
+    eager[0].backward()
+    compiled[0].backward()
+    for e, c in zip(eager_in, compiled_in):
+        torch.testing.assert_close(c.grad, e.grad, rtol=1e-5, atol=1e-5)
+
+
+@needs_cuda
+def test_compile_fullgraph_on_cuda():
+    check_compile_fullgraph("cuda", "triton")
+
+
+def icl_training_curve(impl, device, amp_dtype, steps=4):
+    """Losses of a few SGD steps of one ICL block (attention, masked GAP, embedding, both outputs in
+    the loss), from the same initial weights and input for every impl."""
+    from wsol_fast.models.icl import ICLBlock
+
+    torch.manual_seed(0)
+    block = ICLBlock(channels=64, drop_rate=0.0, gamma_fg=GAMMA_FG, gamma_bg=GAMMA_BG, impl=impl).to(device).train()
+    x = torch.randn(4, 64, 13, 15, device=device)   # N = 195: a partial tile in every kernel
+    if amp_dtype is not None:
+        x = x.to(amp_dtype)                          # as the conv before the block gives it under autocast
+    opt = torch.optim.SGD(block.parameters(), lr=0.1)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out, record = block(x)
+            loss = out.float().square().mean() + record.embeddings.float().square().mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return torch.tensor(losses)
+
+
+# (amp dtype, rtol, atol). In bf16 the fused and literal attention maps round differently, which can
+# move a position across a threshold: the curves agree to about bf16's resolution, not to the bit.
+ICL_TRAINING_TOLERANCES = [
+    pytest.param(None, 1e-4, 1e-6, id="fp32"),
+    pytest.param(torch.bfloat16, 3e-2, 1e-3, id="bf16-autocast"),
+]
+
+
+@needs_cuda
+@pytest.mark.parametrize("amp_dtype, rtol, atol", ICL_TRAINING_TOLERANCES)
+def test_icl_block_training_step_on_cuda_matches_reference(amp_dtype, rtol, atol):
+    reference_curve = icl_training_curve("reference", "cuda", amp_dtype)
+    triton_curve = icl_training_curve("triton", "cuda", amp_dtype)
+    assert torch.isfinite(triton_curve).all()
+    assert reference_curve[-1] < reference_curve[0], "the loss must move for the test to mean anything"
+    torch.testing.assert_close(triton_curve, reference_curve, rtol=rtol, atol=atol)

@@ -89,7 +89,10 @@ def attention_forward_fp64(f, g, zbar, scale):
 def attention_backward_fp64(grad_a, f, g, zbar, a, lse, scale):
     p_grad_a = torch.exp(torch.bmm(f, g.transpose(1, 2)) * scale - lse.unsqueeze(-1)) * grad_a.unsqueeze(-1)
     ds = p_grad_a * (zbar.unsqueeze(1) - a.unsqueeze(-1))
-    return torch.bmm(ds, g) * scale, torch.bmm(ds.transpose(1, 2), f) * scale, p_grad_a.sum(dim=1)
+    # Laid out as torch.empty_like(input), as the fake kernel declares (and the Triton path returns):
+    # bmm alone would give contiguous gradients for, e.g., a transposed f.
+    return tuple(torch.empty_like(like).copy_(grad) for like, grad in (
+        (f, torch.bmm(ds, g) * scale), (g, torch.bmm(ds.transpose(1, 2), f) * scale), (zbar, p_grad_a.sum(dim=1))))
 
 
 def masked_gap_backward_fp64(grad_pooled, x, attention_map, counts, gamma_fg, gamma_bg):
