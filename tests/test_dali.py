@@ -71,10 +71,19 @@ def test_eval_matches_opencv(tmp_path):
 
 
 def test_eval_matches_opencv_loader(tmp_path):
-    """Against the package's OpenCV loader itself, when it is importable."""
+    """Against the package's OpenCV loader itself: same ids in the same order, tensors within one level."""
     loaders = pytest.importorskip("wsol_fast.data.loaders")
-    pytest.skip("OpenCV loader present; comparison wired in below once its API is fixed") if not hasattr(
-        loaders, "__file__") else None
+    ids = _write_images(tmp_path, EVAL_SIZES)
+    ours = _loader(tmp_path, ids, train=False, batch_size=2, crop_size=224)
+    theirs = loaders.OpenCVLoader(ids, list(range(len(ids))), str(tmp_path), "DS", train=False, batch_size=2,
+                                  crop_size=224, num_workers=0, device="cpu")
+    diffs = []
+    for (x, labels_x, ids_x), (y, labels_y, ids_y) in zip(ours, theirs, strict=True):
+        assert ids_x == ids_y and torch.equal(labels_x, labels_y)
+        diffs.append((x - y).abs().flatten())
+    diffs = torch.cat(diffs)
+    assert diffs.max() <= ONE_LEVEL + 1e-4
+    assert diffs.mean() < 0.004
 
 
 def test_train_crops_flips_and_range(tmp_path):

@@ -1,0 +1,101 @@
+"""Data tools.
+
+    python -m wsol_fast.data check --metadata-root M --data-root D [--dataset CUB] [--splits train val test]
+    python -m wsol_fast.data builtin [--root R] [--seed S]
+
+`check` validates the metadata exactly as training does (errors name file and line), then decodes every
+image and compares its size with image_sizes.txt; it prints counts per split, the class count and every
+bad image with its reason, and exits 1 on any problem (2 when the metadata itself is malformed).
+`builtin` generates the built-in dataset (if not already there) and prints where it is.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from . import builtin
+from .loaders import BadImageError, read_image_rgb
+from .metadata import MetadataError, load_splits
+
+
+def _inspect(path: str, size) -> str | None:
+    """Why an image is bad, or None."""
+    try:
+        image = read_image_rgb(path)
+    except BadImageError as exc:
+        return str(exc)
+    h, w = image.shape[:2]
+    if size is not None and (w, h) != tuple(size):
+        return f"{path!r}: decoded size {w}x{h} differs from image_sizes.txt ({size[0]}x{size[1]})"
+    return None
+
+
+def check(metadata_root: str, data_root: str, dataset: str, splits, workers: int = 4,
+          progress: bool = True, out=None) -> int:
+    """0 when metadata and images are all good, 1 on bad images, 2 on malformed metadata."""
+    import cv2
+    from tqdm.auto import tqdm
+
+    out = out or sys.stdout
+    try:
+        metas = load_splits(metadata_root, dataset, splits)
+    except MetadataError as exc:
+        print(f"metadata error: {exc}", file=out)
+        return 2
+    cv2.setNumThreads(1)  # parallel over files instead (cv2 releases the GIL while decoding)
+    problems = 0
+    num_classes = next(iter(metas.values())).num_classes
+    print(f"{dataset}: {num_classes} classes; metadata {metadata_root}, images {data_root}", file=out)
+    for split, meta in metas.items():
+        paths = [os.path.join(data_root, dataset, i) for i in meta.image_ids]
+        sizes = [meta.sizes.get(i) for i in meta.image_ids]
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            reasons = list(tqdm(pool.map(_inspect, paths, sizes), total=len(paths), desc=f"check {split}",
+                                unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True))
+        bad = [r for r in reasons if r is not None]
+        present = len(set(meta.labels.values()))
+        boxes = sum(len(b) for b in meta.boxes.values())
+        extra = (f", {boxes} boxes" if meta.boxes else
+                 f", {len(meta.masks)} images with masks" if meta.masks else "")
+        print(f"  {split:<6}{len(meta):>8} images, {present} classes present{extra}: "
+              f"{'ok' if not bad else f'{len(bad)} bad'}", file=out)
+        for reason in bad:
+            print(f"    {reason}", file=out)
+        problems += len(bad)
+    print(f"{problems} bad image(s)" if problems else "all images decode and match their sizes", file=out)
+    return 1 if problems else 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m wsol_fast.data", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("check", help="validate metadata and decode every image")
+    c.add_argument("--metadata-root", required=True, help="metadata at METADATA_ROOT/DATASET/<split>/")
+    c.add_argument("--data-root", required=True, help="images at DATA_ROOT/DATASET/<image_id>")
+    c.add_argument("--dataset", default="CUB")
+    c.add_argument("--splits", nargs="+", default=["train", "val", "test"])
+    c.add_argument("--workers", type=int, default=4, help="decoding threads")
+    c.add_argument("--no-progress", action="store_true")
+    b = sub.add_parser("builtin", help="generate the built-in dataset and print where it is")
+    b.add_argument("--root", default=None, help=f"default: {builtin.default_root()}")
+    b.add_argument("--seed", type=int, default=0)
+    for key, value in builtin.DEFAULTS.items():
+        b.add_argument(f"--{key.replace('_', '-')}", type=int, default=value)
+    a = p.parse_args(argv)
+
+    if a.command == "check":
+        return check(a.metadata_root, a.data_root, a.dataset, a.splits, a.workers, not a.no_progress)
+    root = os.path.abspath(a.root or builtin.default_root())
+    sizes = {k: getattr(a, k) for k in builtin.DEFAULTS}
+    builtin.generate(root, seed=a.seed, **sizes)
+    print(f"built-in dataset (seed {a.seed}): {sizes['num_train']} train / {sizes['num_val']} val / "
+          f"{sizes['num_test']} test images, {builtin.NUM_CLASSES} classes\n"
+          f"  --metadata-root {builtin.metadata_root(root)} --data-root {builtin.data_root(root)} "
+          f"--dataset {builtin.DATASET}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
