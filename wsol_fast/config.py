@@ -23,8 +23,13 @@ BUILTIN_PROFILE = {
     "lr": 0.02,
     "resize_size": 146,
     "crop_size": 128,
+    # SPEC 1.2's fc_norm="max" divides each signed attention map by its max; with freshly initialised
+    # ICL blocks that max is often ~0 and, measured here from scratch, the first step's L_fc was ~190 and
+    # the loss reached 4e12 within 6 steps at lr 0.02 (and diverged at 0.002 too). "minmax" trained
+    # stably; it is the built-in profile's choice. --fc-norm overrides either profile.
+    "fc_norm": "minmax",
 }
-PAPER_PROFILE = {"lr": 1e-3, "resize_size": 256, "crop_size": 224}
+PAPER_PROFILE = {"lr": 1e-3, "resize_size": 256, "crop_size": 224, "fc_norm": "max"}
 
 
 @dataclass
@@ -74,7 +79,7 @@ class OptimConfig:
     lambda_ca: float = 1.0
     lambda_fc: float = 1.0
     margin: float = 1.0
-    fc_norm: str = "max"
+    fc_norm: str | None = None       # None: the profile's (SPEC 1.2 "max" on real data)
     fc_reduction: str = "mean"
 
 
@@ -129,6 +134,8 @@ def resolve(cfg: TrainConfig, device_type: str) -> TrainConfig:
         o.lr_decay_every = schedule["lr_decay_every"]
     if o.lr is None:
         o.lr = profile["lr"]
+    if o.fc_norm is None:
+        o.fc_norm = profile["fc_norm"]
     if r.channels_last is None:
         r.channels_last = True  # measured faster on CPU (SPEC 6) and standard on GPUs with AMP
     if m.pretrained is None and not builtin:

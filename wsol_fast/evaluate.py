@@ -74,8 +74,10 @@ def evaluate_model(model, loader, meta, device, autocast, cfg, info=None, loc_th
     box_eval = metrics.BoxEvaluator.merge(runtime.all_gather_objects(box_eval, info))
     per_image = [r for part in runtime.all_gather_objects(per_image, info) for r in part]
     n = len(per_image)
-    if n != len(meta.image_ids):
-        raise RuntimeError(f"evaluation saw {n} images but the split has {len(meta.image_ids)}")
+    seen = {r["id"] for r in per_image}
+    if n != len(meta.image_ids) or seen != set(meta.image_ids):
+        raise RuntimeError(f"evaluation saw {n} images ({len(seen)} distinct) but the split has "
+                           f"{len(meta.image_ids)}: every image must be scored exactly once")
     box = box_eval.compute()
     out = {
         "num_images": n,

@@ -73,7 +73,9 @@ def parse_args(argv=None) -> TrainConfig:
     o.add_argument("--weight-decay", type=float, default=1e-4)
     o.add_argument("--lambda-ca", type=float, default=1.0)
     o.add_argument("--lambda-fc", type=float, default=1.0)
-    o.add_argument("--fc-norm", default="max", choices=["max", "minmax", "none"])
+    o.add_argument("--fc-norm", default=None, choices=["max", "minmax", "none"],
+                   help="L_fc map normalisation (default: max on real data per SPEC 1.2, minmax on the "
+                        "built-in from-scratch profile, where max diverged)")
     o.add_argument("--fc-reduction", default="mean", choices=["mean", "sum"])
     r = p.add_argument_group("run")
     r.add_argument("--output", default=None, help="run folder (default runs/<backbone>-<method>-<time>)")
@@ -173,6 +175,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = nn.parallel.DistributedDataParallel(self.raw_model, device_ids=ids)
         self.compile_seconds = 0.0
+        self._compiled_once = False
         if c.runtime.compile:
             mode = None if c.runtime.compile == "default" else c.runtime.compile
             self.train_model = torch.compile(self.train_model, mode=mode)
@@ -231,6 +234,8 @@ class Trainer:
             if c.runtime.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             wait += time.perf_counter() - t_wait
+            first_compiled = bool(c.runtime.compile) and not self._compiled_once
+            t_step = time.perf_counter()
             with self.autocast:
                 output = self.train_model(images)
                 losses = self.criterion(output, labels)
@@ -239,6 +244,13 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if first_compiled:  # the first compiled step pays for tracing and code generation
+                runtime.synchronize(dev)
+                self.compile_seconds = time.perf_counter() - t_step
+                self._compiled_once = True
+                if self.info.is_main:
+                    print(f"torch.compile: first step took {self.compile_seconds:.1f} s (compilation included)",
+                          file=sys.stderr)
             with torch.no_grad():
                 sums += torch.stack([losses[k].detach().float() for k in ("total", "cls", "ca", "fc")])
                 nonfinite |= ~torch.isfinite(loss.detach())
@@ -306,6 +318,15 @@ class Trainer:
 
     def test(self, train_seconds: float) -> dict:
         c = self.cfg
+        ddp = None
+        if self.info.enabled:
+            # Replicas must end training with identical weights: gather one exact checksum per rank
+            # (before best.pt replaces them). Then wait for rank 0's best.pt (a shared file system).
+            with torch.no_grad():
+                checksum = sum(float(p.double().sum()) for p in self.raw_model.parameters())
+            ddp = {"world_size": self.info.world_size,
+                   "replica_checksums": runtime.all_gather_objects(checksum, self.info)}
+            runtime.barrier(self.info)
         best_path = os.path.join(self.out, "best.pt")
         if os.path.exists(best_path):  # report the model selected on val, as the protocol asks
             self.raw_model.load_state_dict(runtime.load_checkpoint(best_path)["model"])
@@ -313,6 +334,8 @@ class Trainer:
         results = evaluate_model(self.raw_model, self.data.test_loader, self.data.test_meta, self.device,
                                  self.autocast, c, self.info, loc_threshold=threshold, with_baseline=True,
                                  overlays=c.runtime.num_overlays)
+        if ddp is not None:
+            results["ddp"] = ddp
         summary = _summary(self.history, train_seconds, self.compile_seconds)
         results["telemetry"] = summary
         results["best_val"] = self.best

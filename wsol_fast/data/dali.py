@@ -96,7 +96,10 @@ def _build_pipeline(files, indices, aug_source, *, train, batch_size, num_thread
         # trims the padding (LastBatchPolicy.PARTIAL), so each sample appears exactly once.
         jpegs, index = fn.readers.file(files=files, labels=indices, random_shuffle=False,
                                        pad_last_batch=True, name="reader")
-        images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
+        # adjust_orientation=False: ignore EXIF rotation, as OpenCV's loader and wsolevaluation's PIL
+        # loading do, so decoded sizes match image_sizes.txt and the boxes.
+        images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB,
+                                   adjust_orientation=False)
         linear = dict(interp_type=types.INTERP_LINEAR, antialias=False)  # = cv2.INTER_LINEAR
         normalise = dict(dtype=types.FLOAT16 if (fp16 and gpu) else types.FLOAT, output_layout="CHW",
                          mean=[255 * m for m in IMAGENET_MEAN], std=[255 * s for s in IMAGENET_STD])

@@ -239,7 +239,11 @@ class OpenCVLoader:
                 collate_fn=_collate, num_workers=self.num_workers,
                 worker_init_fn=_worker_init if self.num_workers else None,
                 persistent_workers=self.persistent_workers and self.num_workers > 0,
-                pin_memory=self.device.type == "cuda")
+                pin_memory=self.device.type == "cuda",
+                # A private generator: each pass's worker seed would otherwise be drawn from the global
+                # torch RNG, and a run resumed mid-epoch would then draw the model's dropout-like
+                # choices (ICL's drop branch) differently from the uninterrupted run.
+                generator=torch.Generator().manual_seed(self.seed))
         return self._dataloader
 
     def close(self) -> None:

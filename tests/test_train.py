@@ -1,0 +1,183 @@
+"""The train and evaluate commands end to end on a tiny generated built-in set: outputs, resume, guards.
+
+Every run here is a real `python -m wsol_fast.train` (called in-process through `main`): tiny images
+(64 x 64 crops), batch 8, the OpenCV loader with no worker processes, so each run takes seconds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from wsol_fast import evaluate, runtime, train
+from wsol_fast.data import builtin
+
+TINY = dict(num_train=32, num_val=12, num_test=12, min_size=72, max_size=96)
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("tiny_builtin"))
+    builtin.generate(root, seed=0, progress=False, **TINY)
+    return root
+
+
+def _args(root, out, *extra):
+    return ["--backbone", "vgg16", "--dataset", "builtin", "--data-root", builtin.data_root(root),
+            "--metadata-root", builtin.metadata_root(root), "--batch-size", "8", "--resize-size", "72",
+            "--crop-size", "64", "--workers", "0", "--loader", "opencv", "--amp", "off", "--no-channels-last",
+            "--lr", "0.002", "--output", str(out), "--num-overlays", "3", "--seed", "1", *extra]
+
+
+def _weights(path):
+    return runtime.load_checkpoint(path)["model"]
+
+
+def _assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_train_then_evaluate_writes_everything(tiny_root, tmp_path):
+    out = tmp_path / "run"
+    assert train.main(_args(tiny_root, out, "--epochs", "2")) == 0
+    for name in ("config.json", "results.json", "metrics.csv", "last.pt", "best.pt"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    for key in ("top1_cls", "top1_loc", "gt_known_loc", "maxboxacc", "maxboxacc_v2", "best_threshold"):
+        assert key in results, key
+    assert set(results["maxboxacc"]) == {"30", "50", "70"}
+    assert results["num_images"] == TINY["num_test"]
+    prior = results["baselines"]["centre_prior"]
+    assert 0 <= prior["maxboxacc_v2"] <= 100
+    assert len(list((out / "overlays").glob("*.png"))) == 3
+    # the checkpoint loads with weights_only=True and holds everything a resume needs
+    state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "scaler", "epoch", "config", "rng"} <= set(state)
+    assert state["epoch"] == 2
+    assert len((out / "metrics.csv").read_text().strip().splitlines()) == 3   # header + 2 epochs
+    assert not any(k.startswith("_orig_mod.") for k in state["model"])
+
+    # evaluate on the saved checkpoint: same metrics, fresh output folder
+    ev_out = tmp_path / "eval"
+    assert evaluate.main(["--checkpoint", str(out / "best.pt"), "--output", str(ev_out),
+                          "--num-overlays", "2"]) == 0
+    again = json.loads((ev_out / "results.json").read_text())
+    assert again["num_images"] == TINY["num_test"]
+    assert again["maxboxacc_v2"] == pytest.approx(results["maxboxacc_v2"])
+    assert again["top1_cls"] == pytest.approx(results["top1_cls"])
+    assert len(list((ev_out / "overlays").glob("*.png"))) == 2
+
+
+def test_resume_after_a_crash_at_an_epoch_boundary_equals_the_uninterrupted_run(tiny_root, tmp_path,
+                                                                                 monkeypatch):
+    full = tmp_path / "full"
+    assert train.main(_args(tiny_root, full, "--epochs", "2")) == 0
+
+    crashed = tmp_path / "crashed"
+    real_save = train.Trainer.save
+
+    def save_then_crash(self, name, epoch, step):
+        real_save(self, name, epoch, step)
+        if name == "last.pt" and epoch == 1:
+            raise RuntimeError("simulated crash after epoch 1")
+
+    monkeypatch.setattr(train.Trainer, "save", save_then_crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train.main(_args(tiny_root, crashed, "--epochs", "2"))
+    monkeypatch.setattr(train.Trainer, "save", real_save)
+    assert runtime.load_checkpoint(str(crashed / "last.pt"))["epoch"] == 1
+    assert train.main(["--resume", str(crashed / "last.pt")]) == 0
+    _assert_same_weights(_weights(str(full / "last.pt")), _weights(str(crashed / "last.pt")))
+
+
+def test_ctrl_c_mid_epoch_saves_and_resumes_to_the_same_weights(tiny_root, tmp_path, monkeypatch):
+    full = tmp_path / "full"
+    assert train.main(_args(tiny_root, full, "--epochs", "2")) == 0
+
+    stopped = tmp_path / "stopped"
+    real_make = train.make_train_loader
+    calls = {"batches": 0}
+
+    class InterruptingLoader:
+        """Delivers a real SIGINT while the 6th batch (epoch 2, step 2) is being trained."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def set_epoch(self, epoch, start=0):
+            self.inner.set_epoch(epoch, start)
+
+        def __len__(self):
+            return len(self.inner)
+
+        def __iter__(self):
+            for batch in self.inner:
+                calls["batches"] += 1
+                if calls["batches"] == 6:
+                    os.kill(os.getpid(), signal.SIGINT)
+                yield batch
+
+    monkeypatch.setattr(train, "make_train_loader", lambda *a, **k: InterruptingLoader(real_make(*a, **k)))
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(_args(tiny_root, stopped, "--epochs", "2"))
+    assert exit_info.value.code == 130
+    state = runtime.load_checkpoint(str(stopped / "last.pt"))
+    assert (state["epoch"], state["step"]) == (1, 2)     # in epoch 2 (index 1), 2 steps done
+    monkeypatch.setattr(train, "make_train_loader", real_make)
+    assert train.main(["--resume", str(stopped / "last.pt")]) == 0
+    _assert_same_weights(_weights(str(full / "last.pt")), _weights(str(stopped / "last.pt")))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_root, tmp_path, monkeypatch):
+    out = tmp_path / "nan"
+    real_call = train.WSOLLoss.__call__
+    state = {"calls": 0}
+
+    def poisoned(self, output, labels):
+        terms = real_call(self, output, labels)
+        state["calls"] += 1
+        if state["calls"] > 4:            # epoch 2 (4 steps per epoch)
+            terms["total"] = terms["total"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(train.WSOLLoss, "__call__", poisoned)
+    assert train.main(_args(tiny_root, out, "--epochs", "3")) == 3
+    assert runtime.load_checkpoint(str(out / "last.pt"))["epoch"] == 1   # epoch 1's, not overwritten
+    assert not (out / "results.json").exists()
+
+
+def test_bad_arguments_are_clear_errors(tiny_root, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--dataset", "CUB", "--data-root", str(tmp_path)])
+    assert "--metadata-root" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="nothing.pt"):
+        train.main(["--resume", str(tmp_path / "nothing.pt")])
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_ranks_with_gloo(tiny_root, tmp_path):
+    """torchrun with 2 CPU ranks (gloo): identical weights on both ranks, every test image counted once,
+    only rank 0 writes."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "wsol_fast.train", *_args(tiny_root, out, "--epochs", "2", "--device", "cpu")]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    sums = results["ddp"]["replica_checksums"]
+    assert results["ddp"]["world_size"] == 2 and len(sums) == 2 and sums[0] == sums[1]
+    assert results["num_images"] == TINY["num_test"]        # gathered: each test image exactly once
+    assert done.stdout.count("run folder:") == 1            # only rank 0 reports and writes
+    # 32 train images over 2 ranks at batch 8: 2 steps per rank per epoch
+    import csv
+    rows = list(csv.DictReader((out / "metrics.csv").read_text().splitlines()))
+    assert [int(r["steps"]) for r in rows] == [2, 2]
