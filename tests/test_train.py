@@ -181,3 +181,39 @@ def test_ddp_two_cpu_ranks_with_gloo(tiny_root, tmp_path):
     import csv
     rows = list(csv.DictReader((out / "metrics.csv").read_text().splitlines()))
     assert [int(r["steps"]) for r in rows] == [2, 2]
+
+
+def _copy_with_a_corrupt_train_image(tiny_root, dest):
+    import shutil
+
+    shutil.copytree(tiny_root, dest)
+    first = open(os.path.join(builtin.metadata_root(dest), "builtin", "train", "image_ids.txt")).readline().strip()
+    path = os.path.join(builtin.data_root(dest), "builtin", first)
+    data = open(path, "rb").read()
+    with open(path, "wb") as fh:
+        fh.write(data[: len(data) // 3])          # a truncated download
+    return first
+
+
+def test_corrupt_jpeg_stops_before_training_or_is_skipped_and_counted(tiny_root, tmp_path, capsys):
+    root = str(tmp_path / "data")
+    bad = _copy_with_a_corrupt_train_image(tiny_root, root)
+    out = tmp_path / "run"
+    assert train.main(_args(root, out, "--epochs", "1")) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and bad in err
+    assert not (out / "last.pt").exists()
+    assert train.main(_args(root, out, "--epochs", "1", "--skip-bad-images")) == 0
+    assert "skipped 1 unreadable images" in capsys.readouterr().out
+    assert (out / "results.json").is_file()
+
+
+def test_one_epoch_with_the_dali_loader(tiny_root, tmp_path):
+    pytest.importorskip("nvidia.dali")
+    out = tmp_path / "dali"
+    args = _args(tiny_root, out, "--epochs", "1")
+    args[args.index("--loader") + 1] = "dali"
+    assert train.main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["num_images"] == TINY["num_test"]
+    assert json.loads((out / "config.json").read_text())["data"]["loader"] == "dali"

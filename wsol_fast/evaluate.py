@@ -175,9 +175,8 @@ def print_table(results: dict, title: str) -> None:
 # ------------------------------------------------------------------------------------- CLI
 
 def main(argv=None) -> int:
-    from .config import TrainConfig, resolve
-    from .data.pipeline import prepare_data
-    from .models import create_model
+    from .data.dali import BadImageError
+    from .data.metadata import MetadataError
 
     p = argparse.ArgumentParser(prog="python -m wsol_fast.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="a last.pt or best.pt written by wsol_fast.train")
@@ -189,6 +188,18 @@ def main(argv=None) -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--num-overlays", type=int, default=16)
     a = p.parse_args(argv)
+
+    try:
+        return _evaluate_checkpoint(a)
+    except (MetadataError, BadImageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _evaluate_checkpoint(a) -> int:
+    from .config import TrainConfig, resolve
+    from .data.pipeline import prepare_data
+    from .models import create_model
 
     state = runtime.load_checkpoint(a.checkpoint)
     cfg = TrainConfig.from_dict(state["config"])

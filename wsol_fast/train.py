@@ -24,6 +24,8 @@ import torch.nn as nn
 
 from . import runtime
 from .config import DataConfig, ModelConfig, OptimConfig, RuntimeConfig, TrainConfig, resolve
+from .data.dali import BadImageError
+from .data.metadata import MetadataError
 from .data.pipeline import RunData, prepare_data, make_train_loader
 from .evaluate import evaluate_model, print_table, write_outputs
 from .losses import WSOLLoss
@@ -70,6 +72,8 @@ def parse_args(argv=None) -> TrainConfig:
     o.add_argument("--batch-size", type=int, default=32)
     o.add_argument("--lr", type=float, default=None, help="default 1e-3 (paper); builtin from scratch 0.02")
     o.add_argument("--lr-decay-every", type=int, default=None)
+    o.add_argument("--new-layer-lr-mult", type=float, default=None,
+                   help="lr multiplier of new layers (default 10 on real data, 1 on the built-in profile)")
     o.add_argument("--weight-decay", type=float, default=1e-4)
     o.add_argument("--lambda-ca", type=float, default=1.0)
     o.add_argument("--lambda-fc", type=float, default=1.0)
@@ -105,6 +109,7 @@ def parse_args(argv=None) -> TrainConfig:
                     gamma_fg=a.gamma_fg, gamma_bg=a.gamma_bg, use_contrastive=a.use_contrastive,
                     use_fc=a.use_fc, nonlocal_attention=a.nonlocal_attention, use_dfg_mask=a.use_dfg_mask),
         OptimConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, lr_decay_every=a.lr_decay_every,
+                    new_layer_lr_mult=a.new_layer_lr_mult,
                     weight_decay=a.weight_decay, lambda_ca=a.lambda_ca, lambda_fc=a.lambda_fc,
                     fc_norm=a.fc_norm, fc_reduction=a.fc_reduction),
         RuntimeConfig(output=a.output, seed=a.seed, device=a.device, amp=a.amp, channels_last=a.channels_last,
@@ -399,6 +404,10 @@ def main(argv=None) -> int:
     except NonFiniteLoss as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except (MetadataError, BadImageError) as exc:
+        # Found before the first step: nothing was trained, nothing is lost. The message names the file.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
