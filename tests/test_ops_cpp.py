@@ -167,6 +167,8 @@ def _check_masked_gap(x, attention, gamma_fg=GAMMA_FG, gamma_bg=GAMMA_BG):
     (3, 17, 29 * 31),   # odd N (no vector-width multiple)
     (1, 1, 5),          # B = 1, C = 1, a tail-only row
     (4, 64, 49),
+    (2, 11, 57 * 55),   # 56x56-sized rows: three weight rows exceed 16 KB, the 4-row blocked path
+                        # with a 3-row remainder (C = 11), N not a multiple of the vector width
 ])
 def test_masked_gap_matches_reference(b, c, n, dtype):
     x = torch.randn(b, c, n, dtype=torch.float64).to(dtype)
