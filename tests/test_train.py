@@ -217,3 +217,14 @@ def test_one_epoch_with_the_dali_loader(tiny_root, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["num_images"] == TINY["num_test"]
     assert json.loads((out / "config.json").read_text())["data"]["loader"] == "dali"
+
+
+@pytest.mark.slow
+def test_compile_trains_and_saves_uncompiled_keys(tiny_root, tmp_path, capsys):
+    out = tmp_path / "compiled"
+    assert train.main(_args(tiny_root, out, "--epochs", "1", "--compile")) == 0
+    assert "torch.compile: first step took" in capsys.readouterr().err
+    state = runtime.load_checkpoint(str(out / "last.pt"))
+    assert state["model"] and not any(k.startswith("_orig_mod.") for k in state["model"])
+    results = json.loads((out / "results.json").read_text())
+    assert results["telemetry"]["compile_seconds"] > 0

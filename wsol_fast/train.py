@@ -183,7 +183,9 @@ class Trainer:
         self._compiled_once = False
         if c.runtime.compile:
             mode = None if c.runtime.compile == "default" else c.runtime.compile
-            self.train_model = torch.compile(self.train_model, mode=mode)
+            # fullgraph: the whole model, ICL blocks and wsol_fast ops included, is one graph (the ops have
+            # fake kernels). Under DDP, Dynamo splits the graph at gradient buckets, so no fullgraph there.
+            self.train_model = torch.compile(self.train_model, mode=mode, fullgraph=not self.info.enabled)
         self.train_loader = make_train_loader(c, self.data, self.info, self.device, self.amp_dtype)
         self._interrupted = False
 
