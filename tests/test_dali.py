@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from image_reference import cv2_normalised  # noqa: E402
 
 pytest.importorskip("nvidia.dali")
 cv2 = pytest.importorskip("cv2")
@@ -43,18 +44,6 @@ def _loader(root, ids, **kw):
     return DaliLoader(ids, list(range(len(ids))), str(root), "DS", **kw)
 
 
-def _cv2_normalised(path, size, crop=None, flip=False):
-    """The reference transform: cv2 decode, INTER_LINEAR resize, crop, flip, ImageNet normalisation."""
-    img = cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB)
-    img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
-    if crop is not None:
-        (y, x), c = crop
-        img = img[y:y + c, x:x + c]
-    if flip:
-        img = img[:, ::-1]
-    return torch.from_numpy(((img.astype(np.float32) / 255 - MEAN) / STD).transpose(2, 0, 1).copy())
-
-
 # Odd sizes, down- and up-scaling, portrait and landscape: each exercises the resize geometry.
 EVAL_SIZES = [(375, 500), (333, 241), (150, 201), (224, 224), (97, 130)]
 
@@ -63,7 +52,7 @@ def test_eval_matches_opencv(tmp_path):
     ids = _write_images(tmp_path, EVAL_SIZES)
     loader = _loader(tmp_path, ids, train=False, batch_size=2, crop_size=224)
     got = {i: x for images, _, batch_ids in loader for i, x in zip(batch_ids, images)}
-    diffs = torch.stack([(got[i] - _cv2_normalised(str(tmp_path / "DS" / i), 224)).abs().flatten()
+    diffs = torch.stack([(got[i] - cv2_normalised(str(tmp_path / "DS" / i), 224)).abs().flatten()
                          for i in ids])
     # Measured: max = one level (0.0175), mean ~0.0016 (about 9% of pixels off by one level).
     assert diffs.max() <= ONE_LEVEL + 1e-4
@@ -100,7 +89,7 @@ def test_train_crops_flips_and_range(tmp_path):
             assert labels.tolist() == [ids.index(i) for i in batch_ids]
             for k, image_id in enumerate(batch_ids):
                 y, x = (starts[k] * 64).round().astype(int)
-                want = _cv2_normalised(str(tmp_path / "DS" / image_id), 64, ((y, x), 48), bool(flips[k]))
+                want = cv2_normalised(str(tmp_path / "DS" / image_id), 64, ((y, x), 48), bool(flips[k]))
                 assert (images[k] - want).abs().max() <= ONE_LEVEL + 1e-4, (epoch, image_id)
                 red = images[k, 0]  # red band on the left unless flipped
                 orientations.add(bool(red[:, :4].mean() < red[:, -4:].mean()))
@@ -180,4 +169,4 @@ def test_gpu_mixed_decoding_fp16(tmp_path):
     got = {i: x for images, _, batch_ids in loader for i, x in zip(batch_ids, images)}
     assert all(x.is_cuda and x.dtype == torch.float16 for x in got.values())
     for i in ids:  # nvJPEG's IDCT differs from libjpeg-turbo's by a few levels; fp16 adds ~1e-3
-        assert (got[i].float().cpu() - _cv2_normalised(str(tmp_path / "DS" / i), 224)).abs().mean() < 0.05
+        assert (got[i].float().cpu() - cv2_normalised(str(tmp_path / "DS" / i), 224)).abs().mean() < 0.05

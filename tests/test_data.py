@@ -10,6 +10,7 @@ import weakref
 import numpy as np
 import pytest
 import torch
+from image_reference import cv2_normalised  # noqa: E402
 
 cv2 = pytest.importorskip("cv2")
 
@@ -115,18 +116,6 @@ def _loader(root, ids, **kw):
     return OpenCVLoader(ids, list(range(len(ids))), str(root), "DS", **kw)
 
 
-def _reference(path, size, crop=None, flip=False):
-    """By hand: cv2 decode, INTER_LINEAR resize, crop, flip, (x / 255 - mean) / std, CHW."""
-    img = cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB)
-    img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
-    if crop is not None:
-        (y, x), c = crop
-        img = img[y:y + c, x:x + c]
-    if flip:
-        img = img[:, ::-1]
-    return torch.from_numpy(((img.astype(np.float32) / 255 - MEAN) / STD).transpose(2, 0, 1).copy())
-
-
 def test_train_transform_matches_hand_computed_cv2(tmp_path):
     ids = _write_images(tmp_path, [(60, 80), (45, 35), (40, 40), (90, 50), (33, 47), (64, 64)])
     loader = _loader(tmp_path, ids, train=True, batch_size=3, resize_size=40, crop_size=32, seed=5)
@@ -139,7 +128,7 @@ def test_train_transform_matches_hand_computed_cv2(tmp_path):
         assert [i for _, i in got] == [ids[k] for k in order]
         for j, (x, image_id) in enumerate(got):
             assert x.shape == (3, 32, 32) and x.dtype == torch.float32
-            want = _reference(str(tmp_path / "DS" / image_id), 40, ((off_y[j], off_x[j]), 32), bool(flip[j]))
+            want = cv2_normalised(str(tmp_path / "DS" / image_id), 40, ((off_y[j], off_x[j]), 32), bool(flip[j]))
             torch.testing.assert_close(x, want, atol=1e-5, rtol=0)
             seen_flips.add(int(flip[j]))
             seen_offsets.add((int(off_y[j]), int(off_x[j])))
@@ -152,7 +141,7 @@ def test_eval_transform_matches_hand_computed_cv2(tmp_path):
     got = {i: x for images, _, batch in loader for i, x in zip(batch, images)}
     assert list(got) == ids
     for image_id in ids:
-        torch.testing.assert_close(got[image_id], _reference(str(tmp_path / "DS" / image_id), 64), atol=1e-5,
+        torch.testing.assert_close(got[image_id], cv2_normalised(str(tmp_path / "DS" / image_id), 64), atol=1e-5,
                                    rtol=0)
 
 
