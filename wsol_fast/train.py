@@ -61,7 +61,7 @@ def parse_args(argv=None) -> TrainConfig:
                    help="dataset name under the metadata root (CUB, ILSVRC, OpenImages); default: builtin")
     d.add_argument("--data-root", default=None, help="images at DATA_ROOT/DATASET/<image_id>")
     d.add_argument("--metadata-root", default=None, help="metadata at METADATA_ROOT/DATASET/<split>/")
-    d.add_argument("--resize-size", type=int, default=None, help="train resize (default 256; CPU builtin 146)")
+    d.add_argument("--resize-size", type=int, default=None, help="train resize (default 256; built-in profile 146)")
     d.add_argument("--crop-size", type=int, default=None, help="train crop / eval size (default 224; CPU builtin 128)")
     d.add_argument("--workers", type=int, default=None)
     d.add_argument("--loader", default="auto", choices=["auto", "dali", "opencv"])
@@ -70,7 +70,7 @@ def parse_args(argv=None) -> TrainConfig:
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, default=None)
     o.add_argument("--batch-size", type=int, default=32)
-    o.add_argument("--lr", type=float, default=None, help="default 1e-3 (paper); builtin from scratch 0.02")
+    o.add_argument("--lr", type=float, default=None, help="default 1e-3 (paper); 0.01 on the built-in from-scratch profile")
     o.add_argument("--lr-decay-every", type=int, default=None)
     o.add_argument("--new-layer-lr-mult", type=float, default=None,
                    help="lr multiplier of new layers (default 10 on real data, 1 on the built-in profile)")
