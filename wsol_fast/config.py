@@ -18,9 +18,9 @@ DATASET_SCHEDULES = {
 # The built-in dataset is trained from scratch on a CPU (no weights can be downloaded here); these were
 # chosen by measurement on a 2-core CPU so generation + training + test evaluation fit in ten minutes.
 BUILTIN_PROFILE = {
-    # Measured on a 2-core CPU (AMD EPYC, bf16 autocast + channels_last): 1.96 s per step of 32 images at
+    # Measured on a 2-core CPU (AMD EPYC, bf16 autocast + channels_last): about 2 s per step of 32 images at
     # 128 x 128, so two epochs of the 3,000 training images (186 steps) plus generation and evaluation
-    # take about 6.5 minutes. See the README for what this run reaches.
+    # take about 7 minutes (6 min 52 s measured). See the README for what this run reaches.
     "epochs": 2,
     "lr_decay_every": 2,
     "lr": 0.01,
