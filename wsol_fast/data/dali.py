@@ -51,6 +51,24 @@ def looks_like_image(path: str) -> bool:
     return _intact(path)
 
 
+def find_bad_images(paths) -> list[int]:
+    """Positions of the files that fail the cheap pre-scan (`looks_like_image`)."""
+    return [k for k, path in enumerate(paths) if not looks_like_image(path)]
+
+
+def readable_positions(paths, image_ids, skip: bool) -> tuple[list[int], list[str]]:
+    """(positions of the readable images, ids of the unreadable ones), for both loaders. An unreadable
+    image is a BadImageError naming it, unless `skip` (then it is left out and listed)."""
+    bad = find_bad_images(paths)
+    if bad and not skip:
+        raise BadImageError(f"cannot read image {paths[bad[0]]!r} (missing, truncated or not an image); "
+                            "fix or remove it, or pass skip_bad_images=True to leave it out")
+    if len(bad) == len(paths):
+        raise ValueError(f"no readable images among {len(paths)} (first: {paths[:1]})")
+    dropped = set(bad)
+    return [k for k in range(len(paths)) if k not in dropped], [image_ids[k] for k in bad]
+
+
 def _intact(path: str) -> bool:
     """Cheap integrity check (two small reads, no decode): JPEGs must start with SOI and end with EOI,
     which catches the common truncated download; other formats are decoded with OpenCV."""
@@ -129,7 +147,7 @@ class DaliLoader:
 
     def __init__(self, image_ids, labels, data_root, dataset, *, train, batch_size, num_threads=2,
                  resize_size=256, crop_size=224, seed=0, shard_id=0, num_shards=1, skip_bad_images=False,
-                 device=None, fp16=False, drop_last=None):
+                 device=None, fp16=False, drop_last=None, check_images=True):
         if resize_size < crop_size and train:
             raise ValueError(f"resize_size ({resize_size}) must be >= crop_size ({crop_size})")
         self.image_ids = list(image_ids)
@@ -140,8 +158,9 @@ class DaliLoader:
         self.shard_id, self.num_shards = shard_id, num_shards
         self.drop_last = train if drop_last is None else drop_last
         self.device = _resolve_device(device)
-        self.bad_images: list[str] = []
-        self._keep = self._check_files(skip_bad_images)
+        # check_images=False: the caller (data.pipeline) has already checked every image of the split.
+        self._keep, self.bad_images = (readable_positions(self.paths, self.image_ids, skip_bad_images)
+                                       if check_images else (list(range(len(self.paths))), []))
         if train:
             self.sampler = TrainSampler(len(self._keep), seed=seed, rank=shard_id, world_size=num_shards)
         else:
@@ -149,22 +168,6 @@ class DaliLoader:
         self.epoch, self.start = 0, 0
 
     # ------------------------------------------------------------------ set-up
-    def _check_files(self, skip: bool) -> list[int]:
-        """Positions of the readable images. An unreadable one is an error naming it, or, with
-        skip_bad_images, left out and listed in self.bad_images (DALI would abort the whole pass)."""
-        keep = []
-        for k, path in enumerate(self.paths):
-            if looks_like_image(path):
-                keep.append(k)
-            elif skip:
-                self.bad_images.append(self.image_ids[k])
-            else:
-                raise BadImageError(f"cannot read image {path!r} (missing, truncated or not an image); "
-                                    "fix or remove it, or pass skip_bad_images=True to leave it out")
-        if not keep:
-            raise ValueError(f"no readable images among {len(self.paths)} (first: {self.paths[:1]})")
-        return keep
-
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Epoch `epoch`, skipping the first `start` samples of this shard's share (for resuming)."""
         self.epoch, self.start = epoch, start
@@ -251,13 +254,13 @@ class DaliLoader:
 
 def build_dali_loader(meta, data_root, dataset, train, batch_size, num_threads=2, resize_size=256,
                       crop_size=224, seed=0, shard_id=0, num_shards=1, skip_bad_images=False, device=None,
-                      fp16=False) -> DaliLoader:
+                      fp16=False, check_images=True) -> DaliLoader:
     """The trainer's entry point: a DaliLoader over the split `meta` describes."""
     image_ids, labels = _split_items(meta)
     return DaliLoader(image_ids, labels, data_root, dataset, train=train, batch_size=batch_size,
                       num_threads=num_threads, resize_size=resize_size, crop_size=crop_size, seed=seed,
                       shard_id=shard_id, num_shards=num_shards, skip_bad_images=skip_bad_images,
-                      device=device, fp16=fp16)
+                      device=device, fp16=fp16, check_images=check_images)
 
 
 def _split_items(meta):

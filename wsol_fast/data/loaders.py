@@ -38,7 +38,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from .dali import IMAGENET_MEAN, IMAGENET_STD, BadImageError, _intact
+from .dali import IMAGENET_MEAN, IMAGENET_STD, BadImageError, find_bad_images, readable_positions
 from .sampler import ShardSampler, TrainSampler
 
 __all__ = ["BadImageError", "OpenCVLoader", "augment_draws", "build_opencv_loader", "find_bad_images",
@@ -61,11 +61,6 @@ def read_image_rgb(path: str) -> np.ndarray:
     if image is None:
         raise BadImageError(f"cannot decode image {path!r}: empty, not an image, or an unsupported format")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def find_bad_images(paths) -> list[int]:
-    """Positions of the files that fail the cheap pre-scan (dali's check: JPEG markers, else a decode)."""
-    return [k for k, path in enumerate(paths) if not _intact(path)]
 
 
 def augment_draws(seed: int, epoch: int, shard_id: int, count: int, resize_size: int, crop_size: int):
@@ -193,8 +188,8 @@ class OpenCVLoader:
         self.dtype = torch.float16 if (fp16 and self.device.type == "cuda") else torch.float32
         self.channels_last = channels_last
         self.persistent_workers = num_workers > 0 if persistent_workers is None else persistent_workers
-        self.bad_images: list[str] = []
-        self._keep = self._check_files(skip_bad_images) if check_images else list(range(len(self.paths)))
+        self._keep, self.bad_images = (readable_positions(self.paths, self.image_ids, skip_bad_images)
+                                       if check_images else (list(range(len(self.paths))), []))
         if train:
             self.sampler = TrainSampler(len(self._keep), seed=seed, rank=shard_id, world_size=num_shards)
         else:
@@ -206,18 +201,6 @@ class OpenCVLoader:
         scale = 1.0 / (torch.tensor(IMAGENET_STD) * 255)
         self._mean = mean.view(1, 3, 1, 1).to(self.device, self.dtype)
         self._scale = scale.view(1, 3, 1, 1).to(self.device, self.dtype)
-
-    def _check_files(self, skip: bool) -> list[int]:
-        bad = set(find_bad_images(self.paths))
-        for k in sorted(bad):
-            if not skip:
-                raise BadImageError(f"cannot read image {self.paths[k]!r} (missing, truncated or not an image); "
-                                    "fix or remove it, or pass skip_bad_images=True to leave it out")
-            self.bad_images.append(self.image_ids[k])
-        keep = [k for k in range(len(self.paths)) if k not in bad]
-        if not keep:
-            raise ValueError(f"no readable images among {len(self.paths)} (first: {self.paths[:1]})")
-        return keep
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Epoch `epoch`, skipping the first `start` samples of this shard's share (for resuming)."""

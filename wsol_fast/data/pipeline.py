@@ -122,14 +122,15 @@ def make_train_loader(cfg, data: RunData, info: runtime.DistInfo, device: torch.
 
 
 def _build(data: RunData, cfg, info, device, meta, *, train: bool, persistent: bool, fp16: bool = False):
+    """A loader over `meta`; prepare_data has already checked its images, so no loader scans them again."""
     d = cfg.data
     common = dict(train=train, batch_size=cfg.optim.batch_size, resize_size=d.resize_size,
                   crop_size=d.crop_size, seed=cfg.runtime.seed, shard_id=info.rank,
                   num_shards=info.world_size, skip_bad_images=d.skip_bad_images, device=device, fp16=fp16)
     if data.loader_name == "dali":
         threads = max(1, d.workers)  # --workers 0 (no worker processes) still needs one DALI thread
-        return dali.build_dali_loader(meta, data.data_root, data.dataset, num_threads=threads, **common)
-    # Images were checked above; the OpenCV loader need not scan them again.
+        return dali.build_dali_loader(meta, data.data_root, data.dataset, num_threads=threads,
+                                      check_images=False, **common)
     return loaders.build_opencv_loader(meta, data.data_root, data.dataset, num_workers=d.workers,
                                        check_images=False, persistent_workers=persistent,
                                        channels_last=bool(cfg.runtime.channels_last), **common)
