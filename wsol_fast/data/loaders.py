@@ -40,6 +40,7 @@ import torch
 
 from .dali import IMAGENET_MEAN, IMAGENET_STD, BadImageError, find_bad_images, readable_positions
 from .sampler import ShardSampler, TrainSampler
+from .transforms import eval_resize, train_crop
 
 __all__ = ["BadImageError", "OpenCVLoader", "augment_draws", "build_opencv_loader", "find_bad_images",
            "read_image_rgb"]
@@ -109,18 +110,14 @@ class _ImageSet(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, item):
-        import cv2
-
         k, y, x, flip = item
         image = read_image_rgb(self.paths[k])
-        c = self.crop_size
         if self.train:
-            image = cv2.resize(image, (self.resize_size, self.resize_size), interpolation=cv2.INTER_LINEAR)
-            image = image[y:y + c, x:x + c]
+            image = train_crop(image, self.resize_size, self.crop_size, y, x)
             if flip:
                 image = image[:, ::-1]
         else:
-            image = cv2.resize(image, (c, c), interpolation=cv2.INTER_LINEAR)
+            image = eval_resize(image, self.crop_size)
         return image, self.labels[k], self.image_ids[k]
 
 
