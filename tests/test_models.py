@@ -173,3 +173,19 @@ def test_parameter_groups_split_backbone_from_new_layers(backbone):
                     "resnet50": {"attention_blocks", "fc"}}[backbone]
     assert new_roots == expected_new
     assert all(model.is_pretrained_key(names[i]) for i in ids["pretrained"])
+
+
+def test_blocks_disabled_trains_the_plain_classifier():
+    """blocks_enabled=False (the trainer's block warm-up): a training forward with no block records,
+    whose logits are those of the blockless network."""
+    torch.manual_seed(0)
+    model = create_model("vgg16", 5, method="icl").train()
+    x = torch.randn(2, 3, 64, 64)
+    model.blocks_enabled = False
+    out = model(x)
+    assert out.blocks == []
+    torch.manual_seed(0)
+    features, records = model.forward_features(x, use_blocks=False)
+    assert records == [] and torch.equal(out.logits, model.logits(features))
+    model.blocks_enabled = True
+    assert len(model(x).blocks) == 3

@@ -228,3 +228,34 @@ def test_compile_trains_and_saves_uncompiled_keys(tiny_root, tmp_path, capsys):
     assert state["model"] and not any(k.startswith("_orig_mod.") for k in state["model"])
     results = json.loads((out / "results.json").read_text())
     assert results["telemetry"]["compile_seconds"] > 0
+
+
+def test_block_warmup_epochs_train_without_the_blocks_then_with_them(tiny_root, tmp_path):
+    """--block-warmup-epochs 1: epoch 1 trains the plain classifier (no block records, so L_ca = L_fc = 0
+    and the blocks' weights stay as initialised), epoch 2 the full method."""
+    import csv
+
+    out = tmp_path / "warm"
+    args = _args(tiny_root, out, "--epochs", "2", "--block-warmup-epochs", "1", "--method", "icl")
+    assert train.main(args) == 0
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert float(rows[0]["loss_ca"]) == 0.0 and float(rows[0]["loss_fc"]) == 0.0
+    assert float(rows[0]["loss"]) == float(rows[0]["loss_cls"])
+    assert float(rows[1]["loss_ca"]) > 0.0 and float(rows[1]["loss"]) > float(rows[1]["loss_cls"])
+    assert json.loads((out / "config.json").read_text())["optim"]["block_warmup_epochs"] == 1
+
+
+def test_block_warmup_leaves_the_blocks_untouched(tiny_root, tmp_path):
+    """Two warm-up runs of 1 and 3 steps: the backbones differ, the blocks are still the initial ones."""
+    runs = {}
+    for steps in (1, 3):
+        out = tmp_path / f"warm{steps}"
+        assert train.main(_args(tiny_root, out, "--epochs", "1", "--block-warmup-epochs", "1",
+                                "--max-steps-per-epoch", str(steps))) == 0
+        runs[steps] = _weights(out / "last.pt")
+    blocks = [k for k in runs[1] if k.startswith("attention_blocks.")]
+    others = [k for k in runs[1] if k not in blocks and runs[1][k].is_floating_point()]
+    assert blocks and others
+    for k in blocks:
+        assert torch.equal(runs[1][k], runs[3][k]), k
+    assert not all(torch.equal(runs[1][k], runs[3][k]) for k in others)

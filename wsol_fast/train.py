@@ -61,8 +61,8 @@ def parse_args(argv=None) -> TrainConfig:
                    help="dataset name under the metadata root (CUB, ILSVRC, OpenImages); default: builtin")
     d.add_argument("--data-root", default=None, help="images at DATA_ROOT/DATASET/<image_id>")
     d.add_argument("--metadata-root", default=None, help="metadata at METADATA_ROOT/DATASET/<split>/")
-    d.add_argument("--resize-size", type=int, default=None, help="train resize (default 256; built-in profile 146)")
-    d.add_argument("--crop-size", type=int, default=None, help="train crop / eval size (default 224; CPU builtin 128)")
+    d.add_argument("--resize-size", type=int, default=None, help="train resize (default 256; built-in profile 73)")
+    d.add_argument("--crop-size", type=int, default=None, help="train crop / eval size (default 224; built-in profile 64)")
     d.add_argument("--workers", type=int, default=None)
     d.add_argument("--loader", default="auto", choices=["auto", "dali", "opencv"])
     d.add_argument("--skip-bad-images", action="store_true", help="skip and count corrupt/missing images")
@@ -70,10 +70,14 @@ def parse_args(argv=None) -> TrainConfig:
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, default=None)
     o.add_argument("--batch-size", type=int, default=32)
-    o.add_argument("--lr", type=float, default=None, help="default 1e-3 (paper); 0.01 on the built-in from-scratch profile")
+    o.add_argument("--lr", type=float, default=None, help="default 1e-3 (paper); 0.02 on the built-in from-scratch profile")
     o.add_argument("--lr-decay-every", type=int, default=None)
+    o.add_argument("--block-warmup-epochs", type=int, default=None,
+                   help="epochs trained with the attention blocks (ICL / ADL) off, i.e. identities, and the "
+                        "classification loss alone, before the method's blocks and losses come on (default 0 "
+                        "on real data, the paper's; the built-in from-scratch profile's otherwise)")
     o.add_argument("--new-layer-lr-mult", type=float, default=None,
-                   help="lr multiplier of new layers (default 10 on real data, 1 on the built-in profile)")
+                   help="lr multiplier of new layers (default 10 on real data, 0.1 on the built-in profile)")
     o.add_argument("--weight-decay", type=float, default=1e-4)
     o.add_argument("--lambda-ca", type=float, default=1.0)
     o.add_argument("--lambda-fc", type=float, default=1.0)
@@ -111,6 +115,7 @@ def parse_args(argv=None) -> TrainConfig:
                     gamma_fg=a.gamma_fg, gamma_bg=a.gamma_bg, use_contrastive=a.use_contrastive,
                     use_fc=a.use_fc, nonlocal_attention=a.nonlocal_attention, use_dfg_mask=a.use_dfg_mask),
         OptimConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, lr_decay_every=a.lr_decay_every,
+                    block_warmup_epochs=a.block_warmup_epochs,
                     new_layer_lr_mult=a.new_layer_lr_mult,
                     weight_decay=a.weight_decay, lambda_ca=a.lambda_ca, lambda_fc=a.lambda_fc,
                     fc_norm=a.fc_norm, fc_reduction=a.fc_reduction),
@@ -180,7 +185,9 @@ class Trainer:
         self.train_model = self.raw_model
         if self.info.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = nn.parallel.DistributedDataParallel(self.raw_model, device_ids=ids)
+            # Warm-up epochs leave the blocks' parameters without gradients.
+            self.train_model = nn.parallel.DistributedDataParallel(
+                self.raw_model, device_ids=ids, find_unused_parameters=c.optim.block_warmup_epochs > 0)
         self.compile_seconds = 0.0
         self._compiled_once = False
         if c.runtime.compile not in (None, "off"):
@@ -224,6 +231,7 @@ class Trainer:
     def train_epoch(self, epoch: int, start_step: int) -> dict:
         c, dev = self.cfg, self.device
         self.train_model.train()
+        self.raw_model.blocks_enabled = epoch >= c.optim.block_warmup_epochs
         loader = self.train_loader
         loader.set_epoch(epoch, start_step * c.optim.batch_size)
         steps = len(loader)
@@ -232,7 +240,9 @@ class Trainer:
         sums = torch.zeros(4, device=dev)  # total, cls, ca, fc, accumulated without host syncs
         nonfinite = torch.zeros((), dtype=torch.bool, device=dev)
         n_img, wait, t0 = 0, 0.0, time.perf_counter()
-        bar = _progress(steps, f"epoch {epoch + 1}/{c.optim.epochs}", self.info.is_main)
+        warmup = "" if self.raw_model.blocks_enabled or not len(self.raw_model.attention_blocks) else \
+            " (block warm-up: blocks off)"
+        bar = _progress(steps, f"epoch {epoch + 1}/{c.optim.epochs}{warmup}", self.info.is_main)
         it = iter(loader)
         step = start_step
         for i in range(steps):

@@ -140,6 +140,9 @@ class WSOLModel(nn.Module):
         self.config = {"backbone": self.backbone_name, "num_classes": num_classes, "method": method,
                        **options}
         self.attention_blocks = build_attention_blocks(method, block_channels, options)
+        # False: training forwards bypass the blocks (identities, no records: the loss is the CE term
+        # alone), as the trainer's block warm-up epochs do. Not saved in the state dict.
+        self.blocks_enabled = True
 
     # --- what a backbone provides ---------------------------------------------------------------
     def stage(self, index: int, x: Tensor) -> Tensor:
@@ -169,7 +172,7 @@ class WSOLModel(nn.Module):
         return self.head(x), records
 
     def forward(self, x: Tensor):
-        features, records = self.forward_features(x)
+        features, records = self.forward_features(x, use_blocks=self.blocks_enabled)
         logits = self.logits(features)
         if not self.training:
             return logits
