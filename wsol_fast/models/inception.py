@@ -71,10 +71,14 @@ class InceptionV3WSOL(WSOLModel):
         nn.init.zeros_(self.SPG_A4.bias)
 
     def _init_backbone(self) -> None:
-        # Truncated normal (std 0.1) as torchvision's Inception3 does for a from-scratch net.
+        # He init (fan_out), as torchvision's ResNet and VGG use, rather than torchvision Inception3's
+        # truncated normal of std 0.1 (about 3x He's std for the 3x3 convs of 192+ channels; under batch
+        # norm, larger weights take smaller effective SGD steps). It only matters from scratch
+        # (pretrained weights replace it): on the built-in set with the SGD profile, one seed each, a CAM
+        # model's 300-step loss was 2.09 with He init against 2.22 with the truncated normal.
         for name, m in self.named_modules():
             if name.startswith(self.pretrained_prefixes) and isinstance(m, nn.Conv2d):
-                nn.init.trunc_normal_(m.weight, mean=0.0, std=0.1, a=-2, b=2)
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def stage(self, index: int, x: Tensor) -> Tensor:
         if index == 0:
