@@ -2,7 +2,7 @@
 (wsol_fast.data.loaders.OpenCVLoader), with the same transforms (resize, random crop, flip, normalise)
 and the same 2 threads / 2 worker processes.
 
-Two image sets: (a) the built-in dataset (its profile: resize 146, crop 128) and (b) 400 photo-like
+Two image sets: (a) the built-in dataset (at its CPU profile's resize and crop) and (b) 400 photo-like
 JPEGs of 500 x 375, CUB's typical size (resize 256, crop 224). The OpenCV loader runs twice: with
 workers started per epoch (`opencv`) and with persistent workers, as the trainer runs it
 (`opencv-persistent`). Each round is one epoch; extra_info holds images/s and CPU milliseconds per image
@@ -70,12 +70,14 @@ def image_sets(tmp_path_factory):
     """name -> (image ids, labels, data_root, dataset, resize_size, crop_size)."""
     root = str(tmp_path_factory.mktemp("bench_loaders"))
     sets = {"cub-like-500x375": (_photo_like_jpegs(root, *CUB_LIKE), None, root, "CUBLIKE", 256, 224)}
+    from wsol_fast.config import BUILTIN_PROFILE
     from wsol_fast.data import builtin
     from wsol_fast.data.metadata import load_split
     meta_root = builtin.generate(root, progress=False)
     meta = load_split(meta_root, "builtin", "train")
     sets["builtin"] = (meta.image_ids, [meta.class_labels[i] for i in meta.image_ids],
-                       builtin.data_root(root), "builtin", 146, 128)
+                       builtin.data_root(root), "builtin", BUILTIN_PROFILE["resize_size"],
+                       BUILTIN_PROFILE["crop_size"])
     return {k: (ids, labels or [0] * len(ids), *rest) for k, (ids, labels, *rest) in sets.items()}
 
 
