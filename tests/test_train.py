@@ -29,7 +29,10 @@ def _args(root, out, *extra):
     return ["--backbone", "vgg16", "--dataset", "builtin", "--data-root", builtin.data_root(root),
             "--metadata-root", builtin.metadata_root(root), "--batch-size", "8", "--resize-size", "72",
             "--crop-size", "64", "--workers", "0", "--loader", "opencv", "--amp", "off", "--no-channels-last",
-            "--lr", "0.002", "--output", str(out), "--num-overlays", "3", "--seed", "1", *extra]
+            "--lr", "0.002", "--output", str(out), "--num-overlays", "3", "--seed", "1",
+            # The method from the first step (the built-in profile's warm-up would make short runs CE-only);
+            # a test's own --block-warmup-epochs comes later and wins.
+            "--block-warmup-epochs", "0", *extra]
 
 
 def _weights(path):
