@@ -27,11 +27,10 @@ about 9% of pixels differ by one level: max |diff| = 1/255/0.224 = 0.0175 after 
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
-
-import functools
 
 import numpy as np
 import torch
