@@ -102,10 +102,23 @@ def _cv2_decodes(path: str) -> bool:
     return data.size > 0 and cv2.imdecode(data, cv2.IMREAD_COLOR) is not None
 
 
-def _resolve_device(device) -> torch.device:
+def resolve_device(device) -> torch.device:
+    """`device`, or CUDA when it is available and `device` is None, else the CPU (both loaders)."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def plan_split(paths, image_ids, *, train, seed, shard_id, num_shards, skip_bad_images, check_images):
+    """(positions of the readable images, ids of the unreadable ones, the sampler over the readable ones)
+    for both loaders. check_images=False: the caller (data.pipeline) has already checked every image."""
+    keep, bad = (readable_positions(paths, image_ids, skip_bad_images) if check_images
+                 else (list(range(len(paths))), []))
+    if train:
+        sampler = TrainSampler(len(keep), seed=seed, rank=shard_id, world_size=num_shards)
+    else:
+        sampler = ShardSampler(len(keep), rank=shard_id, world_size=num_shards)
+    return keep, bad, sampler
 
 
 def _build_pipeline(files, indices, aug_source, *, train, batch_size, num_threads, resize_size, crop_size,
@@ -177,19 +190,15 @@ class DaliLoader:
         self.resize_size, self.crop_size, self.seed, self.fp16 = resize_size, crop_size, seed, fp16
         self.shard_id, self.num_shards = shard_id, num_shards
         self.drop_last = train if drop_last is None else drop_last
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         if resize not in ("auto", "dali", "opencv"):
             raise ValueError(f"resize must be 'auto', 'dali' or 'opencv', got {resize!r}")
         if resize == "opencv" and self.device.type == "cuda":
             raise ValueError("resize='opencv' is the CPU path; on a GPU DALI resizes (resize='dali')")
         self.resize = resize if resize != "auto" else ("dali" if self.device.type == "cuda" else "opencv")
-        # check_images=False: the caller (data.pipeline) has already checked every image of the split.
-        self._keep, self.bad_images = (readable_positions(self.paths, self.image_ids, skip_bad_images)
-                                       if check_images else (list(range(len(self.paths))), []))
-        if train:
-            self.sampler = TrainSampler(len(self._keep), seed=seed, rank=shard_id, world_size=num_shards)
-        else:
-            self.sampler = ShardSampler(len(self._keep), rank=shard_id, world_size=num_shards)
+        self._keep, self.bad_images, self.sampler = plan_split(
+            self.paths, self.image_ids, train=train, seed=seed, shard_id=shard_id, num_shards=num_shards,
+            skip_bad_images=skip_bad_images, check_images=check_images)
         self.epoch, self.start = 0, 0
 
     # ------------------------------------------------------------------ set-up

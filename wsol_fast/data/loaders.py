@@ -38,8 +38,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from .dali import IMAGENET_MEAN, IMAGENET_STD, BadImageError, find_bad_images, readable_positions
-from .sampler import ShardSampler, TrainSampler
+from .dali import IMAGENET_MEAN, IMAGENET_STD, BadImageError, find_bad_images, plan_split, resolve_device
 from .transforms import eval_resize, train_crop
 
 __all__ = ["BadImageError", "OpenCVLoader", "augment_draws", "build_opencv_loader", "find_bad_images",
@@ -180,17 +179,13 @@ class OpenCVLoader:
         self.resize_size, self.crop_size, self.seed = resize_size, crop_size, seed
         self.shard_id, self.num_shards = shard_id, num_shards
         self.drop_last = train if drop_last is None else drop_last
-        self.device = torch.device(device) if device is not None else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_device(device)
         self.dtype = torch.float16 if (fp16 and self.device.type == "cuda") else torch.float32
         self.channels_last = channels_last
         self.persistent_workers = num_workers > 0 if persistent_workers is None else persistent_workers
-        self._keep, self.bad_images = (readable_positions(self.paths, self.image_ids, skip_bad_images)
-                                       if check_images else (list(range(len(self.paths))), []))
-        if train:
-            self.sampler = TrainSampler(len(self._keep), seed=seed, rank=shard_id, world_size=num_shards)
-        else:
-            self.sampler = ShardSampler(len(self._keep), rank=shard_id, world_size=num_shards)
+        self._keep, self.bad_images, self.sampler = plan_split(
+            self.paths, self.image_ids, train=train, seed=seed, shard_id=shard_id, num_shards=num_shards,
+            skip_bad_images=skip_bad_images, check_images=check_images)
         self.epoch, self.start = 0, 0
         self._plan = _Plan(self._keep, self.sampler, train, seed, shard_id, resize_size, crop_size)
         self._dataloader = None
