@@ -3,7 +3,10 @@
 Providers:
   reference     the literal form (stored N x N softmax, wsol_fast.ops.reference), fp32
   pytorch-best  F.scaled_dot_product_attention with zbar zero-padded to C' value columns (column 0 is A)
-  fused         the C++ op (impl="cpp"): online softmax, O(B*N) extra memory
+  fused         the C++ op (impl="cpp"): online softmax, O(B*N) extra memory; fp32 tile GEMMs through
+                oneDNN (csrc/gemm.h), the default wherever ATen has oneDNN
+  fused-blas    the same op with WSOL_FAST_CPU_GEMM=blas: tile GEMMs through the BLAS of torch.bmm
+                (MKL), which separates the kernel's design from the GEMM library's speed
   roofline      the matrix products alone: the bmm giving S (forward); plus the two gradient products
                 dS g and dS^T f (forward+backward), i.e. the least GEMM work of any method
 
@@ -15,7 +18,9 @@ CUDA rows (test_nonlocal_attention_cuda, skipped without CUDA), in fp32 and bf16
   They follow conftest.run_cuda_benchmark: warm-up, peak memory, device_ms by CUDA events, then
   CUDA_ROUNDS synchronised rounds. fp32 products are exact fp32 everywhere (PyTorch's default
   float32 matmul precision "highest": no TF32 in cuBLAS, tl.dot "ieee" in Triton).
-extra_info holds peak_mb (see conftest.py: bytes allocated during one call, gradients included).
+extra_info holds peak_mb (see conftest.py: bytes allocated during one call, gradients included) and
+extra_mb: peak_mb minus the call's results every method must allocate (A; with backward also the
+gradients of f, g and zbar), i.e. the method's own working memory.
 
     pytest benchmarks/test_bench_nonlocal_attention.py --benchmark-only
     pytest benchmarks/test_bench_nonlocal_attention.py --benchmark-only -k "cuda or triton"   # CUDA rows only
@@ -32,7 +37,7 @@ from wsol_fast.ops import _library, _triton, reference
 
 B = 8
 SHAPES = [(784, 128), (784, 512), (3136, 128), (3136, 512)]   # (N, C'): 28x28 and 56x56 maps
-PROVIDERS = ["reference", "pytorch-best", "fused", "roofline"]
+PROVIDERS = ["reference", "pytorch-best", "fused", "fused-blas", "roofline"]
 CUDA_PROVIDERS = ["reference-cuda", "pytorch-best-cuda", "triton", "roofline-cuda"]
 CUDA_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MODES = ["forward", "forward+backward"]
@@ -66,7 +71,7 @@ def _make_call(provider, f, g, zbar, backward, device):
         forward = lambda: reference.nonlocal_attention_map(f, g, zbar, 1.0)  # noqa: E731
     elif provider == "pytorch-best":
         forward = lambda: _sdpa_attention_map(f, g, zbar)  # noqa: E731
-    elif provider == "fused":
+    elif provider in ("fused", "fused-blas"):
         forward = lambda: ops.nonlocal_attention_map(f, g, zbar, 1.0, impl="cpp")  # noqa: E731
     else:
         return lambda: (_roofline(f.detach(), g.detach(), zbar, backward), synchronize(device))
@@ -84,17 +89,20 @@ def _make_call(provider, f, g, zbar, backward, device):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("n,c", SHAPES, ids=[f"N{n}-C{c}" for n, c in SHAPES])
-def test_nonlocal_attention(benchmark, record_peak_memory, n, c, provider, mode):
+def test_nonlocal_attention(benchmark, record_peak_memory, monkeypatch, n, c, provider, mode):
     device = "cpu"
-    if provider == "fused" and not _library.CPP_AVAILABLE:
+    if provider.startswith("fused") and not _library.CPP_AVAILABLE:
         pytest.skip("wsol_fast._C is not built")
+    monkeypatch.setenv("WSOL_FAST_CPU_GEMM", "blas" if provider == "fused-blas" else "")
     backward = mode == "forward+backward"
     f, g, zbar = _inputs(n, c, device, requires_grad=backward)
     call = _make_call(provider, f, g, zbar, backward, device)
     benchmark.group = f"nonlocal-attention B{B} N{n} C'{c} {mode}"
     benchmark.extra_info.update({"provider": provider, "mode": mode, "B": B, "N": n, "C'": c,
                                  "device": device, "threads": torch.get_num_threads()})
-    record_peak_memory(call, device)   # also the warm-up
+    peak = record_peak_memory(call, device)   # also the warm-up
+    results = B * n + (2 * B * n * c + B * n if backward else 0)   # A (+ df, dg, dzbar), fp32
+    benchmark.extra_info["extra_mb"] = round((peak - 4 * results) / 2**20, 2)
     # A few rounds: the N = 3136 reference stores 8 x 3136^2 floats per matrix and takes seconds.
     rounds = 3 if n <= 784 else 2
     benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=0)

@@ -31,11 +31,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <string>
 #include <utility>
 
 #include "checks.h"
+#include "isa.h"
 
 namespace wsol_fast {
 namespace {
@@ -81,14 +80,6 @@ template <typename acc_t>
 inline bool use_row_blocking(int64_t N) {
   return kMasks * N * static_cast<int64_t>(sizeof(acc_t)) > kL1WeightBytes;
 }
-
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define WSOL_X86_MULTIVERSION 1
-#define WSOL_ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define WSOL_X86_MULTIVERSION 0
-#define WSOL_ALWAYS_INLINE inline
-#endif
 
 template <typename scalar_t>
 struct GapArgs {
@@ -197,7 +188,7 @@ WSOL_ALWAYS_INLINE void backward_rows(const GapArgs<scalar_t>& a, int64_t begin,
 }
 
 // The same loops compiled three times, for baseline x86-64 (the build has no -march), AVX2 and
-// AVX-512; ATen's CPU capability (which honours ATEN_CPU_CAPABILITY) picks one at run time.
+// AVX-512; detected_isa() (isa.h, capped by ATEN_CPU_CAPABILITY) picks one at run time.
 template <typename scalar_t>
 void forward_rows_default(const GapArgs<scalar_t>& a, int64_t begin, int64_t end) {
   forward_rows(a, begin, end);
@@ -208,20 +199,20 @@ void backward_rows_default(const GapArgs<scalar_t>& a, int64_t begin, int64_t en
 }
 #if WSOL_X86_MULTIVERSION
 template <typename scalar_t>
-__attribute__((target("avx2,fma"))) void forward_rows_avx2(const GapArgs<scalar_t>& a, int64_t begin, int64_t end) {
+WSOL_TARGET_AVX2 void forward_rows_avx2(const GapArgs<scalar_t>& a, int64_t begin, int64_t end) {
   forward_rows(a, begin, end);
 }
 template <typename scalar_t>
-__attribute__((target("avx2,fma"))) void backward_rows_avx2(const GapArgs<scalar_t>& a, int64_t begin, int64_t end) {
+WSOL_TARGET_AVX2 void backward_rows_avx2(const GapArgs<scalar_t>& a, int64_t begin, int64_t end) {
   backward_rows(a, begin, end);
 }
 template <typename scalar_t>
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void forward_rows_avx512(
+WSOL_TARGET_AVX512 void forward_rows_avx512(
     const GapArgs<scalar_t>& a, int64_t begin, int64_t end) {
   forward_rows(a, begin, end);
 }
 template <typename scalar_t>
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void backward_rows_avx512(
+WSOL_TARGET_AVX512 void backward_rows_avx512(
     const GapArgs<scalar_t>& a, int64_t begin, int64_t end) {
   backward_rows(a, begin, end);
 }
@@ -229,30 +220,6 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void back
 
 template <typename scalar_t>
 using RowsFn = void (*)(const GapArgs<scalar_t>&, int64_t, int64_t);
-
-enum class Isa { kDefault, kAvx2, kAvx512 };
-
-// What this CPU runs, capped like ATen's own kernels by ATEN_CPU_CAPABILITY (default, avx2, avx512).
-Isa detected_isa() {
-#if WSOL_X86_MULTIVERSION
-  static const Isa isa = [] {
-    Isa best = Isa::kDefault;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::kAvx2;
-    if (best == Isa::kAvx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
-      best = Isa::kAvx512;
-    }
-    const char* env = std::getenv("ATEN_CPU_CAPABILITY");
-    const std::string cap = env ? env : "";
-    if (cap == "default") return Isa::kDefault;
-    if (cap == "avx2") return std::min(best, Isa::kAvx2);
-    return best;
-  }();
-  return isa;
-#else
-  return Isa::kDefault;
-#endif
-}
 
 template <typename scalar_t>
 std::pair<RowsFn<scalar_t>, RowsFn<scalar_t>> select_rows_kernels() {

@@ -8,7 +8,7 @@ Columns: the provider (extra_info "provider", else the test's parameter id),
 pytest-benchmark's median in ms (for the CUDA rows: a call that ends in a device synchronisation),
 device_ms where a row recorded one (CUDA events, conftest.run_cuda_benchmark), the speed-up over the
 group's reference row ("reference" or "reference-cuda", on the device time where both rows have one),
-peak memory in MB and images/s where recorded. Works for the CPU and the CUDA runs alike.
+peak memory in MB, extra MB (peak minus the results every method allocates) and images/s where recorded. Works for the CPU and the CUDA runs alike.
 """
 from __future__ import annotations
 
@@ -52,8 +52,10 @@ def tables(benchmarks: list[dict]) -> str:
         reference = next((r for r in rows if _label(r) in REFERENCES), None)
         has_device = any("device_ms" in (r.get("extra_info") or {}) for r in rows)
         has_images = any("images_per_s" in (r.get("extra_info") or {}) for r in rows)
+        has_extra = any("extra_mb" in (r.get("extra_info") or {}) for r in rows)
         header = ["provider", "median ms"] + (["device ms"] if has_device else []) + \
-                 ["× vs reference", "peak MB"] + (["images/s"] if has_images else []) + ["rounds"]
+                 ["× vs reference", "peak MB"] + (["extra MB"] if has_extra else []) + \
+                 (["images/s"] if has_images else []) + ["rounds"]
         out += [f"### {group}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in rows:
             extra = row.get("extra_info") or {}
@@ -67,6 +69,8 @@ def tables(benchmarks: list[dict]) -> str:
             if has_device:
                 cells.append(_fmt(extra.get("device_ms")))
             cells += [f"{speedup:.2f}×" if speedup is not None else "", _fmt(extra.get("peak_mb"))]
+            if has_extra:
+                cells.append(_fmt(extra.get("extra_mb")))
             if has_images:
                 cells.append(_fmt(extra.get("images_per_s")))
             cells.append(str(row["stats"].get("rounds", "")))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import wsol_fast
 from wsol_fast import ops
 from wsol_fast.ops import _library, reference
 
@@ -32,6 +33,16 @@ ATOL = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 1e-2, torch.f
 
 
 # ---------------------------------------------------------------- nonlocal attention map
+
+@pytest.fixture(params=["onednn", "blas"])
+def cpu_gemm(request, monkeypatch):
+    """The attention kernels' fp32 tile GEMM (csrc/gemm.h): oneDNN by default, the BLAS of torch.mm
+    with WSOL_FAST_CPU_GEMM=blas. Both paths must meet the same tolerances (fp64 is always BLAS)."""
+    if request.param == "onednn" and not torch.backends.mkldnn.is_available():
+        pytest.skip("ATen built without oneDNN")
+    monkeypatch.setenv("WSOL_FAST_CPU_GEMM", request.param)
+    return request.param
+
 
 def _attention_inputs(b, n, c, dtype, logit_scale=1.0):
     # f ~ N(0, 1/c) keeps |S| ~ logit_scale; logit_scale = 1e3 tests the running max.
@@ -76,7 +87,7 @@ def _check_attention(f, g, zbar, scale, check_grads=True, lse_rounding=0.0):
     (1, 700, 8),        # B = 1 < threads with 2 key blocks: df summed over per-chunk buffers
     (3, 64, 5),         # one partial tile
 ])
-def test_attention_matches_reference(b, n, c, dtype):
+def test_attention_matches_reference(b, n, c, dtype, cpu_gemm):
     _check_attention(*_attention_inputs(b, n, c, dtype), scale=0.7)
 
 
@@ -93,14 +104,14 @@ def test_attention_backward_same_for_any_thread_count(threads):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_attention_half_precision(dtype):
+def test_attention_half_precision(dtype, cpu_gemm):
     # Forward and backward accumulate in fp32; the backward uses the stored (rounded) A as
     # flash-attention does, and must still beat the reference run in half precision.
     _check_attention(*_attention_inputs(2, 29 * 31, 16, dtype), scale=1.0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_attention_large_logits_do_not_overflow(dtype):
+def test_attention_large_logits_do_not_overflow(dtype, cpu_gemm):
     f, g, zbar = _attention_inputs(2, 300, 8, dtype, logit_scale=1e3)
     s = torch.bmm(f.double(), g.double().transpose(1, 2))
     assert s.abs().max() > 1e3 - 1, "the test must reach |S| ~ 1e3"
@@ -121,7 +132,7 @@ def test_attention_lse_output():
                                    rtol=1e-5, atol=1e-5)
 
 
-def test_attention_non_contiguous_inputs():
+def test_attention_non_contiguous_inputs(cpu_gemm):
     b, n, c = 2, 150, 6
     # f as the conv output would give it ([B, C', N] transposed), g a strided slice, zbar every other.
     f = torch.randn(b, c, n).transpose(1, 2)
@@ -129,6 +140,24 @@ def test_attention_non_contiguous_inputs():
     zbar = torch.randn(b, 2 * n)[:, ::2]
     assert not (f.is_contiguous() or g.is_contiguous() or zbar.is_contiguous())
     _check_attention(f, g, zbar, scale=1.0)
+
+
+def test_attention_cpu_gemm_choice_is_checked(monkeypatch):
+    f, g, zbar = _attention_inputs(1, 20, 3, torch.float32)
+    monkeypatch.setenv("WSOL_FAST_CPU_GEMM", "mkl")
+    with pytest.raises(ValueError, match="WSOL_FAST_CPU_GEMM must be 'blas' or 'onednn', got 'mkl'"):
+        torch.ops.wsol_fast.nonlocal_attention_map(f, g, zbar, 1.0)
+    monkeypatch.setenv("WSOL_FAST_CPU_GEMM", "blas")
+    assert wsol_fast.backends()["cpp_gemm"] == "blas"
+
+
+def test_attention_gemm_backends_agree(cpu_gemm):
+    # At the model's C' the two GEMMs' summation orders differ; both stay within fp32 rounding of fp64.
+    f, g, zbar = _attention_inputs(2, 200, 256, torch.float32)
+    A, lse = torch.ops.wsol_fast.nonlocal_attention_map(f, g, zbar, 1.0)
+    A64, lse64 = torch.ops.wsol_fast.nonlocal_attention_map(f.double(), g.double(), zbar.double(), 1.0)
+    torch.testing.assert_close(A.double(), A64, rtol=0, atol=2e-5)
+    torch.testing.assert_close(lse.double(), lse64, rtol=0, atol=2e-5)
 
 
 def test_attention_gradcheck_fp64():
