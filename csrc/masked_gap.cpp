@@ -31,6 +31,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <utility>
 
 #include "checks.h"
@@ -211,6 +212,69 @@ WSOL_TARGET_AVX512 void forward_rows_avx512(
     const GapArgs<scalar_t>& a, int64_t begin, int64_t end) {
   forward_rows(a, begin, end);
 }
+// fp32 forward on AVX-512, the training and benchmark case: 8 rows per weight pass instead of 4
+// (24 zmm accumulators + 3 weights of the 32 registers) and a software prefetch 1 KiB ahead in each
+// row. Measured at 56x56 (B 32, C 1024, 2-core EPYC, interleaved runs): plain read 5.5 ms, the
+// generic 4-row loop 9.2-9.6 ms, 8 rows 7.3 ms, 8 rows + prefetch 6.8 ms: more rows in flight keep
+// more cache misses outstanding. GCC vector types (target-attributed, no intrinsics headers).
+typedef float v16sf __attribute__((vector_size(64), aligned(4)));  // aligned(4): unaligned loads
+constexpr int64_t kRowsAvx512 = 8;
+constexpr int64_t kPrefetchFloats = 256;
+
+WSOL_TARGET_AVX512 void forward_rows_f32_avx512(const GapArgs<float>& a, int64_t begin, int64_t end) {
+  const int64_t C = a.C, N = a.N;
+  if (!use_row_blocking<float>(N)) return forward_rows(a, begin, end);
+  int64_t row = begin;
+  while (row < end) {
+    const int64_t b = row / C, c = row % C;
+    if (c + kRowsAvx512 > C || row + kRowsAvx512 > end) {  // a sample's or a thread's last rows
+      forward_rows(a, row, row + 1);
+      row += 1;
+      continue;
+    }
+    const float* w_fg = a.weights + b * kMasks * N;
+    const float* w_dfg = w_fg + N;
+    const float* w_bg = w_dfg + N;
+    const float* x = a.x + row * N;
+    v16sf f[kRowsAvx512] = {}, d[kRowsAvx512] = {}, g[kRowsAvx512] = {};
+    int64_t i = 0;
+    for (; i + 16 <= N; i += 16) {
+      const v16sf wf = *reinterpret_cast<const v16sf*>(w_fg + i);
+      const v16sf wd = *reinterpret_cast<const v16sf*>(w_dfg + i);
+      const v16sf wb = *reinterpret_cast<const v16sf*>(w_bg + i);
+#pragma GCC unroll 8
+      for (int64_t r = 0; r < kRowsAvx512; ++r) {
+        const float* xr = x + r * N + i;
+        __builtin_prefetch(xr + kPrefetchFloats);
+        v16sf v = *reinterpret_cast<const v16sf*>(xr);
+        __asm__("" : "+v"(v));  // one load into a register, not three memory operands of the FMAs
+        f[r] += wf * v;
+        d[r] += wd * v;
+        g[r] += wb * v;
+      }
+    }
+    const float* den = a.den + b * kMasks;
+    float* out = a.pooled + b * kMasks * C + c;
+    for (int64_t r = 0; r < kRowsAvx512; ++r) {
+      float fs = 0, ds = 0, gs = 0;
+      for (int lane = 0; lane < 16; ++lane) {
+        fs += f[r][lane];
+        ds += d[r][lane];
+        gs += g[r][lane];
+      }
+      for (int64_t j = i; j < N; ++j) {  // the last N % 16 positions
+        const float v = x[r * N + j];
+        fs += w_fg[j] * v;
+        ds += w_dfg[j] * v;
+        gs += w_bg[j] * v;
+      }
+      out[r] = fs / den[0];
+      out[C + r] = ds / den[1];
+      out[2 * C + r] = gs / den[2];
+    }
+    row += kRowsAvx512;
+  }
+}
 template <typename scalar_t>
 WSOL_TARGET_AVX512 void backward_rows_avx512(
     const GapArgs<scalar_t>& a, int64_t begin, int64_t end) {
@@ -226,6 +290,7 @@ std::pair<RowsFn<scalar_t>, RowsFn<scalar_t>> select_rows_kernels() {
 #if WSOL_X86_MULTIVERSION
   switch (detected_isa()) {
     case Isa::kAvx512:
+      if constexpr (std::is_same_v<scalar_t, float>) return {&forward_rows_f32_avx512, &backward_rows_avx512<float>};
       return {&forward_rows_avx512<scalar_t>, &backward_rows_avx512<scalar_t>};
     case Isa::kAvx2:
       return {&forward_rows_avx2<scalar_t>, &backward_rows_avx2<scalar_t>};

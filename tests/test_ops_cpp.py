@@ -6,6 +6,11 @@ twice the reference's own error when the reference runs in the same dtype, plus 
 """
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -196,8 +201,9 @@ def _check_masked_gap(x, attention, gamma_fg=GAMMA_FG, gamma_bg=GAMMA_BG):
     (3, 17, 29 * 31),   # odd N (no vector-width multiple)
     (1, 1, 5),          # B = 1, C = 1, a tail-only row
     (4, 64, 49),
-    (2, 11, 57 * 55),   # 56x56-sized rows: three weight rows exceed 16 KB, the 4-row blocked path
-                        # with a 3-row remainder (C = 11), N not a multiple of the vector width
+    (2, 11, 57 * 55),   # 56x56-sized rows: three weight rows exceed 16 KB, the 4-row blocked path (8
+                        # rows in the fp32 AVX-512 kernel) with a 3-row remainder (C = 11), N not a
+                        # multiple of the vector width
 ])
 def test_masked_gap_matches_reference(b, c, n, dtype):
     x = torch.randn(b, c, n, dtype=torch.float64).to(dtype)
@@ -304,3 +310,20 @@ def test_backward_ops_check_their_extra_arguments():
         torch.ops.wsol_fast.masked_gap_backward(torch.ones(2, 3, 5), x, a, counts, GAMMA_FG, GAMMA_BG)
     with pytest.raises(ValueError, match="counts must have shape"):
         torch.ops.wsol_fast.masked_gap_backward(torch.ones(2, 3, 4), x, a, counts[:, :2], GAMMA_FG, GAMMA_BG)
+
+
+# ---------------------------------------------------------------- every SIMD variant
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 SIMD variants")
+@pytest.mark.parametrize("capability", ["default", "avx2"])
+def test_kernels_match_reference_at_every_simd_level(capability):
+    """csrc/isa.h compiles the attention tiles and the masked-GAP rows for baseline x86-64, AVX2 and
+    AVX-512 and picks one per process, capped by ATEN_CPU_CAPABILITY. This process runs the best one
+    (AVX-512 on the CI machine); the value tests run again here in processes capped lower."""
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
+    selection = "matches_reference or large_logits or half_precision or non_contiguous"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", selection],
+                          env=env, capture_output=True, text=True, timeout=600,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and " failed" not in proc.stdout
