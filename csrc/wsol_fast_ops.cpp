@@ -7,11 +7,28 @@
 #include <Python.h>
 #include <torch/library.h>
 
-// An empty Python module, so that `import wsol_fast._C` loads this .so and runs the static
-// registrations below (no pybind11: the ops are reached through torch.ops.wsol_fast).
+#include "gemm.h"
+
+// A minimal Python module, so that `import wsol_fast._C` loads this .so and runs the static
+// registrations below (no pybind11: the ops are reached through torch.ops.wsol_fast). Its one
+// function, cpu_gemm(), names the fp32 tile GEMM the attention kernels use now (wsol_fast.backends()).
+namespace {
+PyObject* cpu_gemm(PyObject*, PyObject*) {
+  try {
+    const bool onednn = wsol_fast::choose_tile_gemm(at::kFloat) == wsol_fast::TileGemm::kOneDnn;
+    return PyUnicode_FromString(onednn ? "onednn" : "blas");
+  } catch (const c10::Error& exc) {  // a bad WSOL_FAST_CPU_GEMM
+    PyErr_SetString(PyExc_ValueError, exc.what_without_backtrace());
+    return nullptr;
+  }
+}
+PyMethodDef methods[] = {{"cpu_gemm", cpu_gemm, METH_NOARGS, "The C++ attention's fp32 tile GEMM."},
+                         {nullptr, nullptr, 0, nullptr}};
+}  // namespace
+
 extern "C" {
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);
 }
 }

@@ -217,6 +217,7 @@ def test_fallback_without_cpp_library():
     assert len(result["warnings"]) == 1, result["warnings"]
     assert "WSOL_FAST_DISABLE_CPP" in result["warnings"][0]
     assert result["backends"]["cpp"] is False and result["backends"]["default"]["cpu"] == "reference"
+    assert result["backends"]["cpp_gemm"] is None
     assert result["A_ok"] and result["pooled_ok"]
     assert result["cpp_error"] is not None and "not available" in result["cpp_error"]
     assert result["meta_shapes"] == [[2, 3, 4], [2, 3], [2, 9]]

@@ -63,6 +63,16 @@ if not CPP_AVAILABLE:
         _python_defined.define(_name + _schema)
 
 
+def cpp_gemm() -> str | None:
+    """The fp32 tile GEMM of the C++ attention kernels ("onednn" or "blas"), None without the library.
+    Asks the library itself (csrc/gemm.h), so it honours WSOL_FAST_CPU_GEMM as the kernels do."""
+    if not CPP_AVAILABLE:
+        return None
+    from .. import _C
+
+    return _C.cpu_gemm()
+
+
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
