@@ -13,13 +13,15 @@
 // 3 * 3136 * 4 B = 37.6 KB of weights per sample, more than L1 next to the x stream):
 //  - register blocking, when the weights outgrow L1 (3 * N * sizeof(acc) > 16 KB): kRows = 4
 //    channel rows of one sample share each pass over the weights, so a weight load serves 4 x
-//    elements (1.75 loads per x element instead of 4) and the x rows still stream front to back
-//    (at 28x28 the weights stay in L1 and one row at a time is faster, so it is kept there) (blocking over N instead was tried: the short strided x segments defeat
-//    the hardware prefetcher and it was slower);
+//    elements (1.75 loads per x element instead of 4) and the x rows still stream front to back;
+//    the fp32 AVX-512 forward (forward_rows_f32_avx512) takes 8 rows and prefetches. At 28x28 the
+//    weights stay in L1 and one row at a time is faster, so it is kept there. (Blocking over N
+//    instead was tried: the short strided x segments defeat the hardware prefetcher; it was slower.)
 //  - wider SIMD: the build has no -march (any x86-64), so the row loops are compiled three times,
 //    for baseline x86-64, AVX2+FMA and AVX-512 (GCC target attributes), and the CPU's best is picked
-//    at run time, capped by ATEN_CPU_CAPABILITY like ATen's kernels. The weights are exactly 0 or 1,
-//    so w * v is exact and every variant gives the same products; sums differ only in order.
+//    at run time (isa.h), capped by ATEN_CPU_CAPABILITY like ATen's kernels. The weights are
+//    exactly 0 or 1, so w * v is exact and every variant gives the same products; sums differ only
+//    in order.
 // Rows are split across threads (a sample's last rows, or a thread's, fall back to one row at a
 // time). Nothing but the outputs and the O(B*N) weights is allocated.
 // Backward: dx[b, c, i] = sum_alpha grad[b, alpha, c] / max(count_alpha, 1) * M_alpha[b, i], written
@@ -214,9 +216,10 @@ WSOL_TARGET_AVX512 void forward_rows_avx512(
 }
 // fp32 forward on AVX-512, the training and benchmark case: 8 rows per weight pass instead of 4
 // (24 zmm accumulators + 3 weights of the 32 registers) and a software prefetch 1 KiB ahead in each
-// row. Measured at 56x56 (B 32, C 1024, 2-core EPYC, interleaved runs): plain read 5.5 ms, the
-// generic 4-row loop 9.2-9.6 ms, 8 rows 7.3 ms, 8 rows + prefetch 6.8 ms: more rows in flight keep
-// more cache misses outstanding. GCC vector types (target-attributed, no intrinsics headers).
+// row. Measured at 56x56 (B 32, C 1024, 2-core EPYC, interleaved runs of stand-alone copies of the
+// loops): plain read 5.5 ms, the generic 4-row loop 9.2-9.6 ms, 8 rows 7.3 ms, 8 rows + prefetch
+// 6.8 ms: more rows in flight keep more cache misses outstanding (the op with its masks: 9.6 -> 7.8
+// ms). GCC vector types (target-attributed, no intrinsics headers).
 typedef float v16sf __attribute__((vector_size(64), aligned(4)));  // aligned(4): unaligned loads
 constexpr int64_t kRowsAvx512 = 8;
 constexpr int64_t kPrefetchFloats = 256;
@@ -290,7 +293,9 @@ std::pair<RowsFn<scalar_t>, RowsFn<scalar_t>> select_rows_kernels() {
 #if WSOL_X86_MULTIVERSION
   switch (detected_isa()) {
     case Isa::kAvx512:
-      if constexpr (std::is_same_v<scalar_t, float>) return {&forward_rows_f32_avx512, &backward_rows_avx512<float>};
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        return {&forward_rows_f32_avx512, &backward_rows_avx512<float>};
+      }
       return {&forward_rows_avx512<scalar_t>, &backward_rows_avx512<scalar_t>};
     case Isa::kAvx2:
       return {&forward_rows_avx2<scalar_t>, &backward_rows_avx2<scalar_t>};

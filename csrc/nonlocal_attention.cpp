@@ -69,9 +69,10 @@ void check_attention_inputs(const at::Tensor& f, const at::Tensor& g, const at::
 
 // exp for the softmax tiles, written so that `omp simd` loops vectorise it at any ISA (no libm
 // call): Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, the degree-7 polynomial of e^r of the
-// Cephes expf (max relative error 2 ulp on the reduced range, checked against fp64 in the tests),
-// and 2^n built in the exponent bits. Inputs below -87 (where e^x nears the smallest normal float)
-// give exactly 0; the tiles only ever feed it x <= ~0 (scores minus their max or their lse).
+// Cephes expf, and 2^n built in the exponent bits. Its error, measured against fp64 exp at 2M points
+// of [-87, 0.5], is under 1 ulp (relative 8.1e-8); the op's outputs are tested against fp64.
+// Inputs below -87 (where e^x nears the smallest normal float) give exactly 0; the tiles only ever
+// feed it x <= ~0 (scores minus their max or their lse).
 WSOL_ALWAYS_INLINE float tile_exp(float x) {
   constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
   constexpr float kRoundToInt = 12582912.0f;  // 1.5 * 2^23: (v + k) - k rounds v to an integer

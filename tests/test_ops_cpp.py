@@ -327,8 +327,8 @@ def test_kernels_match_reference_at_every_simd_level(capability):
     (AVX-512 on the CI machine); the value tests run again here in processes capped lower."""
     env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
     selection = "matches_reference or large_logits or half_precision or non_contiguous"
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", selection],
-                          env=env, capture_output=True, text=True, timeout=600,
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", selection]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and " failed" not in proc.stdout
