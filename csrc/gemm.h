@@ -37,7 +37,8 @@ inline OneDnnMatmul onednn_matmul() {
     if (!at::hasMKLDNN()) return nullptr;
     void* torch_cpu = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);  // already loaded by torch
     if (torch_cpu == nullptr) return nullptr;
-    return reinterpret_cast<OneDnnMatmul>(dlsym(torch_cpu, "_ZN2at6native13mkldnn_matmulERKNS_6TensorES3_S3_ff"));
+    constexpr const char* kSymbol = "_ZN2at6native13mkldnn_matmulERKNS_6TensorES3_S3_ff";
+    return reinterpret_cast<OneDnnMatmul>(dlsym(torch_cpu, kSymbol));
   }();
   return onednn_failed().load() ? nullptr : fn;
 }

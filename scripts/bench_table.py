@@ -8,7 +8,8 @@ Columns: the provider (extra_info "provider", else the test's parameter id),
 pytest-benchmark's median in ms (for the CUDA rows: a call that ends in a device synchronisation),
 device_ms where a row recorded one (CUDA events, conftest.run_cuda_benchmark), the speed-up over the
 group's reference row ("reference" or "reference-cuda", on the device time where both rows have one),
-peak memory in MB, extra MB (peak minus the results every method allocates) and images/s where recorded. Works for the CPU and the CUDA runs alike.
+peak memory in MB, extra MB (peak minus the results every method allocates) and images/s where
+recorded. Works for the CPU and the CUDA runs alike.
 """
 from __future__ import annotations
 
