@@ -262,3 +262,50 @@ def test_block_warmup_leaves_the_blocks_untouched(tiny_root, tmp_path):
     for k in blocks:
         assert torch.equal(runs[1][k], runs[3][k]), k
     assert not all(torch.equal(runs[1][k], runs[3][k]) for k in others)
+
+
+def test_init_from_forks_a_run_with_new_settings(tiny_root, tmp_path, capsys):
+    """--init-from: the parent's weights and epoch, this command's settings (here: L_ca off, a new lr
+    schedule); the fork writes its own metrics.csv (epochs numbered on) and best.pt."""
+    import csv
+
+    parent = tmp_path / "parent"
+    common = ("--method", "icl", "--block-warmup-epochs", "1")
+    assert train.main(_args(tiny_root, parent, "--epochs", "2", *common)) == 0
+
+    fork = tmp_path / "fork"
+    assert train.main(_args(tiny_root, fork, "--epochs", "3", *common, "--init-from", str(parent / "last.pt"),
+                            "--lambda-ca", "0", "--lr", "0.004", "--lr-decay-every", "2")) == 0
+    rows = list(csv.DictReader(open(fork / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [3]
+    assert float(rows[0]["loss_ca"]) == 0.0 and float(rows[0]["loss_fc"]) > 0.0
+    assert float(rows[0]["lr"]) == pytest.approx(0.004 * 0.1)   # this schedule at epoch 2: one decay
+    config = json.loads((fork / "config.json").read_text())
+    assert config["optim"]["lambda_ca"] == 0.0 and config["runtime"]["init_from"] == str(parent / "last.pt")
+    assert runtime.load_checkpoint(fork / "best.pt")["epoch"] == 3
+
+    # The weights really come from the parent: with lr 0 the fork's parameters end where the parent's did.
+    still = tmp_path / "still"
+    assert train.main(_args(tiny_root, still, "--epochs", "3", *common, "--init-from", str(parent / "last.pt"),
+                            "--lr", "0")) == 0
+    parent_state, still_state = _weights(parent / "last.pt"), _weights(still / "last.pt")
+    params = [k for k in parent_state if "running_" not in k and "num_batches" not in k]
+    assert params
+    for k in params:
+        assert torch.equal(parent_state[k], still_state[k]), k
+
+
+def test_init_from_refuses_what_it_cannot_fork(tiny_root, tmp_path, capsys):
+    parent = tmp_path / "parent"
+    assert train.main(_args(tiny_root, parent, "--epochs", "1", "--max-steps-per-epoch", "1")) == 0
+    ckpt = str(parent / "last.pt")
+    assert train.main(_args(tiny_root, tmp_path / "a", "--epochs", "2", "--init-from", ckpt,
+                            "--backbone", "resnet50")) == 2
+    assert "vgg16 / icl run, this command trains resnet50 / icl" in capsys.readouterr().err
+    assert train.main(_args(tiny_root, tmp_path / "b", "--epochs", "1", "--init-from", ckpt)) == 2
+    assert "--epochs must be larger" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.main(_args(tiny_root, tmp_path / "c", "--init-from", ckpt, "--resume", ckpt))
+    assert "give one of them" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="nothing.pt"):
+        train.main(_args(tiny_root, tmp_path / "d", "--init-from", str(tmp_path / "nothing.pt")))

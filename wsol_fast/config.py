@@ -114,6 +114,7 @@ class RuntimeConfig:
     compile: str | None = None   # None: measured default (COMPILE_FASTER); "off"; or a torch.compile mode
     sync_bn: bool = False
     resume: str | None = None
+    init_from: str | None = None   # fork: a checkpoint's weights and epoch, this config's settings
     cam_curve_interval: float = 0.01
     num_overlays: int = 16
     max_steps_per_epoch: int | None = None

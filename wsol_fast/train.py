@@ -4,13 +4,14 @@ Trains a WSOL model (ICL, ADL or plain CAM) on wsolevaluation-format data, or on
 when no data flags are given, evaluates every epoch on val, and ends with the test evaluation, a
 results table, results.json and CAM overlays. Works under `torchrun --nproc_per_node=N`.
 
-Reading order: parse -> data -> model/optimizer -> (resume) -> epochs [train, validate, checkpoint]
+Reading order: parse -> data -> model/optimizer -> (resume or fork) -> epochs [train, validate, checkpoint]
 -> test. The loop avoids a host sync per step: losses are accumulated on the device and read back at
 the log interval.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import math
@@ -87,7 +88,12 @@ def parse_args(argv=None) -> TrainConfig:
     o.add_argument("--fc-reduction", default="mean", choices=["mean", "sum"])
     r = p.add_argument_group("run")
     r.add_argument("--output", default=None, help="run folder (default runs/<backbone>-<method>-<time>)")
-    r.add_argument("--resume", default=None, help="RUN/last.pt to continue from")
+    r.add_argument("--resume", default=None, help="RUN/last.pt to continue from, with that run's settings")
+    r.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="fork a run: start from CKPT's weights, optimizer state and epoch (an epoch-end "
+                        "RUN/best.pt or RUN/last.pt) with this command's settings, e.g. an ablation of the "
+                        "last epochs or a new schedule; --epochs counts from 0, so it must exceed "
+                        "CKPT's epoch. The lr is this command's schedule at that epoch")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     r.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"])
@@ -102,6 +108,9 @@ def parse_args(argv=None) -> TrainConfig:
     r.add_argument("--num-overlays", type=int, default=16)
     r.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap steps per epoch (smoke runs)")
     a = p.parse_args(argv)
+    if a.resume and a.init_from:
+        p.error("--resume continues a run with its own settings, --init-from forks it with new ones: "
+                "give one of them")
 
     dataset = a.dataset or ("builtin" if a.data_root is None and a.metadata_root is None else "CUB")
     if dataset != "builtin" and (a.data_root is None or a.metadata_root is None):
@@ -120,7 +129,7 @@ def parse_args(argv=None) -> TrainConfig:
                     weight_decay=a.weight_decay, lambda_ca=a.lambda_ca, lambda_fc=a.lambda_fc,
                     fc_norm=a.fc_norm, fc_reduction=a.fc_reduction),
         RuntimeConfig(output=a.output, seed=a.seed, device=a.device, amp=a.amp, channels_last=a.channels_last,
-                      compile=a.compile, sync_bn=a.sync_bn, resume=a.resume,
+                      compile=a.compile, sync_bn=a.sync_bn, resume=a.resume, init_from=a.init_from,
                       cam_curve_interval=a.cam_curve_interval, num_overlays=a.num_overlays,
                       max_steps_per_epoch=a.max_steps_per_epoch),
     )
@@ -146,7 +155,8 @@ def run_dir(cfg: TrainConfig) -> str:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, resume_state: dict | None = None):
+    def __init__(self, cfg: TrainConfig, resume_state: dict | None = None, fork: bool = False):
+        """resume_state: a checkpoint to continue (resume) or, with fork=True, to start from (--init-from)."""
         self.info, self.device = runtime.init_distributed(cfg.runtime.device)
         self.cfg = resolve(cfg, self.device.type)
         c = self.cfg
@@ -181,7 +191,10 @@ class Trainer:
         self.start_epoch, self.start_step, self.best = 0, 0, {"maxboxacc_v2": -1.0, "epoch": -1}
         self.history: list[dict] = []
         if resume_state is not None:
-            self._load_state(resume_state)
+            if fork:
+                self._fork_from(resume_state)
+            else:
+                self._load_state(resume_state)
         self.train_model = self.raw_model
         if self.info.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -221,6 +234,29 @@ class Trainer:
         self.scaler.load_state_dict(st["scaler"])
         self.start_epoch, self.start_step = st["epoch"], st["step"]
         self.best, self.history = st["best"], st["history"]
+        runtime.set_rng_state(st["rng"])
+
+    def _fork_from(self, st: dict) -> None:
+        """--init-from: the checkpoint's weights, optimizer buffers (momentum), scaler and RNG at its epoch;
+        everything else from this run's config. Every optimizer hyperparameter is this config's, the lr
+        is its step schedule at that epoch, and best/history start empty, so this run folder gets its
+        own best.pt and metrics.csv (epochs numbered on from the checkpoint's)."""
+        c = self.cfg
+        if st["num_classes"] != self.data.num_classes:
+            raise ValueError(f"--init-from {c.runtime.init_from}: the checkpoint has {st['num_classes']} "
+                             f"classes, this dataset {self.data.num_classes}")
+        self.raw_model.load_state_dict(st["model"])
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scaler.load_state_dict(st["scaler"])
+        epoch, o = st["epoch"], c.optim
+        decay = o.lr_decay ** (epoch // o.lr_decay_every)
+        for group, base in zip(self.optimizer.param_groups, (o.lr, o.lr * o.new_layer_lr_mult)):
+            group.update(initial_lr=base, lr=base * decay, momentum=o.momentum, weight_decay=o.weight_decay,
+                         nesterov=o.nesterov)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=o.lr_decay_every,
+                                                         gamma=o.lr_decay)
+        self.scheduler.last_epoch = epoch   # the next step() decays when epoch + 1 is a multiple
+        self.start_epoch, self.start_step = epoch, 0
         runtime.set_rng_state(st["rng"])
 
     def save(self, name: str, epoch: int, step: int) -> None:
@@ -403,9 +439,32 @@ def _progress(total: int, desc: str, enabled: bool):
                 file=sys.stderr)
 
 
+def _fork_mismatch(cfg: TrainConfig, st: dict) -> str | None:
+    """Why --init-from cannot start from this checkpoint, or None."""
+    saved = st["config"]
+    for key in ("backbone", "method"):
+        if saved["model"][key] != getattr(cfg.model, key):
+            return (f"the checkpoint is a {saved['model']['backbone']} / {saved['model']['method']} run, "
+                    f"this command trains {cfg.model.backbone} / {cfg.model.method}")
+    if st["step"] != 0:
+        return (f"the checkpoint was written mid-epoch (epoch {st['epoch'] + 1}, step {st['step']}); fork "
+                "from an epoch-end best.pt or last.pt, or --resume it")
+    epochs = resolve(copy.deepcopy(cfg), "cpu").optim.epochs   # resolve() fills in place; no device needed
+    if epochs <= st["epoch"]:
+        return f"it ends epoch {st['epoch']}, so --epochs must be larger (the run's total), got {epochs}"
+    return None
+
+
 def main(argv=None) -> int:
     cfg = parse_args(argv)
     resume_state = None
+    fork = cfg.runtime.init_from is not None   # a resumed fork (its saved config names init_from) is a resume
+    if fork:
+        resume_state = runtime.load_checkpoint(cfg.runtime.init_from)
+        error = _fork_mismatch(cfg, resume_state)
+        if error:
+            print(f"error: --init-from {cfg.runtime.init_from}: {error}", file=sys.stderr)
+            return 2
     if cfg.runtime.resume:
         resume_state = runtime.load_checkpoint(cfg.runtime.resume)
         saved = TrainConfig.from_dict(resume_state["config"])
@@ -413,7 +472,7 @@ def main(argv=None) -> int:
         saved.runtime.output = cfg.runtime.output or os.path.dirname(os.path.abspath(cfg.runtime.resume))
         cfg = saved
     try:
-        trainer = Trainer(cfg, resume_state)
+        trainer = Trainer(cfg, resume_state, fork=fork)
         trainer.fit()
     except NonFiniteLoss as exc:
         print(f"error: {exc}", file=sys.stderr)
