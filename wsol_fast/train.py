@@ -245,9 +245,9 @@ class Trainer:
         if st["num_classes"] != self.data.num_classes:
             raise ValueError(f"--init-from {c.runtime.init_from}: the checkpoint has {st['num_classes']} "
                              f"classes, this dataset {self.data.num_classes}")
-        self.raw_model.load_state_dict(st["model"])
-        self.optimizer.load_state_dict(st["optimizer"])
-        self.scaler.load_state_dict(st["scaler"])
+        best, history = self.best, self.history
+        self._load_state(st)                 # as a resume, then this run's own settings on top
+        self.best, self.history = best, history
         epoch, o = st["epoch"], c.optim
         decay = o.lr_decay ** (epoch // o.lr_decay_every)
         for group, base in zip(self.optimizer.param_groups, (o.lr, o.lr * o.new_layer_lr_mult)):
@@ -256,8 +256,6 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=o.lr_decay_every,
                                                          gamma=o.lr_decay)
         self.scheduler.last_epoch = epoch   # the next step() decays when epoch + 1 is a multiple
-        self.start_epoch, self.start_step = epoch, 0
-        runtime.set_rng_state(st["rng"])
 
     def save(self, name: str, epoch: int, step: int) -> None:
         if self.info.is_main:

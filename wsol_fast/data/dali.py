@@ -215,12 +215,8 @@ class DaliLoader:
     def _augment_draws(self, count: int):
         """Per-sample crop offsets and flips for the whole share of this epoch, so skipping `start`
         samples keeps the draws of the rest (exact resume)."""
-        gen = np.random.default_rng([self.seed, self.epoch, self.shard_id, 0xDA11])
-        n = self.sampler.per_rank
-        span = self.resize_size - self.crop_size
-        off_x = gen.integers(0, span + 1, n)
-        off_y = gen.integers(0, span + 1, n)
-        flip = gen.integers(0, 2, n)
+        off_y, off_x, flip = transforms.augment_draws(self.seed, self.epoch, self.shard_id, self.sampler.per_rank,
+                                                      self.resize_size, self.crop_size)
         keep = slice(self.start, self.start + count)
         # ROI (y, x) of the crop within the resize_size x resize_size image, relative to its sides.
         offsets = np.stack([off_y[keep], off_x[keep]], axis=1)

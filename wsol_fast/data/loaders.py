@@ -6,8 +6,8 @@
     for images, labels, ids in loader: ...    # float32 (N,3,H,W), int64 (N,), list[str]
 
 The same interface, sample order and augmentation draws as `dali.DaliLoader`: the order comes from the
-shared samplers (TrainSampler / ShardSampler) and the crop offsets and flips from `augment_draws`, the
-formula DaliLoader uses, so the two loaders give the same crops for the same (seed, epoch, shard), and a
+shared samplers (TrainSampler / ShardSampler) and the crop offsets and flips from
+`transforms.augment_draws`, which DaliLoader calls too, so the two loaders give the same crops for the same (seed, epoch, shard), and a
 run resumed mid-epoch (`set_epoch(epoch, start)`) gets exactly the remaining batches it would have had.
 
 Transforms (the wsolevaluation ones): train = resize to resize_size x resize_size (cv2.INTER_LINEAR),
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from .dali import IMAGENET_MEAN, IMAGENET_STD, BadImageError, find_bad_images, plan_split, resolve_device
-from .transforms import eval_resize, train_crop
+from .transforms import augment_draws, eval_resize, train_crop
 
 __all__ = ["BadImageError", "OpenCVLoader", "augment_draws", "build_opencv_loader", "find_bad_images",
            "read_image_rgb"]
@@ -61,17 +61,6 @@ def read_image_rgb(path: str) -> np.ndarray:
     if image is None:
         raise BadImageError(f"cannot decode image {path!r}: empty, not an image, or an unsupported format")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def augment_draws(seed: int, epoch: int, shard_id: int, count: int, resize_size: int, crop_size: int):
-    """(off_y, off_x, flip) int arrays for the `count` samples of a shard's epoch share: the crop's top
-    left corner in the resize_size image and the flip, drawn exactly as DaliLoader._augment_draws does."""
-    gen = np.random.default_rng([seed, epoch, shard_id, 0xDA11])
-    span = resize_size - crop_size
-    off_x = gen.integers(0, span + 1, count)
-    off_y = gen.integers(0, span + 1, count)
-    flip = gen.integers(0, 2, count)
-    return off_y, off_x, flip
 
 
 @contextmanager

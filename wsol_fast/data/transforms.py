@@ -5,10 +5,22 @@ pipeline's CPU path calls it from a `python_function` node between DALI's JPEG d
 crop/mirror/normalise, so the two loaders give bit-identical pixels on the CPU.
 
 Flips are not done here: the OpenCV loader flips the crop view, DALI flips inside crop_mirror_normalize.
+Their random draws are: `augment_draws` gives both loaders the same crop offsets and flips.
 """
 from __future__ import annotations
 
 import numpy as np
+
+
+def augment_draws(seed: int, epoch: int, shard_id: int, count: int, resize_size: int, crop_size: int):
+    """(off_y, off_x, flip) int arrays for the `count` samples of a shard's epoch share: the crop's top
+    left corner in the resize_size image and the flip. Both loaders draw here, so they crop alike."""
+    gen = np.random.default_rng([seed, epoch, shard_id, 0xDA11])
+    span = resize_size - crop_size
+    off_x = gen.integers(0, span + 1, count)
+    off_y = gen.integers(0, span + 1, count)
+    flip = gen.integers(0, 2, count)
+    return off_y, off_x, flip
 
 
 def train_crop(image: np.ndarray, resize_size: int, crop_size: int, y: int, x: int) -> np.ndarray:
