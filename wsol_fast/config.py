@@ -78,10 +78,13 @@ class ModelConfig:
     use_fc: bool | None = None
     nonlocal_attention: bool | None = None
     use_dfg_mask: bool | None = None
+    attention_form: str | None = None      # "paper" | "relu" | "residual" (models/icl.py)
+    mask_norm: str | None = None           # "none" | "minmax": the map the thresholds of Eq. 1-2 see
+    attention_scale: str | None = None     # logit scale: a number or "inv_sqrt"
 
     def overrides(self) -> dict:
         keys = ("drop_rate", "gamma_fg", "gamma_bg", "use_contrastive", "use_fc", "nonlocal_attention",
-                "use_dfg_mask")
+                "use_dfg_mask", "attention_form", "mask_norm", "attention_scale")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 

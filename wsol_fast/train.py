@@ -57,6 +57,15 @@ def parse_args(argv=None) -> TrainConfig:
                    help="ablation: channel-mean attention instead of the non-local block")
     m.add_argument("--no-dfg-mask", dest="use_dfg_mask", action="store_const", const=False,
                    help="ablation: ADL's drop mask instead of the dropped-foreground mask")
+    m.add_argument("--attention-form", default=None, choices=["paper", "relu", "residual"],
+                   help="ICL's attention map: the paper's literal signed form, a ReLU value, or the channel "
+                        "mean plus the non-local term (default residual; docs/method.md)")
+    m.add_argument("--mask-norm", default=None, choices=["none", "minmax"],
+                   help="thresholds of Eq. 1-2 on the raw map (paper) or the per-sample min-max normalised "
+                        "map (default minmax)")
+    m.add_argument("--attention-scale", default=None,
+                   help="logit scale s of softmax(f g^T s): a number (paper: 1) or inv_sqrt (1/sqrt(C'), "
+                        "default)")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default=None,
                    help="dataset name under the metadata root (CUB, ILSVRC, OpenImages); default: builtin")
@@ -122,7 +131,8 @@ def parse_args(argv=None) -> TrainConfig:
                    skip_bad_images=a.skip_bad_images, builtin_seed=a.builtin_seed),
         ModelConfig(backbone=a.backbone, method=a.method, pretrained=pretrained, drop_rate=a.drop_rate,
                     gamma_fg=a.gamma_fg, gamma_bg=a.gamma_bg, use_contrastive=a.use_contrastive,
-                    use_fc=a.use_fc, nonlocal_attention=a.nonlocal_attention, use_dfg_mask=a.use_dfg_mask),
+                    use_fc=a.use_fc, nonlocal_attention=a.nonlocal_attention, use_dfg_mask=a.use_dfg_mask,
+                    attention_form=a.attention_form, mask_norm=a.mask_norm, attention_scale=a.attention_scale),
         OptimConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, lr_decay_every=a.lr_decay_every,
                     block_warmup_epochs=a.block_warmup_epochs,
                     new_layer_lr_mult=a.new_layer_lr_mult,
