@@ -132,8 +132,13 @@ class WSOLModel(nn.Module):
     `model(x)` -> logits (the blocks are the identity). `model.cam(x, labels)` -> [B, h, w] class maps."""
 
     backbone_name: str = ""
-    # State-dict prefixes of the modules that come from the torchvision network (pretrained, 1x lr).
+    # State-dict prefixes of the modules that come from the torchvision network (pretrained weights).
     pretrained_prefixes: tuple[str, ...] = ()
+    # Pretrained modules that nevertheless train at the new layers' lr (wsolevaluation's optimizer groups:
+    # for ResNet50 it puts every parameter whose name holds 'layer4.' or 'fc.' in the 10x group).
+    fast_lr_prefixes: tuple[str, ...] = ()
+    # The torchvision classifier, loaded from ImageNet weights only when the task is ImageNet itself.
+    classifier_prefixes: tuple[str, ...] = ()
 
     def __init__(self, num_classes: int, method: str, block_channels: list[int], defaults: dict,
                  options: dict):
@@ -212,7 +217,8 @@ class WSOLModel(nn.Module):
         trainer can give new layers 10x the learning rate (wsolevaluation's habit, SPEC 1.4)."""
         groups: dict[str, list[nn.Parameter]] = {"pretrained": [], "new": []}
         for name, p in self.named_parameters():
-            groups["pretrained" if self.is_pretrained_key(name) else "new"].append(p)
+            slow = self.is_pretrained_key(name) and not name.startswith(self.fast_lr_prefixes)
+            groups["pretrained" if slow else "new"].append(p)
         return groups
 
     def extra_repr(self) -> str:
