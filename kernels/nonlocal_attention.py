@@ -51,6 +51,7 @@ INTERPRETING = bool(knobs.runtime.interpret)
 LOG2E = 1.4426950408889634
 # The backward holds a full-C' accumulator (one output chunk) up to this head dim.
 MAX_FULL_D = 512
+MAX_FULL_D_FP32 = 128
 # Output-column chunk of the C' > MAX_FULL_D fallback.
 SPLIT_BLOCK_DO = 128
 
@@ -61,13 +62,14 @@ def _configs(blocks_warps_stages, names):
 
 
 # The autotune spaces on a GPU: tiles 64-128 wide (Hopper's wgmma wants >= 64 rows per warpgroup).
-# Configs that do not fit in shared memory for a given C' and dtype fail to compile and are skipped by
-# the autotuner. Not measured on a GPU in this version (docs/kernels.md).
-FORWARD_GPU_CONFIGS = _configs([((128, 64), 8, 3), ((128, 128), 8, 2), ((64, 64), 4, 3), ((64, 128), 4, 3)],
-                               ("BLOCK_M", "BLOCK_N"))
-# (owned block, streamed block): the owned tile and its accumulator stay in registers.
-BACKWARD_GPU_CONFIGS = _configs([((64, 64), 4, 2), ((64, 64), 8, 2), ((128, 64), 8, 2), ((64, 128), 8, 2)],
-                                ("BLOCK_OWN", "BLOCK_STREAM"))
+# For each launch `_prune_*` keeps at most MAX_TUNED configs whose estimated shared memory fits
+# (SMEM_BUDGET) and whose accumulator fits in registers, so a fresh machine compiles few. The estimates
+# are fitted to sm_90 compiles made offline (triton 3.8, no GPU; docs/kernels.md); not measured on a GPU.
+FORWARD_GPU_CONFIGS = _configs([((128, 64), 8, 3), ((128, 128), 8, 2), ((64, 64), 4, 3), ((64, 128), 4, 3),
+                                ((64, 64), 4, 2), ((64, 32), 4, 2)], ("BLOCK_M", "BLOCK_N"))
+# (owned block, streamed block): the owned tile and its fp32 accumulator stay on chip.
+BACKWARD_GPU_CONFIGS = _configs([((64, 64), 4, 2), ((64, 64), 8, 2), ((128, 64), 8, 2), ((64, 128), 8, 2),
+                                 ((64, 32), 8, 2), ((32, 32), 4, 2)], ("BLOCK_OWN", "BLOCK_STREAM"))
 SOFTMAX_GRAD_GPU_CONFIGS = _configs([((64, 128), 4, 3), ((128, 128), 8, 3), ((32, 256), 4, 3)],
                                     ("BLOCK_M", "BLOCK_N"))
 # Under the interpreter one small config each (no benchmarking), with BLOCK_M != BLOCK_N so that a
@@ -85,20 +87,76 @@ _FORWARD_KEY = ["B", "N", "D", "INPUT_PRECISION"]
 _BACKWARD_KEY = ["B", "N", "D", "INPUT_PRECISION", "ATOMIC_DF"]
 _SOFTMAX_GRAD_KEY = ["B", "N"]
 
+SMEM_BUDGET = 220 * 1024      # sm_90 allows 227 KiB per block
+MAX_TUNED = 4
+
+
+def _element_size(tensor) -> int:
+    return tensor.element_size() if hasattr(tensor, "element_size") else 2
+
+
+def _fitting(configs, estimate, fits_registers):
+    """At most MAX_TUNED configs, in list order, whose shared-memory estimate fits; else the smallest one."""
+    kept = [c for c in configs if estimate(c) <= SMEM_BUDGET and fits_registers(c)]
+    return kept[:MAX_TUNED] or [min(configs, key=estimate)]
+
+
+def _prune_forward(configs, named_args, **kwargs):
+    """Shared memory: the pipelined key tiles (all unrolled chunks of one step; one chunk with runtime
+    chunks). fp32 tiles multiplied as tf32/tf32x3 take about 1.6x their bytes (offline compiles)."""
+    args = {**named_args, **kwargs}
+    esize, depth = _element_size(args["f_ptr"]), args["D"]
+    width = depth if args.get("STATIC_CHUNKS", True) else args["BLOCK_D"]
+    width = triton.cdiv(width, args["BLOCK_D"]) * args["BLOCK_D"]
+
+    def estimate(c):
+        m, n, stages = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages
+        if esize >= 4:
+            return 1.6 * esize * (stages * n + m) * width
+        return 0.75 * esize * stages * n * width
+    return _fitting(configs, estimate, lambda c: True)
+
+
+def _prune_backward(configs, named_args, **kwargs):
+    """Shared memory: the owned tile and the pipelined streamed tiles of the output width; registers:
+    the fp32 accumulator at most 128 per thread."""
+    args = {**named_args, **kwargs}
+    esize, width = _element_size(args["f_ptr"]), args["BLOCK_DO"]
+    if args.get("SPLIT_D") and args.get("STATIC_CHUNKS", True):
+        width += triton.cdiv(args["D"], args["BLOCK_D"]) * args["BLOCK_D"]   # the unrolled score chunks too
+
+    def estimate(c):
+        own, stream, stages = c.kwargs["BLOCK_OWN"], c.kwargs["BLOCK_STREAM"], c.num_stages
+        return (1.6 if esize >= 4 else 1.0) * esize * (stages * stream + own) * width
+
+    def fits_registers(c):
+        return c.kwargs["BLOCK_OWN"] * args["BLOCK_DO"] <= 128 * 32 * c.num_warps
+    return _fitting(configs, estimate, fits_registers)
+
 
 # ------------------------------------------------------------------------------------------ kernels
 
 @triton.jit
 def _scores(a_rows, b_cols, a_resident, stride_ad, stride_bd,
             D: tl.constexpr, BLOCK_D: tl.constexpr, A_RESIDENT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-            BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
+            BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, STATIC_CHUNKS: tl.constexpr = True):
     """Unscaled fp32 scores [BLOCK_A, BLOCK_B] = a . b over the head dim D.
 
     a_rows: [BLOCK_A, 1] row pointers, b_cols: [1, BLOCK_B] row pointers of b (b is read transposed).
-    The D chunks are unrolled at compile time; only a partial last chunk carries a mask. With
-    A_RESIDENT (one chunk), `a_resident` is the [BLOCK_A, BLOCK_D] tile loaded before the caller's loop.
+    STATIC_CHUNKS: the D chunks are unrolled at compile time and only a partial last chunk carries a
+    mask. With A_RESIDENT (one chunk), `a_resident` is the [BLOCK_A, BLOCK_D] tile loaded before the
+    caller's loop. Without STATIC_CHUNKS (fp32 tiles with C' > BLOCK_D, whose unrolled chunks would
+    not fit in shared memory once pipelined), a runtime loop over masked chunks.
     """
     scores = tl.zeros([BLOCK_A, BLOCK_B], dtype=tl.float32)
+    if not STATIC_CHUNKS:
+        for d_start in tl.range(0, D, BLOCK_D):
+            offs_d = d_start + tl.arange(0, BLOCK_D)
+            mask_d = offs_d < D
+            b_t = tl.load(b_cols + offs_d[:, None] * stride_bd, mask=mask_d[:, None], other=0.0)
+            a = tl.load(a_rows + offs_d[None, :] * stride_ad, mask=mask_d[None, :], other=0.0)
+            scores = tl.dot(a, b_t, scores, input_precision=INPUT_PRECISION)
+        return scores
     for chunk in tl.static_range(0, (D + BLOCK_D - 1) // BLOCK_D):
         offs_d = chunk * BLOCK_D + tl.arange(0, BLOCK_D)
         if (chunk + 1) * BLOCK_D > D:
@@ -122,7 +180,7 @@ def _scores(a_rows, b_cols, a_resident, stride_ad, stride_bd,
 def _forward_step(row_max, row_sum, numerator, q_rows, q_resident, g_ptr, zbar_ptr, n_start, N, scale,
                   stride_fd, stride_gn, stride_gd, stride_zn,
                   D: tl.constexpr, BLOCK_D: tl.constexpr, Q_RESIDENT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_N: tl.constexpr):
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_N: tl.constexpr, STATIC_CHUNKS: tl.constexpr):
     """One key block of the online softmax; MASK_N only for the partial last block."""
     offs_n = n_start + tl.arange(0, BLOCK_N)
     if MASK_N:
@@ -130,7 +188,7 @@ def _forward_step(row_max, row_sum, numerator, q_rows, q_resident, g_ptr, zbar_p
     else:
         offs_n_load = offs_n
     s = _scores(q_rows, g_ptr + offs_n_load[None, :] * stride_gn, q_resident, stride_fd, stride_gd,
-                D, BLOCK_D, Q_RESIDENT, INPUT_PRECISION, BLOCK_M, BLOCK_N) * scale
+                D, BLOCK_D, Q_RESIDENT, INPUT_PRECISION, BLOCK_M, BLOCK_N, STATIC_CHUNKS) * scale
     zbar = tl.load(zbar_ptr + offs_n_load * stride_zn).to(tl.float32)
     if MASK_N:
         s = tl.where((offs_n < N)[None, :], s, float("-inf"))
@@ -143,12 +201,13 @@ def _forward_step(row_max, row_sum, numerator, q_rows, q_resident, g_ptr, zbar_p
     return new_max, row_sum, numerator
 
 
-@triton.autotune(configs=_FORWARD_CONFIGS, key=_FORWARD_KEY)
+@triton.autotune(configs=_FORWARD_CONFIGS, key=_FORWARD_KEY,
+                 prune_configs_by=None if INTERPRETING else {"early_config_prune": _prune_forward})
 @triton.jit
 def _attention_forward_kernel(
     f_ptr, g_ptr, zbar_ptr, a_out_ptr, lse_ptr, B, N, scale,
     stride_fb, stride_fn, stride_fd, stride_gb, stride_gn, stride_gd, stride_zb, stride_zn,
-    D: tl.constexpr, BLOCK_D: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, INPUT_PRECISION: tl.constexpr, STATIC_CHUNKS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """a_out and lse are contiguous [B, N]; f, g, zbar may have any strides."""
@@ -178,12 +237,12 @@ def _attention_forward_kernel(
         row_max, row_sum, numerator = _forward_step(
             row_max, row_sum, numerator, q_rows, q_resident, g_ptr, zbar_ptr, n_start, N, scale,
             stride_fd, stride_gn, stride_gd, stride_zn,
-            D, BLOCK_D, Q_RESIDENT, INPUT_PRECISION, BLOCK_M, BLOCK_N, False)
+            D, BLOCK_D, Q_RESIDENT, INPUT_PRECISION, BLOCK_M, BLOCK_N, False, STATIC_CHUNKS)
     if n_full < N:
         row_max, row_sum, numerator = _forward_step(
             row_max, row_sum, numerator, q_rows, q_resident, g_ptr, zbar_ptr, n_full, N, scale,
             stride_fd, stride_gn, stride_gd, stride_zn,
-            D, BLOCK_D, Q_RESIDENT, INPUT_PRECISION, BLOCK_M, BLOCK_N, True)
+            D, BLOCK_D, Q_RESIDENT, INPUT_PRECISION, BLOCK_M, BLOCK_N, True, STATIC_CHUNKS)
 
     mask_m = offs_m < N
     out_offs = batch * N + offs_m
@@ -207,7 +266,8 @@ def _key_side_step(dg, dzbar, g_owned, zbar_owned, f_ptr, g_cols, row_ptr_lse, r
                    stride_dfn, stride_dfd,
                    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr, SPLIT_D: tl.constexpr,
                    INPUT_PRECISION: tl.constexpr, ATOMIC_DF: tl.constexpr,
-                   BLOCK_OWN: tl.constexpr, BLOCK_STREAM: tl.constexpr, MASK_M: tl.constexpr):
+                   BLOCK_OWN: tl.constexpr, BLOCK_STREAM: tl.constexpr, MASK_M: tl.constexpr,
+                   STATIC_CHUNKS: tl.constexpr):
     """One query block streamed past the owned key block: dg, dzbar (and df by atomics)."""
     offs_m = m_start + tl.arange(0, BLOCK_STREAM)
     if MASK_M:
@@ -222,7 +282,7 @@ def _key_side_step(dg, dzbar, g_owned, zbar_owned, f_ptr, g_cols, row_ptr_lse, r
     f_out = _owned_tile(f_ptr, offs_m_load, offs_out, stride_fn, stride_fd, D, BLOCK_DO, SPLIT_D)
     if SPLIT_D:
         s_t = _scores(g_cols, f_ptr + offs_m_load[None, :] * stride_fn, 0.0, stride_gd, stride_fd,
-                      D, BLOCK_D, False, INPUT_PRECISION, BLOCK_OWN, BLOCK_STREAM)
+                      D, BLOCK_D, False, INPUT_PRECISION, BLOCK_OWN, BLOCK_STREAM, STATIC_CHUNKS)
     else:   # the full-C' tiles: S^T = g_owned f^T, one product, and f_out serves the gradient product too
         s_t = tl.dot(g_owned, tl.trans(f_out), input_precision=INPUT_PRECISION)
     p_t = tl.exp2((s_t * scale - lse[None, :]) * 1.4426950408889634)
@@ -246,7 +306,7 @@ def _query_side_step(df, f_owned, f_rows, lse, grad_a, a_row, g_ptr, zbar_ptr, n
                      stride_fd, stride_gn, stride_gd, stride_zn,
                      D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr, SPLIT_D: tl.constexpr,
                      INPUT_PRECISION: tl.constexpr, BLOCK_OWN: tl.constexpr, BLOCK_STREAM: tl.constexpr,
-                     MASK_N: tl.constexpr):
+                     MASK_N: tl.constexpr, STATIC_CHUNKS: tl.constexpr):
     """One key block streamed past the owned query block: df."""
     offs_n = n_start + tl.arange(0, BLOCK_STREAM)
     if MASK_N:
@@ -257,7 +317,7 @@ def _query_side_step(df, f_owned, f_rows, lse, grad_a, a_row, g_ptr, zbar_ptr, n
     zbar = tl.load(zbar_ptr + offs_n_load * stride_zn).to(tl.float32)
     if SPLIT_D:
         s = _scores(f_rows, g_ptr + offs_n_load[None, :] * stride_gn, 0.0, stride_fd, stride_gd,
-                    D, BLOCK_D, False, INPUT_PRECISION, BLOCK_OWN, BLOCK_STREAM)
+                    D, BLOCK_D, False, INPUT_PRECISION, BLOCK_OWN, BLOCK_STREAM, STATIC_CHUNKS)
     else:
         s = tl.dot(f_owned, tl.trans(g_out), input_precision=INPUT_PRECISION)
     p = tl.exp2((s * scale - lse[:, None]) * 1.4426950408889634)
@@ -267,14 +327,15 @@ def _query_side_step(df, f_owned, f_rows, lse, grad_a, a_row, g_ptr, zbar_ptr, n
     return tl.dot(ds, g_out, df, input_precision=INPUT_PRECISION)
 
 
-@triton.autotune(configs=_BACKWARD_CONFIGS, key=_BACKWARD_KEY)
+@triton.autotune(configs=_BACKWARD_CONFIGS, key=_BACKWARD_KEY,
+                 prune_configs_by=None if INTERPRETING else {"early_config_prune": _prune_backward})
 @triton.jit
 def _attention_backward_kernel(
     grad_a_ptr, f_ptr, g_ptr, zbar_ptr, a_ptr, lse_ptr, df_ptr, dg_ptr, dzbar_ptr, B, N, scale,
     stride_fb, stride_fn, stride_fd, stride_gb, stride_gn, stride_gd, stride_zb, stride_zn,
     stride_dfb, stride_dfn, stride_dfd, stride_dgb, stride_dgn, stride_dgd, stride_dzb, stride_dzn,
     D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr, SPLIT_D: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, ATOMIC_DF: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, ATOMIC_DF: tl.constexpr, STATIC_CHUNKS: tl.constexpr,
     BLOCK_OWN: tl.constexpr, BLOCK_STREAM: tl.constexpr,
 ):
     """Key block p (dg, dzbar), then query block p (df) of one sample and one output-column chunk.
@@ -310,12 +371,14 @@ def _attention_backward_kernel(
         dg, dzbar = _key_side_step(
             dg, dzbar, g_owned, zbar_owned, f_ptr, g_cols, row_ptr_lse, row_ptr_grad, row_ptr_a, df_ptr,
             m_start, N, scale, offs_out, stride_fn, stride_fd, stride_gd, stride_dfn, stride_dfd,
-            D, BLOCK_D, BLOCK_DO, SPLIT_D, INPUT_PRECISION, ATOMIC_DF, BLOCK_OWN, BLOCK_STREAM, False)
+            D, BLOCK_D, BLOCK_DO, SPLIT_D, INPUT_PRECISION, ATOMIC_DF, BLOCK_OWN, BLOCK_STREAM, False,
+            STATIC_CHUNKS)
     if stream_full < N:
         dg, dzbar = _key_side_step(
             dg, dzbar, g_owned, zbar_owned, f_ptr, g_cols, row_ptr_lse, row_ptr_grad, row_ptr_a, df_ptr,
             stream_full, N, scale, offs_out, stride_fn, stride_fd, stride_gd, stride_dfn, stride_dfd,
-            D, BLOCK_D, BLOCK_DO, SPLIT_D, INPUT_PRECISION, ATOMIC_DF, BLOCK_OWN, BLOCK_STREAM, True)
+            D, BLOCK_D, BLOCK_DO, SPLIT_D, INPUT_PRECISION, ATOMIC_DF, BLOCK_OWN, BLOCK_STREAM, True,
+            STATIC_CHUNKS)
     mask_out = offs_out < D
     dg_ptrs = dg_ptr + batch * stride_dgb + offs_own[:, None] * stride_dgn + offs_out[None, :] * stride_dgd
     tl.store(dg_ptrs, (dg * scale).to(dg_ptr.dtype.element_ty), mask=mask_own[:, None] & mask_out[None, :])
@@ -334,12 +397,12 @@ def _attention_backward_kernel(
             df = _query_side_step(
                 df, f_owned, f_rows, lse, grad_a, a_row, g_ptr, zbar_ptr, n_start, N, scale, offs_out,
                 stride_fd, stride_gn, stride_gd, stride_zn,
-                D, BLOCK_D, BLOCK_DO, SPLIT_D, INPUT_PRECISION, BLOCK_OWN, BLOCK_STREAM, False)
+                D, BLOCK_D, BLOCK_DO, SPLIT_D, INPUT_PRECISION, BLOCK_OWN, BLOCK_STREAM, False, STATIC_CHUNKS)
         if stream_full < N:
             df = _query_side_step(
                 df, f_owned, f_rows, lse, grad_a, a_row, g_ptr, zbar_ptr, stream_full, N, scale, offs_out,
                 stride_fd, stride_gn, stride_gd, stride_zn,
-                D, BLOCK_D, BLOCK_DO, SPLIT_D, INPUT_PRECISION, BLOCK_OWN, BLOCK_STREAM, True)
+                D, BLOCK_D, BLOCK_DO, SPLIT_D, INPUT_PRECISION, BLOCK_OWN, BLOCK_STREAM, True, STATIC_CHUNKS)
         df_ptrs = df_ptr + offs_own[:, None] * stride_dfn + offs_out[None, :] * stride_dfd
         tl.store(df_ptrs, (df * scale).to(df_ptr.dtype.element_ty), mask=mask_own[:, None] & mask_out[None, :])
 
@@ -423,12 +486,24 @@ def _head_block(head_dim: int) -> int:
     return min(max(16, triton.next_power_of_2(head_dim)), cap)
 
 
-def _backward_blocks(head_dim: int) -> tuple[int, int, bool]:
+def _static_chunks(dtype: torch.dtype, head_dim: int) -> bool:
+    """Unroll the C' chunks (static_range) except for fp32 tiles past one chunk: their unrolled,
+    pipelined loads would not fit in shared memory (offline sm_90 compiles, docs/kernels.md)."""
+    return dtype != torch.float32 or head_dim <= _head_block(head_dim)
+
+
+def _max_full_d(dtype: torch.dtype) -> int:
+    """Widest C' with a full-C' backward accumulator: MAX_FULL_D (512) for 16-bit tiles, 128 for fp32
+    (its tiles take twice the bytes, and tf32x3 more: a 512-wide fp32 owned tile cannot fit)."""
+    return MAX_FULL_D if dtype != torch.float32 else min(MAX_FULL_D, MAX_FULL_D_FP32)
+
+
+def _backward_blocks(head_dim: int, dtype: torch.dtype = torch.float16) -> tuple[int, int, bool]:
     """(BLOCK_D score chunk, BLOCK_DO output chunk, SPLIT_D) of the backward."""
-    if head_dim <= MAX_FULL_D:
+    if head_dim <= _max_full_d(dtype):
         full = max(16, triton.next_power_of_2(head_dim))
         return full, full, False
-    return _head_block(head_dim), SPLIT_BLOCK_DO, True
+    return _head_block(head_dim), min(SPLIT_BLOCK_DO, max(16, triton.next_power_of_2(head_dim))), True
 
 
 def _check_supported(f: torch.Tensor) -> None:
@@ -454,6 +529,7 @@ def nonlocal_attention_forward(f: torch.Tensor, g: torch.Tensor, zbar: torch.Ten
         f, g, zbar, a_out, lse, batch, n, float(scale),
         f.stride(0), f.stride(1), f.stride(2), g.stride(0), g.stride(1), g.stride(2), zbar.stride(0), zbar.stride(1),
         D=head_dim, BLOCK_D=_head_block(head_dim), INPUT_PRECISION=input_precision(f.dtype),
+        STATIC_CHUNKS=_static_chunks(f.dtype, head_dim),
     )
     return a_out, lse
 
@@ -500,7 +576,7 @@ def nonlocal_attention_backward(grad_a: torch.Tensor, f: torch.Tensor, g: torch.
     variant = backward_variant(f.dtype, n, head_dim, force=variant)
     if variant == "bmm":
         return _backward_bmm(grad_a, f, g, zbar, a, lse, scale, df, dg, dzbar, wrap)
-    block_d, block_do, split_d = _backward_blocks(head_dim)
+    block_d, block_do, split_d = _backward_blocks(head_dim, f.dtype)
     atomic = variant == "atomic"
     df_out = torch.zeros(f.shape, dtype=torch.float32, device=f.device) if atomic else df
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_OWN"]), triton.cdiv(head_dim, block_do), batch)  # noqa: E731
@@ -510,7 +586,7 @@ def nonlocal_attention_backward(grad_a: torch.Tensor, f: torch.Tensor, g: torch.
         df_out.stride(0), df_out.stride(1), df_out.stride(2), dg.stride(0), dg.stride(1), dg.stride(2),
         dzbar.stride(0), dzbar.stride(1),
         D=head_dim, BLOCK_D=block_d, BLOCK_DO=block_do, SPLIT_D=split_d,
-        INPUT_PRECISION=input_precision(f.dtype), ATOMIC_DF=atomic,
+        INPUT_PRECISION=input_precision(f.dtype), ATOMIC_DF=atomic, STATIC_CHUNKS=_static_chunks(f.dtype, head_dim),
     )
     if atomic:
         df.copy_(df_out)
