@@ -11,15 +11,17 @@ docs/kernels.md has the design in full; in short:
   loop, and stays resident. The full key blocks run without masks; the one partial last block (N not a
   multiple of BLOCK_N) runs after the loop with its key mask. Query rows past N are clamped to row N - 1
   on load (no masks in the loop) and dropped on store. Online softmax with a running *scalar* numerator
-  (value dim 1). Saved: A [B, N] (input dtype) and lse [B, N] (fp32, natural log).
+  (value dim 1). Saved: A [B, N] (input dtype) and lse [B, N] (fp32, natural log). fp32 tiles past one
+  chunk use a runtime chunk loop instead (STATIC_CHUNKS=False): unrolled and pipelined, they would not
+  fit in shared memory.
 * Backward, "fused" (default; `_attention_backward_kernel`, one launch, grid (block, C' chunk, B)), the
   FlashAttention-2 scheme without atomics: program p first owns key block p and streams every query
   block (dg = dS^T f * scale, dzbar_j = sum_i P_ij dA_i), then owns query block p and streams every key
   block (df = dS g * scale). P = exp(S - lse) is recomputed from the saved lse; with value dim 1,
   dS_ij = P_ij dA_i (zbar_j - A_i). For C' <= 512 one program holds the full-C' fp32 accumulator and the
   owned tile stays resident: 4 passes of N x N x C' work (2 score products, 2 gradient products), no
-  atomics, no memset. For C' > 512 the output columns are split over programs (chunks of 128), each
-  recomputing the scores over the full C' (a correct fallback, not a fast path).
+  atomics, no memset. For C' > 512 (> 128 for fp32 tiles) the output columns are split over programs
+  (chunks of 128), each recomputing the scores over the full C' (a correct fallback, not a fast path).
 * Backward, "atomic": the key-block program also forms df with fp32 atomic adds (3 passes, a zeroed
   fp32 buffer and a cast). Selectable for measurement; not the default until a GPU run shows it wins.
 * Backward, "bmm" (C' >= 384 only by policy): S by cuBLAS bmm (fp32 output), one Triton kernel for

@@ -1,16 +1,22 @@
 """Triton kernels (kernels/) against the literal reference: values and every gradient.
 
 Without a GPU the kernels run in Triton's interpreter on CPU tensors: TRITON_INTERPRET=1 must be set
-before the kernel modules are imported (conftest does it; so does this module, for a lone run).
+before the kernel modules are imported (conftest does it; so does this module, for a lone run). There:
+fp32 and fp16, odd N, C' in {1, 8, 24, 72, 144, 512, 600}, B <= 2, every backward variant (fused,
+atomic, bmm), the split-C' fallback, large logits, both host paths (the eager autograd.Function and the
+triton_op of torch.compile) and the fp32 precision policy. The interpreter multiplies exactly whatever
+tl.dot is told, so the precision policy is tested on what the launchers pass.
 With a GPU and TRITON_INTERPRET=0 the same tests run compiled on CUDA, bf16 included, plus the
-CUDA-only ones at the end: opcheck of the four ops, torch.compile(fullgraph=True) through them, and
-an ICL block's training steps against the reference (fp32 and bf16 autocast). scripts/gpu_check.sh
-runs them on a GPU machine.
+CUDA-only ones at the end: opcheck of the ops (the C++-declared ones with their CUDA kernels and the
+triton_op versions), torch.compile(fullgraph=True) through them, and an ICL block's training steps
+against the reference (fp32 and bf16 autocast). scripts/gpu_check.sh runs them on a GPU machine.
 
 Tolerance rule (flash-attention): max |fused - ref64| <= 2 * max |ref_dtype - ref64| + atol
 + rtol * max |ref64|, where ref64 is the reference in fp64 on the same (rounded) inputs and ref_dtype
 the reference run in the tested dtype; rtol is about the dtype's unit roundoff (the rounding of the
-output itself), atol a floor for outputs near zero.
+output itself), atol a floor for outputs near zero. Two named extra terms: the recomputation of P from
+the fp32 lse (lse_recompute_rtol) and, compiled on CUDA only, fp32 tiles multiplied as "tf32x3"
+(tf32x3_rtol).
 """
 import os
 
@@ -456,12 +462,25 @@ def _opcheck_samples(device):
     counts = torch.ops.wsol_fast.masked_gap(x, att, GAMMA_FG, GAMMA_BG)[1]
     samples["gap-backward-op"] = (torch.ops.wsol_fast.masked_gap_backward.default,
                                   [torch.randn(2, 3, 5, device=device), x, att, counts, GAMMA_FG, GAMMA_BG])
+    # The triton_op versions (the torch.compile path), defined by wsol_fast.ops._triton.
+    if _triton.triton_ops():
+        triton_attention = torch.ops.wsol_fast.nonlocal_attention_map_triton.default
+        triton_gap = torch.ops.wsol_fast.masked_gap_triton.default
+        samples["triton-op-attention-fp32-grad"] = (triton_attention, attention(2, 37, 24, torch.float32, True, 0.5))
+        samples["triton-op-attention-bf16-grad"] = (triton_attention, attention(2, 40, 144, torch.bfloat16, True))
+        samples["triton-op-attention-noncontiguous-grad"] = (triton_attention, [
+            torch.randn(2, 8, 12, device=device).transpose(1, 2).requires_grad_(),
+            torch.randn(2, 12, 8, device=device), torch.randn(2, 24, device=device)[:, ::2], 1.0])
+        samples["triton-op-gap-fp32-grad"] = (triton_gap, gap(2, 5, 70, torch.float32, True))
+        samples["triton-op-gap-bf16-grad"] = (triton_gap, gap(2, 6, 33, torch.bfloat16, True))
     return samples
 
 
 OPCHECK_SAMPLES = ["attention-fp32-grad", "attention-bf16", "attention-fp64-grad", "attention-noncontiguous-grad",
                    "attention-fp64-noncontiguous-grad", "gap-fp32-grad", "gap-bf16", "gap-fp64-grad",
-                   "gap-noncontiguous-empty-masks", "attention-backward-op", "gap-backward-op"]
+                   "gap-noncontiguous-empty-masks", "attention-backward-op", "gap-backward-op",
+                   "triton-op-attention-fp32-grad", "triton-op-attention-bf16-grad",
+                   "triton-op-attention-noncontiguous-grad", "triton-op-gap-fp32-grad", "triton-op-gap-bf16-grad"]
 
 
 @needs_cuda
