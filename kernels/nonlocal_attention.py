@@ -522,6 +522,7 @@ def nonlocal_attention_forward(f: torch.Tensor, g: torch.Tensor, zbar: torch.Ten
     """A [B, N] (dtype of f) and lse [B, N] (fp32, natural log) of softmax(f g^T * scale) zbar."""
     _check_supported(f)
     batch, n, head_dim = f.shape
+    head_dim = int(head_dim)   # a compile-time constant of the kernels (specialised under torch.compile)
     a_out = torch.empty((batch, n), dtype=f.dtype, device=f.device)
     lse = torch.empty((batch, n), dtype=torch.float32, device=f.device)
     if batch == 0:
@@ -568,6 +569,7 @@ def nonlocal_attention_backward(grad_a: torch.Tensor, f: torch.Tensor, g: torch.
     """
     _check_supported(f)
     batch, n, head_dim = f.shape
+    head_dim = int(head_dim)
     # [B, N] side inputs are read as contiguous rows (tiny; a copy only if a caller passes a view).
     grad_a, a, lse = grad_a.contiguous(), a.contiguous(), lse.contiguous().float()
     df, dg = torch.empty_like(f), torch.empty_like(g)

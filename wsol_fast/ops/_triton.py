@@ -77,7 +77,7 @@ def nonlocal_attention_map(f, g, zbar, scale: float):
     """
     _require_runnable(f)
     if f.is_cuda and (f.dtype == torch.float64 or torch.compiler.is_compiling()):
-        if f.dtype != torch.float64 and triton_ops():
+        if f.dtype != torch.float64 and _TRITON_OPS_DEFINED:
             return torch.ops.wsol_fast.nonlocal_attention_map_triton(f, g, zbar, float(scale))[0]
         return torch.ops.wsol_fast.nonlocal_attention_map(f, g, zbar, float(scale))[0]
     attention, _ = _kernels()
@@ -88,7 +88,7 @@ def masked_gap(x, attention_map, gamma_fg: float, gamma_bg: float):
     """(pooled, counts, dfg_mask), differentiable in x, through the Triton kernels (impl="triton")."""
     _require_runnable(x)
     if x.is_cuda and (x.dtype == torch.float64 or torch.compiler.is_compiling()):
-        if x.dtype != torch.float64 and triton_ops():
+        if x.dtype != torch.float64 and _TRITON_OPS_DEFINED:
             return torch.ops.wsol_fast.masked_gap_triton(x, attention_map, float(gamma_fg), float(gamma_bg))
         return torch.ops.wsol_fast.masked_gap(x, attention_map, float(gamma_fg), float(gamma_bg))
     _, gap = _kernels()
@@ -106,16 +106,24 @@ TRITON_OPS = ("nonlocal_attention_map_triton", "nonlocal_attention_map_backward_
               "masked_gap_triton", "masked_gap_backward_triton")
 
 
-@functools.lru_cache(maxsize=None)
+_TRITON_OPS_DEFINED: bool | None = None   # None: not tried yet
+
+
 def triton_ops() -> bool:
-    """Define the four `wsol_fast::*_triton` ops (once); False, with a warning, where that fails."""
-    try:
-        _define_triton_ops()
-    except Exception as exc:  # no triton_op in this torch, no triton, a kernel module that cannot load
-        warnings.warn(f"wsol_fast: triton_op versions of the ops not defined ({type(exc).__name__}: {exc}); "
-                      "torch.compile falls back to the opaque ops")
-        return False
-    return True
+    """Define the four `wsol_fast::*_triton` ops (once); False, with a warning, where that fails.
+
+    On CUDA machines this runs at import, so a torch.compile trace only reads the flag (a plain global,
+    not a cached call that Dynamo would trace into)."""
+    global _TRITON_OPS_DEFINED
+    if _TRITON_OPS_DEFINED is None:
+        try:
+            _define_triton_ops()
+            _TRITON_OPS_DEFINED = True
+        except Exception as exc:  # no triton_op in this torch, no triton, a kernel module that cannot load
+            warnings.warn(f"wsol_fast: triton_op versions of the ops not defined ({type(exc).__name__}: {exc}); "
+                          "torch.compile falls back to the opaque ops")
+            _TRITON_OPS_DEFINED = False
+    return _TRITON_OPS_DEFINED
 
 
 def _define_triton_ops() -> None:
