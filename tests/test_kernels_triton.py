@@ -257,6 +257,42 @@ def test_backward_variant_policy(monkeypatch):
         choose(torch.float32, 10, 8, force="flash")
 
 
+# Shared memory per block of forward configs, read off offline compiles for sm_90 (triton 3.8,
+# triton.compile with a GPUTarget; no device): (dtype, C', static chunks, (BLOCK_M, BLOCK_N, warps, stages)).
+SM90_FORWARD_SHARED_BYTES = {
+    ("bfloat16", 512, True, (128, 64, 8, 3)): 147456, ("bfloat16", 512, True, (128, 128, 8, 2)): 163840,
+    ("bfloat16", 512, True, (64, 64, 4, 3)): 81920, ("bfloat16", 512, True, (64, 128, 4, 3)): 98304,
+    ("float32", 128, True, (128, 64, 8, 3)): 262144, ("float32", 128, True, (128, 128, 8, 2)): 327680,
+    ("float32", 128, True, (64, 64, 4, 3)): 196608, ("float32", 128, True, (64, 128, 4, 3)): 327680,
+    ("float32", 512, False, (64, 64, 4, 3)): 229376,
+}
+SM90_MAX_SHARED = 232448   # 227 KiB per block
+
+
+def test_forward_pruning_keeps_no_config_measured_too_large():
+    """Every config the pruner keeps fits in sm_90's shared memory where an offline compile measured it,
+    and the ones measured too large are dropped (the estimate may be conservative, never optimistic)."""
+    for (dtype_name, head_dim, static, blocks), measured in SM90_FORWARD_SHARED_BYTES.items():
+        probe = torch.empty(1, dtype=getattr(torch, dtype_name))
+        kept = attention_kernels._prune_forward(
+            attention_kernels.FORWARD_GPU_CONFIGS, {"f_ptr": probe}, D=head_dim, BLOCK_D=128, STATIC_CHUNKS=static)
+        kept = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in kept}
+        assert kept, (dtype_name, head_dim)
+        if measured > SM90_MAX_SHARED:
+            assert blocks not in kept, (dtype_name, head_dim, blocks, measured)
+
+
+def test_eager_path_is_one_autograd_function():
+    # No dispatcher op and no second autograd layer between wsol_fast.ops and the launchers in eager mode.
+    f, g, zbar = (t.requires_grad_() for t in attention_inputs(1, 20, 8, torch.float32))
+    a = ops.nonlocal_attention_map(f, g, zbar, 0.5, impl="triton")
+    assert type(a.grad_fn).__name__ == "NonlocalAttentionMapFunctionBackward"
+    assert {type(n[0]).__name__ for n in a.grad_fn.next_functions} == {"AccumulateGrad"}
+    x = torch.randn(1, 4, 20, device=DEVICE, requires_grad=True)
+    pooled = ops.masked_gap(x, a.detach(), GAMMA_FG, GAMMA_BG, impl="triton")[0]
+    assert type(pooled.grad_fn).__name__ == "MaskedGapFunctionBackward"
+
+
 def test_attention_strided_inputs_need_no_copy():
     # Conv outputs arrive as [B, C', N] viewed as [B, N, C'] (stride 1 along N): same numbers, bit for bit.
     f, g, zbar = attention_inputs(2, 40, 24, torch.float32)
