@@ -542,7 +542,10 @@ def _scores_fp32(f, g):
     if f.dtype == torch.float32:
         return torch.bmm(f, g.transpose(1, 2))
     if f.is_cuda:
-        return torch.bmm(f, g.transpose(1, 2), out_dtype=torch.float32)
+        try:
+            return torch.bmm(f, g.transpose(1, 2), out_dtype=torch.float32)
+        except TypeError:   # a torch without bmm's out_dtype: the same product on fp32 copies
+            pass
     return torch.bmm(f.float(), g.float().transpose(1, 2))   # CPU tensors (interpreter tests)
 
 
