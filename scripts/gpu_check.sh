@@ -147,6 +147,8 @@ PARALLEL=()
 "$PY" -c "import xdist" 2>/dev/null && PARALLEL=(-n 6)
 TEST_TIMEOUT=()
 "$PY" -c "import pytest_timeout" 2>/dev/null && TEST_TIMEOUT=(--timeout 120)
+# Stop the session (reports and junit still written) before the step's own timeout kills it.
+"$PY" -m pytest --help 2>/dev/null | grep -q -- "--session-timeout" && TEST_TIMEOUT+=(--session-timeout 130)
 step tests 140 "$PY" -m pytest -q -rfEs -p no:cacheprovider "${PARALLEL[@]}" "${TEST_TIMEOUT[@]}" \
   --durations=8 --junitxml "$WORK/tests_junit.xml" tests/test_kernels_triton.py
 
