@@ -40,6 +40,9 @@ TEE_PID=$!
 export PY=${PYTHON:-python3} REPO OUT WORK
 DEADLINE_S=${GPU_CHECK_DEADLINE_S:-290}
 export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0 WSOL_FAST_SKIP_CPP=1 WSOL_FAST_DISABLE_CPP=1
+# Autotune decisions persist on disk per kernel, key and config list (a shape tuned by one pytest run is
+# not tuned again by the next); TRITON_PRINT_AUTOTUNING logs each key's chosen config.
+export TRITON_CACHE_AUTOTUNING=1 TRITON_PRINT_AUTOTUNING=1
 START=$(date +%s)
 SUMMARY=()
 FAILED_STEPS=0
