@@ -85,7 +85,13 @@ def _run(job) -> tuple[tuple, float, str]:
             pooled, counts, _ = gap.masked_gap_forward(x, a, 0.72, 1.2)
             gap.masked_gap_backward(torch.ones_like(pooled), x, a, counts, 0.72, 1.2)
         else:
-            att._attention_forward_kernel.configs = [att.FORWARD_GPU_CONFIGS[index if kind == "forward" else 0]]
+            if kind == "forward":
+                forward_config = att.FORWARD_GPU_CONFIGS[index]
+            else:   # the backward needs A and lse: any forward config that fits (compiled by its own job)
+                forward_config = att._prune_forward(
+                    att.FORWARD_GPU_CONFIGS, {"f_ptr": torch.empty(1, dtype=dtype)}, D=head_dim,
+                    BLOCK_D=att._head_block(head_dim), STATIC_CHUNKS=att._static_chunks(dtype, head_dim))[0]
+            att._attention_forward_kernel.configs = [forward_config]
             if kind == "backward":
                 att._attention_backward_kernel.configs = [att.BACKWARD_GPU_CONFIGS[index]]
             if kind == "softmax_grad":
