@@ -267,6 +267,20 @@ def test_component_trees_give_findcontours_boxes_at_every_threshold():
             assert sorted(map(tuple, rows[active, 2:].tolist())) == _contour_boxes_at(img, k), (m.shape, k)
 
 
+@needs_tree
+def test_threshold_boxes_op_checks_its_input():
+    import torch
+    op = M._threshold_boxes_op()
+    with pytest.raises(ValueError, match="image must be uint8"):
+        op(torch.zeros(4, 4, dtype=torch.float32))
+    with pytest.raises(ValueError, match="image must be 2D"):
+        op(torch.zeros(2, 4, 4, dtype=torch.uint8))
+    img = torch.from_numpy(M.quantize_scoremap(_textured(np.random.default_rng(2), (30, 40), 0.3)))
+    assert torch.equal(op(img.t()), op(img.t().contiguous()))             # a strided view is read as such
+    one = torch.full((1, 1), 7, dtype=torch.uint8)
+    assert op(one).tolist() == [[0, 7, 0, 0, 0, 0]]    # one pixel: the whole image for 0 <= k < 7, clipped box
+
+
 @pytest.mark.parametrize("multi_contour", [True, False], ids=["multi", "largest"])
 @pytest.mark.parametrize("interval", [0.01, 0.001])
 def test_hard_maps_equal_literal_loop(interval, multi_contour):
