@@ -63,8 +63,8 @@ def evaluate_model(model, loader, meta, device, autocast, cfg, info=None, loc_th
             rec = {"id": image_id, "label": label, "pred": pred}
             if loc_threshold is not None:
                 pred_map = gt_map if pred == label else _scoremap(cam_pred[k].numpy())
-                rec["iou_gt"] = metrics.best_iou_at_threshold(gt_map, gt_boxes, loc_threshold, multi_contour=False)
-                rec["iou_pred"] = metrics.best_iou_at_threshold(pred_map, gt_boxes, loc_threshold, multi_contour=False)
+                rec["iou_gt"] = metrics.best_iou_at_threshold(gt_map, gt_boxes, loc_threshold)
+                rec["iou_pred"] = metrics.best_iou_at_threshold(pred_map, gt_boxes, loc_threshold)
             per_image.append(rec)
             if len(samples) < overlays:
                 samples.append((image_id, gt_map, gt_boxes))
