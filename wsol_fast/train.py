@@ -474,9 +474,9 @@ class Trainer:
 
     def _write_metrics_csv(self) -> None:
         path = os.path.join(self.out, "metrics.csv")
-        keys = list(self.history[0].keys())
+        keys = list(dict.fromkeys(k for row in self.history for k in row))   # diag_* appear after a warm-up
         with open(path + ".tmp", "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=keys)
+            w = csv.DictWriter(fh, fieldnames=keys, restval="")
             w.writeheader()
             w.writerows(self.history)
         os.replace(path + ".tmp", path)
