@@ -62,7 +62,8 @@ def parse_args(argv=None) -> TrainConfig:
                    help="dataset name under the metadata root (CUB, ILSVRC, OpenImages); default: builtin")
     d.add_argument("--data-root", default=None, help="images at DATA_ROOT/DATASET/<image_id>")
     d.add_argument("--metadata-root", default=None, help="metadata at METADATA_ROOT/DATASET/<split>/")
-    d.add_argument("--resize-size", type=guard.positive_int, default=None, help="train resize (default 256; built-in profile 73)")
+    d.add_argument("--resize-size", type=guard.positive_int, default=None,
+                   help="train resize (default 256; built-in profile 73)")
     d.add_argument("--crop-size", type=guard.positive_int, default=None,
                    help="train crop / eval size (default 224; built-in profile 64); at least "
                         + ", ".join(f"{v} for {k}" for k, v in guard.MIN_CROP.items()))
@@ -382,6 +383,8 @@ class Trainer:
                     self._exit_stopped(f"epoch {epoch + 1}, step {stopped.step}")
                 except Exception as exc:
                     self._save_progress_before_failing(exc, epoch, step)
+                    if self._signals.stop:   # e.g. a loader worker that the signal reached too
+                        self._exit_stopped(f"epoch {epoch + 1}, step {self._progress[1]} ({exc})")
                     raise
                 self.scheduler.step()
                 try:
@@ -410,6 +413,7 @@ class Trainer:
             try:
                 return self.test(time.perf_counter() - t_run)
             except Exception:
+                self._record_data_issues()   # skipped_images.txt lists what the failing pass skipped
                 if self.info.is_main:
                     print(f"the test evaluation failed; the trained checkpoints in {self.out} are kept "
                           f"(--resume {os.path.join(self.out, 'last.pt')} runs it again)", file=sys.stderr)

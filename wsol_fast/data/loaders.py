@@ -26,8 +26,11 @@ markers, two small reads; other formats are decoded): about 10 us per file, agai
 decode of a built-in image and 1 ms for a 500 x 375 photo (measured on one core; CUB's 11,788 images
 would take ~12 s to decode, ~0.1 s to check). A failure is a `BadImageError` naming the file,
 or, with skip_bad_images, the image is left out and listed in `bad_images`. A file that passes the check
-but does not decode stops the pass with a `BadImageError` naming it (`python -m wsol_fast.data check`
-decodes every image to find all such files up front).
+but does not decode during a pass is handled the same way: a `BadImageError` naming it in the consuming
+process, or, with skip_bad_images, dropped from its batch and listed in `skipped` (id -> reason).
+`python -m wsol_fast.data check` decodes every image to find all such files up front. An image whose
+header claims more than `dali.MAX_IMAGE_PIXELS` (--max-image-pixels) is refused before it is decoded,
+and a decoded size other than image_sizes.txt's is recorded in `size_mismatches` (the trainer warns).
 """
 from __future__ import annotations
 
@@ -83,7 +86,15 @@ def _cv2_single_threaded():
 
 
 def _worker_init(_worker_id: int) -> None:
+    import signal
+
     import cv2
+
+    # Ctrl-C and SIGTERM reach the whole process group; the main process handles them (it finishes the
+    # step and saves) and ends the workers itself, so a worker must neither die nor run a forked copy of
+    # the main process's handler.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     # One decode per worker process (OpenCV's own pool would oversubscribe the cores). Forked workers
     # already have one thread (see _cv2_single_threaded); spawned ones start fresh and are set here.

@@ -102,8 +102,9 @@ def prepare_data(cfg, info: runtime.DistInfo, device: torch.device,
                 f"  {shown}{chr(10) + '  ...' if len(bad) > 10 else ''}\nfix or remove them, or pass "
                 "--skip-bad-images to leave them out")
         if bad and len(bad) == len(paths):
+            use = "train on" if split == "train" else "score"
             raise loaders.BadImageError(f"every image of the {split} split ({len(paths)}) is unreadable "
-                                        f"(first: {paths[0]}); nothing is left to {'train on' if split == 'train' else 'score'}")
+                                        f"(first: {paths[0]}); nothing is left to {use}")
         if bad:
             dropped = {meta.image_ids[k] for k in bad}
             bad_ids += [meta.image_ids[k] for k in bad]
