@@ -100,7 +100,15 @@ def given_dests(parser: argparse.ArgumentParser, argv) -> set[str]:
     """The `dest`s of the options written on the command line (not left at their defaults)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     words = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
-    return {act.dest for act in parser._actions if any(o in words for o in act.option_strings)}
+    options = {o: act.dest for act in parser._actions for o in act.option_strings}
+    given = set()
+    for word in words:
+        if word in options:
+            given.add(options[word])
+        else:   # argparse accepts a unique prefix (--epoch for --epochs)
+            dests = {d for o, d in options.items() if o.startswith(word)}
+            given |= dests if len(dests) == 1 else set()
+    return given
 
 
 def resume_conflicts(cli: dict, saved: dict, given: set[str]) -> list[str]:
@@ -132,7 +140,12 @@ class RunLock:
         fh = open(self.path, "a+")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as exc:
+            if not isinstance(exc, BlockingIOError):   # a file system without locks: warn, run unlocked
+                print(f"warning: cannot lock {self.path} ({exc.strerror or exc}); make sure no other run "
+                      "writes to this folder", file=sys.stderr)
+                self.fh = fh
+                return self
             fh.seek(0)
             holder = fh.read().strip() or "unknown"
             fh.close()

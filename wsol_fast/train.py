@@ -25,8 +25,6 @@ import torch.nn as nn
 
 from . import guard, runtime
 from .config import DataConfig, ModelConfig, OptimConfig, RuntimeConfig, TrainConfig, resolve
-from .data.dali import BadImageError
-from .data.metadata import MetadataError
 from .data.pipeline import RunData, prepare_data, make_train_loader
 from .evaluate import evaluate_model, print_table, write_outputs
 from .losses import WSOLLoss
