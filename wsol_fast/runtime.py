@@ -110,6 +110,14 @@ class CheckpointError(UserError):
     """A checkpoint that is missing, unreadable, of another kind, or does not fit the model."""
 
 
+class ConfigError(UserError, ValueError):
+    """Settings that do not fit together, or do not fit the data or checkpoint."""
+
+
+class UnavailableError(UserError, RuntimeError):
+    """Something the settings ask for is not installed here (e.g. --loader dali without DALI)."""
+
+
 class DiskFullError(UserError):
     """A write that failed for want of space (or quota); the partial file has been removed."""
 

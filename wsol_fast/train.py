@@ -274,8 +274,8 @@ class Trainer:
         own best.pt and metrics.csv (epochs numbered on from the checkpoint's)."""
         c = self.cfg
         if st["num_classes"] != self.data.num_classes:
-            raise ValueError(f"--init-from {c.runtime.init_from}: the checkpoint has {st['num_classes']} "
-                             f"classes, this dataset {self.data.num_classes}")
+            raise runtime.ConfigError(f"--init-from {c.runtime.init_from}: the checkpoint has "
+                                      f"{st['num_classes']} classes, this dataset {self.data.num_classes}")
         best, history = self.best, self.history
         self._load_state(st)                 # as a resume, then this run's own settings on top
         self.best, self.history = best, history
@@ -579,6 +579,10 @@ def _run(cfg: TrainConfig) -> int:
     if cfg.runtime.resume:
         resume_state = runtime.load_checkpoint(cfg.runtime.resume)
         cfg = _resumed_config(cfg, resume_state)
+    try:   # settings that only clash once resolved (e.g. the profile's resize below --crop-size)
+        resolve(copy.deepcopy(cfg), "cpu")
+    except ValueError as exc:
+        raise runtime.ConfigError(str(exc)) from None
     cfg.runtime.output = run_dir(cfg)   # fixed now: the lock and every rank use this folder
     main_rank = int(os.environ.get("RANK", "0")) == 0
     lock = guard.claim_run_folder(cfg.runtime.output, resume=bool(cfg.runtime.resume),

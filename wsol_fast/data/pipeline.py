@@ -58,8 +58,8 @@ def choose_loader(requested: str, device: torch.device) -> str:
         return "opencv"
     if requested == "dali":
         if not dali.dali_available():
-            raise RuntimeError("--loader dali: nvidia.dali is not installed (pip install nvidia-dali-cuda130, "
-                               "or use --loader opencv)")
+            raise runtime.UnavailableError("--loader dali: nvidia.dali is not installed (pip install "
+                                           "nvidia-dali-cuda130, or use --loader opencv)")
         return "dali"
     if requested != "auto":
         raise ValueError(f"unknown loader {requested!r} (expected auto, dali or opencv)")
