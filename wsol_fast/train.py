@@ -294,7 +294,9 @@ class Trainer:
         }
 
     def _load_state(self, st: dict) -> None:
-        self.raw_model.load_state_dict(st["model"])
+        c = self.cfg
+        runtime.load_weights(self.raw_model, st["model"], c.runtime.resume or c.runtime.init_from,
+                             f"a {c.model.backbone} / {c.model.method} model with {self.data.num_classes} classes")
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         self.scaler.load_state_dict(st["scaler"])
