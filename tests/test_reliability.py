@@ -414,7 +414,8 @@ def test_bad_checkpoints_are_one_message_with_exit_2(full_run, tmp_path, capsys)
     rand.write_bytes(np.random.default_rng(0).bytes(5000))
     state = runtime.load_checkpoint(ckpt)
     torch.save(state["model"], bare)
-    state["model"]["classifier.weight"] = torch.zeros(3, 3)
+    key = next(k for k, v in state["model"].items() if v.dim() == 4)     # a conv weight
+    state["model"][key] = torch.zeros(3, 3)
     torch.save(state, misfit)
     cases = [(tmp_path / "missing.pt", "missing.pt: not found"),
              (truncated, "cannot be read (truncated, corrupt or not a PyTorch checkpoint)"),
@@ -427,6 +428,9 @@ def test_bad_checkpoints_are_one_message_with_exit_2(full_run, tmp_path, capsys)
         assert err.startswith("error:") and phrase in err and "Traceback" not in err, err
     assert train.main(["--resume", str(rand)]) == 2
     assert "cannot be read" in capsys.readouterr().err
+    assert train.main(["--resume", str(misfit)]) == 2
+    err = capsys.readouterr().err
+    assert f"do not fit a vgg16 / icl model with 10 classes: 1 of another shape (first: {key} (3, 3) vs" in err
     # --debug shows the traceback as well
     assert evaluate.main(["--checkpoint", str(bare), "--debug"]) == 2
     err = capsys.readouterr().err
