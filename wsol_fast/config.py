@@ -67,6 +67,9 @@ class DataConfig:
     loader: str = "auto"
     skip_bad_images: bool = False
     builtin_seed: int = 0
+    num_classes: int | None = None          # None: the train split's (max label + 1)
+    max_image_pixels: int | None = None     # None: data.dali.DEFAULT_MAX_IMAGE_PIXELS
+    partial_batches: bool = False           # keep the last incomplete train batch (else dropped)
 
 
 @dataclass

@@ -74,11 +74,17 @@ def evaluate_model(model, loader, meta, device, autocast, cfg, info=None, loc_th
     # Gather: per-image records, evaluator state, overlay samples (rank 0 writes them).
     box_eval = metrics.BoxEvaluator.merge(runtime.all_gather_objects(box_eval, info))
     per_image = [r for part in runtime.all_gather_objects(per_image, info) for r in part]
+    # Images that failed to decode during this pass and were skipped (--skip-bad-images) are not scored.
+    skipped = {i for part in runtime.all_gather_objects(sorted(getattr(loader, "skipped", {})), info) for i in part}
+    expected = set(meta.image_ids) - skipped
     n = len(per_image)
     seen = {r["id"] for r in per_image}
-    if n != len(meta.image_ids) or seen != set(meta.image_ids):
+    if not expected:
+        raise runtime.UserError(f"every image of the {meta.split} split ({len(meta.image_ids)}) failed to decode "
+                                "and was skipped: nothing is left to score")
+    if n != len(expected) or seen != expected:
         raise RuntimeError(f"evaluation saw {n} images ({len(seen)} distinct) but the split has "
-                           f"{len(meta.image_ids)}: every image must be scored exactly once")
+                           f"{len(expected)}: every image must be scored exactly once")
     box = box_eval.compute()
     out = {
         "num_images": n,
@@ -89,6 +95,8 @@ def evaluate_model(model, loader, meta, device, autocast, cfg, info=None, loc_th
         "best_threshold_iou50": box["best_threshold"][50] if 50 in box["best_threshold"] else None,
         "cam_curve_interval": interval,
     }
+    if len(expected) < len(meta.image_ids):
+        out["num_skipped"] = len(meta.image_ids) - len(expected)
     if loc_threshold is not None:
         out["loc_threshold"] = loc_threshold
         out["top1_loc"] = 100.0 * sum(r["label"] == r["pred"] and r["iou_pred"] >= 0.5 for r in per_image) / n
@@ -144,10 +152,7 @@ def _jsonable(results: dict) -> dict:
 
 def write_outputs(results: dict, out_dir: str, data, cfg, name: str = "results.json") -> None:
     os.makedirs(out_dir, exist_ok=True)
-    tmp = os.path.join(out_dir, name + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(_jsonable(results), fh, indent=2)
-    os.replace(tmp, os.path.join(out_dir, name))
+    runtime.atomic_write_text(json.dumps(_jsonable(results), indent=2), os.path.join(out_dir, name))
     write_overlays(results.get("_samples", []), results.get("loc_threshold"), out_dir, data)
 
 
@@ -194,8 +199,7 @@ def print_table(results: dict, title: str) -> None:
 # ------------------------------------------------------------------------------------- CLI
 
 def main(argv=None) -> int:
-    from .data.dali import BadImageError
-    from .data.metadata import MetadataError
+    from . import guard
 
     p = argparse.ArgumentParser(prog="python -m wsol_fast.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="a last.pt or best.pt written by wsol_fast.train")
@@ -203,16 +207,15 @@ def main(argv=None) -> int:
     p.add_argument("--output", default=None, help="folder for results and overlays (default: the checkpoint's)")
     p.add_argument("--data-root", default=None, help="override the data root stored in the checkpoint")
     p.add_argument("--metadata-root", default=None)
-    p.add_argument("--cam-curve-interval", type=float, default=None)
+    p.add_argument("--cam-curve-interval", type=guard.open_interval, default=None)
     p.add_argument("--device", default=None)
-    p.add_argument("--num-overlays", type=int, default=16)
+    p.add_argument("--num-overlays", type=guard.nonneg_int, default=16)
+    p.add_argument("--max-image-pixels", type=guard.positive_int, default=None,
+                   help="refuse images whose header claims more pixels (default 64,000,000)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an expected error too")
     a = p.parse_args(argv)
-
-    try:
-        return _evaluate_checkpoint(a)
-    except (MetadataError, BadImageError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    # Exit codes: 0 done, 2 an expected error (one message naming the file, line or flag).
+    return guard.run_command(lambda: _evaluate_checkpoint(a), a.debug)
 
 
 def _evaluate_checkpoint(a) -> int:
@@ -222,6 +225,9 @@ def _evaluate_checkpoint(a) -> int:
 
     state = runtime.load_checkpoint(a.checkpoint)
     cfg = TrainConfig.from_dict(state["config"])
+    cfg.data.num_classes = state["num_classes"]   # a label the model cannot score is an error (file:line)
+    if a.max_image_pixels:
+        cfg.data.max_image_pixels = a.max_image_pixels
     for key in ("data_root", "metadata_root"):
         if getattr(a, key):
             setattr(cfg.data, key, getattr(a, key))
@@ -232,7 +238,8 @@ def _evaluate_checkpoint(a) -> int:
     data = prepare_data(cfg, info, device, splits=("val", "test") if a.split == "test" else ("val",))
     model = create_model(cfg.model.backbone, state["num_classes"], method=cfg.model.method, pretrained=None,
                          **cfg.model.overrides())
-    model.load_state_dict(state["model"])
+    runtime.load_weights(model, state["model"], a.checkpoint,
+                         f"a {cfg.model.backbone} / {cfg.model.method} model with {state['num_classes']} classes")
     model.to(device)
     if cfg.runtime.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -23,10 +23,8 @@ import time
 import torch
 import torch.nn as nn
 
-from . import diagnostics, runtime
+from . import diagnostics, guard, runtime
 from .config import DataConfig, ModelConfig, OptimConfig, RuntimeConfig, TrainConfig, resolve
-from .data.dali import BadImageError
-from .data.metadata import MetadataError
 from .data.pipeline import RunData, prepare_data, make_train_loader
 from .evaluate import evaluate_model, print_table, write_outputs
 from .losses import WSOLLoss
@@ -46,9 +44,9 @@ def parse_args(argv=None) -> TrainConfig:
     m.add_argument("--pretrained", default=None,
                    help="PATH to a torchvision ImageNet state dict, 'imagenet' (torchvision's hub cache) or "
                         "'none'. Default: imagenet on real data, none on the built-in dataset")
-    m.add_argument("--drop-rate", type=float, default=None, help="default: per backbone (SPEC 1.4)")
-    m.add_argument("--gamma-fg", type=float, default=None)
-    m.add_argument("--gamma-bg", type=float, default=None)
+    m.add_argument("--drop-rate", type=guard.unit_interval, default=None, help="default: per backbone (SPEC 1.4)")
+    m.add_argument("--gamma-fg", type=guard.unit_interval, default=None)
+    m.add_argument("--gamma-bg", type=guard.unit_interval, default=None)
     m.add_argument("--no-contrastive", dest="use_contrastive", action="store_const", const=False,
                    help="ablation: no contrastive attention loss")
     m.add_argument("--no-fc", dest="use_fc", action="store_const", const=False,
@@ -68,36 +66,50 @@ def parse_args(argv=None) -> TrainConfig:
                         "default)")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default=None,
-                   help="dataset name under the metadata root (CUB, ILSVRC, OpenImages), or a generated one: "
-                        "builtin (digits) or builtin-parts (a small discriminative head on a weakly "
-                        "informative body); default: builtin")
+                   help="dataset name under the metadata root (CUB, ILSVRC, OpenImages); default: builtin")
     d.add_argument("--data-root", default=None, help="images at DATA_ROOT/DATASET/<image_id>")
     d.add_argument("--metadata-root", default=None, help="metadata at METADATA_ROOT/DATASET/<split>/")
-    d.add_argument("--resize-size", type=int, default=None, help="train resize (default 256; built-in profile 73)")
-    d.add_argument("--crop-size", type=int, default=None, help="train crop / eval size (default 224; built-in profile 64)")
-    d.add_argument("--workers", type=int, default=None)
+    d.add_argument("--resize-size", type=guard.positive_int, default=None,
+                   help="train resize (default 256; built-in profile 73)")
+    d.add_argument("--crop-size", type=guard.positive_int, default=None,
+                   help="train crop / eval size (default 224; built-in profile 64); at least "
+                        + ", ".join(f"{v} for {k}" for k, v in guard.MIN_CROP.items()))
+    d.add_argument("--workers", type=guard.nonneg_int, default=None)
     d.add_argument("--loader", default="auto", choices=["auto", "dali", "opencv"])
-    d.add_argument("--skip-bad-images", action="store_true", help="skip and count corrupt/missing images")
+    d.add_argument("--skip-bad-images", action="store_true",
+                   help="skip and count corrupt/missing images (listed in RUN/skipped_images.txt)")
+    d.add_argument("--num-classes", type=guard.positive_int, default=None,
+                   help="class count (default: the train split's, max label + 1, every label present)")
+    d.add_argument("--max-image-pixels", type=guard.positive_int, default=None,
+                   help="refuse images whose header claims more pixels (default 64,000,000)")
     d.add_argument("--builtin-seed", type=int, default=0)
     o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=int, default=None)
-    o.add_argument("--batch-size", type=int, default=32)
-    o.add_argument("--lr", type=float, default=None, help="default 1e-3 (paper); 0.02 on the built-in from-scratch profile")
-    o.add_argument("--lr-decay-every", type=int, default=None)
-    o.add_argument("--block-warmup-epochs", type=int, default=None,
+    o.add_argument("--epochs", type=guard.positive_int, default=None,
+                   help="total epochs; on --resume, a larger value extends the run")
+    o.add_argument("--batch-size", type=guard.positive_int, default=32)
+    o.add_argument("--allow-partial-batches", dest="partial_batches", action="store_true",
+                   help="train on the last incomplete batch too (needed when the train split is smaller "
+                        "than --batch-size)")
+    o.add_argument("--lr", type=guard.nonneg_float, default=None,
+                   help="default 1e-3 (paper); 0.02 on the built-in from-scratch profile (0 freezes the weights)")
+    o.add_argument("--lr-decay-every", type=guard.positive_int, default=None)
+    o.add_argument("--block-warmup-epochs", type=guard.nonneg_int, default=None,
                    help="epochs trained with the attention blocks (ICL / ADL) off, i.e. identities, and the "
                         "classification loss alone, before the method's blocks and losses come on (default 0 "
                         "on real data, the paper's; the built-in from-scratch profile's otherwise)")
-    o.add_argument("--new-layer-lr-mult", type=float, default=None,
+    o.add_argument("--new-layer-lr-mult", type=guard.nonneg_float, default=None,
                    help="lr multiplier of new layers (default 10 on real data, 0.1 on the built-in profile)")
-    o.add_argument("--weight-decay", type=float, default=1e-4)
-    o.add_argument("--lambda-ca", type=float, default=1.0)
-    o.add_argument("--lambda-fc", type=float, default=1.0)
+    o.add_argument("--weight-decay", type=guard.nonneg_float, default=1e-4)
+    o.add_argument("--lambda-ca", type=guard.nonneg_float, default=1.0)
+    o.add_argument("--lambda-fc", type=guard.nonneg_float, default=1.0)
     o.add_argument("--fc-norm", default=None, choices=["max", "minmax", "none"],
                    help="L_fc map normalisation (default minmax; SPEC 1.2's max diverged from scratch)")
     o.add_argument("--fc-reduction", default="mean", choices=["mean", "sum"])
     r = p.add_argument_group("run")
-    r.add_argument("--output", default=None, help="run folder (default runs/<backbone>-<method>-<time>)")
+    r.add_argument("--output", default=None, help="run folder (default runs/<backbone>-<method>-<time>); one "
+                                                   "run at a time (RUN/.lock)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace the finished or interrupted run in --output (default: refuse)")
     r.add_argument("--resume", default=None, help="RUN/last.pt to continue from, with that run's settings")
     r.add_argument("--init-from", default=None, metavar="CKPT",
                    help="fork a run: start from CKPT's weights, optimizer state and epoch (an epoch-end "
@@ -121,22 +133,27 @@ def parse_args(argv=None) -> TrainConfig:
                         "Default: on where the training-step benchmark measured it faster (resnet50 on CPU)")
     r.add_argument("--no-compile", dest="compile", action="store_const", const="off")
     r.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP")
-    r.add_argument("--cam-curve-interval", type=float, default=0.01, help="0.001 for the paper protocol")
-    r.add_argument("--num-overlays", type=int, default=16)
-    r.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap steps per epoch (smoke runs)")
+    r.add_argument("--cam-curve-interval", type=guard.open_interval, default=0.01,
+                   help="in (0, 1); 0.001 for the paper protocol")
+    r.add_argument("--num-overlays", type=guard.nonneg_int, default=16)
+    r.add_argument("--max-steps-per-epoch", type=guard.positive_int, default=None,
+                   help="cap steps per epoch (smoke runs)")
+    r.add_argument("--debug", action="store_true", help="show the traceback of an expected error too")
     a = p.parse_args(argv)
+    guard.check_crop(p, a.backbone, a.crop_size, a.resize_size)
     if a.resume and a.init_from:
         p.error("--resume continues a run with its own settings, --init-from forks it with new ones: "
                 "give one of them")
 
     dataset = a.dataset or ("builtin" if a.data_root is None and a.metadata_root is None else "CUB")
-    if dataset not in ("builtin", "builtin-parts") and (a.data_root is None or a.metadata_root is None):
+    if dataset != "builtin" and (a.data_root is None or a.metadata_root is None):
         p.error(f"--dataset {dataset} needs both --data-root and --metadata-root")
     pretrained = None if a.pretrained in (None,) else a.pretrained
-    return TrainConfig(
+    cfg = TrainConfig(
         DataConfig(dataset=dataset, data_root=a.data_root, metadata_root=a.metadata_root,
                    resize_size=a.resize_size, crop_size=a.crop_size, workers=a.workers, loader=a.loader,
-                   skip_bad_images=a.skip_bad_images, builtin_seed=a.builtin_seed),
+                   skip_bad_images=a.skip_bad_images, builtin_seed=a.builtin_seed, num_classes=a.num_classes,
+                   max_image_pixels=a.max_image_pixels, partial_batches=a.partial_batches),
         ModelConfig(backbone=a.backbone, method=a.method, pretrained=pretrained, drop_rate=a.drop_rate,
                     gamma_fg=a.gamma_fg, gamma_bg=a.gamma_bg, use_contrastive=a.use_contrastive,
                     use_fc=a.use_fc, nonlocal_attention=a.nonlocal_attention, use_dfg_mask=a.use_dfg_mask,
@@ -152,6 +169,9 @@ def parse_args(argv=None) -> TrainConfig:
                       cam_curve_interval=a.cam_curve_interval, num_overlays=a.num_overlays,
                       max_steps_per_epoch=a.max_steps_per_epoch),
     )
+    # How the command was given (not part of the run's settings): flags written, --overwrite, --debug.
+    cfg.cli = {"given": guard.given_dests(p, argv), "overwrite": a.overwrite, "debug": a.debug}
+    return cfg
 
 
 def lr_factor(epoch: int, every: int, decay: float) -> float:
@@ -199,12 +219,14 @@ class Trainer:
         self.out = run_dir(c)
         if self.info.is_main:
             os.makedirs(self.out, exist_ok=True)
-            with open(os.path.join(self.out, "config.json"), "w") as fh:
-                json.dump(c.to_dict(), fh, indent=2)
+            runtime.atomic_write_text(json.dumps(c.to_dict(), indent=2), os.path.join(self.out, "config.json"))
         runtime.seed_everything(c.runtime.seed)
+        self._data_issues_seen = (0, 0)   # (skipped, size mismatches) already reported
         self.data: RunData = prepare_data(c, self.info, self.device)
         if self.info.is_main and self.data.bad_images:
-            print(f"skipped {len(self.data.bad_images)} unreadable images (--skip-bad-images)")
+            print(f"skipped {len(self.data.bad_images)} unreadable images (--skip-bad-images; listed in "
+                  f"{os.path.join(self.out, 'skipped_images.txt')})")
+            self._record_data_issues()
 
         pretrained = None if c.model.pretrained in (None, "none") else (
             True if c.model.pretrained == "imagenet" else c.model.pretrained)
@@ -246,7 +268,14 @@ class Trainer:
             # fake kernels). Under DDP, Dynamo splits the graph at gradient buckets, so no fullgraph there.
             self.train_model = torch.compile(self.train_model, mode=mode, fullgraph=not self.info.enabled)
         self.train_loader = make_train_loader(c, self.data, self.info, self.device, self.amp_dtype)
-        self._interrupted = False
+        if len(self.train_loader) == 0:
+            n = len(self.data.train_meta)
+            raise runtime.UserError(
+                f"--batch-size {c.optim.batch_size} is larger than the train split ({n} images"
+                f"{f', {math.ceil(n / self.info.world_size)} per rank' if self.info.enabled else ''}): no step "
+                "would run; lower --batch-size or pass --allow-partial-batches")
+        self._signals = guard.StopSignals(enabled=False)
+        self._progress = (self.start_epoch, self.start_step, None)   # (epoch, steps done, non-finite flag)
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self, epoch: int, step: int) -> dict:
@@ -265,7 +294,9 @@ class Trainer:
         }
 
     def _load_state(self, st: dict) -> None:
-        self.raw_model.load_state_dict(st["model"])
+        c = self.cfg
+        runtime.load_weights(self.raw_model, st["model"], c.runtime.resume or c.runtime.init_from,
+                             f"a {c.model.backbone} / {c.model.method} model with {self.data.num_classes} classes")
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         self.scaler.load_state_dict(st["scaler"])
@@ -280,8 +311,8 @@ class Trainer:
         own best.pt and metrics.csv (epochs numbered on from the checkpoint's)."""
         c = self.cfg
         if st["num_classes"] != self.data.num_classes:
-            raise ValueError(f"--init-from {c.runtime.init_from}: the checkpoint has {st['num_classes']} "
-                             f"classes, this dataset {self.data.num_classes}")
+            raise runtime.ConfigError(f"--init-from {c.runtime.init_from}: the checkpoint has "
+                                      f"{st['num_classes']} classes, this dataset {self.data.num_classes}")
         best, history = self.best, self.history
         if c.runtime.fork_weights_only or st["config"]["model"]["method"] != c.model.method:
             self._load_weights_only(st)
@@ -338,7 +369,10 @@ class Trainer:
         step = start_step
         for i in range(steps):
             t_wait = time.perf_counter()
-            images, labels = next(it)[:2]
+            batch = next(it, None)
+            if batch is None:   # every image of the last batch was skipped (--skip-bad-images)
+                break
+            images, labels = batch[:2]
             images = images.to(dev, non_blocking=True)
             labels = labels.to(dev, non_blocking=True)
             if c.runtime.channels_last:
@@ -369,10 +403,10 @@ class Trainer:
                 nonfinite |= ~torch.isfinite(loss.detach())
             n_img += images.shape[0]
             step += 1
-            if (i + 1) % c.runtime.log_every == 0 or i + 1 == steps:
+            self._progress = (epoch, step, nonfinite)
+            if (i + 1) % c.runtime.log_every == 0 or i + 1 == steps or self._signals.stop:
                 if bool(nonfinite):  # one host sync per log interval, not per step
-                    raise NonFiniteLoss(f"non-finite loss at epoch {epoch + 1}, step {step}; the last good "
-                                        f"checkpoint ({os.path.join(self.out, 'last.pt')}) is kept")
+                    raise NonFiniteLoss(self._nonfinite_message(epoch, step))
                 avg = (sums / (i + 1)).tolist()
                 el = time.perf_counter() - t0
                 bar.set_postfix(loss=f"{avg[0]:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2g}",
@@ -380,9 +414,9 @@ class Trainer:
                                 **({} if diag is None else {"fg": "/".join(
                                     f"{v:.2f}" for v in (diag[:, 0] / (i + 1)).tolist())}))
             bar.update(1)
-            if self._interrupted:
+            if self._signals.stop:   # a signal arrived: this step is done, its weights are saved next
                 bar.close()
-                raise KeyboardInterrupt(step)
+                raise guard.Stopped(step)
         bar.close()
         runtime.synchronize(dev)
         elapsed = time.perf_counter() - t0
@@ -398,24 +432,30 @@ class Trainer:
     # ------------------------------------------------------------------ the whole run
     def fit(self) -> dict:
         c = self.cfg
-        prev = signal.signal(signal.SIGINT, self._on_sigint) if self.info.is_main else None
         t_run = time.perf_counter()
         epoch, step = self.start_epoch, self.start_step
-        try:
+        # SIGINT / SIGTERM: finish the step, save, exit 130 / 143; signals during the save wait for it.
+        with guard.StopSignals(enabled=self.info.is_main) as self._signals:
             for epoch in range(self.start_epoch, c.optim.epochs):
                 step = self.start_step if epoch == self.start_epoch else 0
                 try:
                     stats = self.train_epoch(epoch, step)
-                except KeyboardInterrupt as ki:
-                    done = ki.args[0] if ki.args and isinstance(ki.args[0], int) else step
-                    self.save("last.pt", epoch, done)
-                    if self.info.is_main:
-                        print(f"\ninterrupted: resumable checkpoint written to {self.out}/last.pt "
-                              f"(resume with --resume {self.out}/last.pt)")
-                    raise SystemExit(130)
+                except guard.Stopped as stopped:
+                    self.save("last.pt", epoch, stopped.step)
+                    self._exit_stopped(f"epoch {epoch + 1}, step {stopped.step}")
+                except Exception as exc:
+                    self._save_progress_before_failing(exc, epoch, step)
+                    if self._signals.stop:   # e.g. a loader worker that the signal reached too
+                        self._exit_stopped(f"epoch {epoch + 1}, step {self._progress[1]} ({exc})")
+                    raise
                 self.scheduler.step()
-                val = evaluate_model(self.raw_model, self.data.val_loader, self.data.val_meta, self.device,
-                                     self.autocast, c, self.info)
+                try:
+                    val = evaluate_model(self.raw_model, self.data.val_loader, self.data.val_meta, self.device,
+                                         self.autocast, c, self.info)
+                except Exception:
+                    self._save_quietly("last.pt", epoch + 1, 0, f"epoch {epoch + 1}'s training")
+                    raise
+                self._record_data_issues()
                 stats.update({"val_top1_cls": val["top1_cls"], "val_maxboxacc_v2": val["maxboxacc_v2"],
                               "val_threshold": val["best_threshold_iou50"]})
                 self.history.append(stats)
@@ -431,10 +471,81 @@ class Trainer:
                           f"val MaxBoxAccV2 {val['maxboxacc_v2']:.1f}")
                     if self.epoch_diag is not None:
                         print(f"  {diagnostics.summary(self.epoch_diag)}")
-        finally:
-            if prev is not None:
-                signal.signal(signal.SIGINT, prev)
-        return self.test(time.perf_counter() - t_run)
+                if self._signals.stop:   # arrived during validation or the save: the epoch-end save stands
+                    self._exit_stopped(f"end of epoch {epoch + 1}")
+        # The test pass writes nothing until results.json (atomically): a signal there just stops it.
+        with guard.StopSignals(enabled=self.info.is_main, immediate=True):
+            try:
+                return self.test(time.perf_counter() - t_run)
+            except Exception:
+                self._record_data_issues()   # skipped_images.txt lists what the failing pass skipped
+                if self.info.is_main:
+                    print(f"the test evaluation failed; the trained checkpoints in {self.out} are kept "
+                          f"(--resume {os.path.join(self.out, 'last.pt')} runs it again)", file=sys.stderr)
+                raise
+
+    # ------------------------------------------------------------------ stopping and failing safely
+    def _exit_stopped(self, where: str):
+        if self.info.is_main:
+            name = signal.Signals(self._signals.signum).name
+            print(f"\n{name}: stopped at {where}; resumable checkpoint written to {self.out}/last.pt "
+                  f"(resume with --resume {self.out}/last.pt)", file=sys.stderr)
+        raise SystemExit(self._signals.exit_code)
+
+    def _save_quietly(self, name: str, epoch: int, step: int, what: str) -> None:
+        """Save before a failure propagates; a failing save (e.g. a full disk) must not hide the failure."""
+        try:
+            self.save(name, epoch, step)
+        except Exception as exc:   # the original error is what the user needs to see first
+            print(f"could not save {what} before failing: {exc}", file=sys.stderr)
+            return
+        if self.info.is_main:
+            print(f"{what} is kept: {os.path.join(self.out, name)} (epoch {epoch + (step == 0)}"
+                  f"{f', step {step}' if step else ''}); after fixing the cause, --resume it", file=sys.stderr)
+
+    def _save_progress_before_failing(self, exc: Exception, epoch: int, start_step: int) -> None:
+        """A failure mid-epoch (e.g. an image that does not decode): keep the steps done, unless the loss
+        had gone non-finite (those weights are not worth keeping) or nothing new was trained."""
+        p_epoch, done, nonfinite = self._progress
+        if isinstance(exc, NonFiniteLoss) or p_epoch != epoch or done <= start_step:
+            return
+        if nonfinite is not None and bool(nonfinite):
+            return
+        self._save_quietly("last.pt", epoch, done, f"the {done} step(s) trained in epoch {epoch + 1}")
+
+    def _nonfinite_message(self, epoch: int, step: int) -> str:
+        last = os.path.join(self.out, "last.pt")
+        kept = (f"the last good checkpoint ({last}) is kept" if os.path.isfile(last) else
+                "no checkpoint was written yet (it fails before the first epoch-end save)")
+        return f"non-finite loss at epoch {epoch + 1}, step {step}; {kept}. Lower --lr, or check the data"
+
+    def _record_data_issues(self) -> None:
+        """skipped_images.txt (ids left out: by the pre-scan, or failing to decode during the run) and a
+        warning for images whose decoded size differs from image_sizes.txt, each time their counts grow."""
+        if not self.info.is_main:
+            return
+        loaders = (getattr(self, "train_loader", None), self.data.val_loader, self.data.test_loader)
+        skipped = dict.fromkeys(self.data.bad_images, "failed the pre-scan")
+        mismatched: dict = {}
+        for loader in loaders:
+            skipped.update(getattr(loader, "skipped", None) or {})
+            mismatched.update(getattr(loader, "size_mismatches", None) or {})
+        seen_skipped, seen_mismatched = self._data_issues_seen
+        if len(skipped) > seen_skipped:
+            path = os.path.join(self.out, "skipped_images.txt")
+            runtime.atomic_write_text("".join(f"{i}\n" for i in skipped), path)
+            late = len(skipped) - max(seen_skipped, len(self.data.bad_images))
+            if late > 0:
+                why = next(reversed(skipped.values()))
+                print(f"warning: skipped {late} image(s) that passed the pre-scan but did not decode "
+                      f"(--skip-bad-images; {len(skipped)} skipped in all, listed in {path}): {why}",
+                      file=sys.stderr)
+        if len(mismatched) > seen_mismatched:
+            image_id, (got, want) = next(iter(mismatched.items()))
+            print(f"warning: {len(mismatched)} image(s) decode to a size other than image_sizes.txt's (e.g. "
+                  f"{image_id}: {got[0]}x{got[1]}, listed as {want[0]}x{want[1]}); their boxes are rescaled "
+                  f"from image_sizes.txt. `python -m wsol_fast.data check` lists them all", file=sys.stderr)
+        self._data_issues_seen = (len(skipped), len(mismatched))
 
     def test(self, train_seconds: float) -> dict:
         c = self.cfg
@@ -457,6 +568,7 @@ class Trainer:
         results = evaluate_model(self.raw_model, self.data.test_loader, self.data.test_meta, self.device,
                                  self.autocast, c, self.info, loc_threshold=threshold, with_baseline=True,
                                  overlays=c.runtime.num_overlays)
+        self._record_data_issues()
         if ddp is not None:
             results["ddp"] = ddp
         summary = _summary(self.history, train_seconds, self.compile_seconds)
@@ -480,12 +592,6 @@ class Trainer:
             w.writeheader()
             w.writerows(self.history)
         os.replace(path + ".tmp", path)
-
-    def _on_sigint(self, signum, frame):
-        if self._interrupted:  # a second Ctrl-C exits at once
-            raise KeyboardInterrupt
-        self._interrupted = True
-        print("\nCtrl-C: finishing the current step and writing a resumable checkpoint ...", file=sys.stderr)
 
 
 def _summary(history: list[dict], train_seconds: float, compile_seconds: float) -> dict:
@@ -524,7 +630,14 @@ def _fork_mismatch(cfg: TrainConfig, st: dict) -> str | None:
 
 
 def main(argv=None) -> int:
+    """Exit codes: 0 done, 2 an expected error (one message), 3 non-finite loss, 130 / 143 stopped by
+    SIGINT / SIGTERM with a resumable checkpoint (wsol_fast.guard)."""
     cfg = parse_args(argv)
+    return guard.run_command(lambda: _run(cfg), cfg.cli["debug"])
+
+
+def _run(cfg: TrainConfig) -> int:
+    cli = cfg.cli
     resume_state = None
     fork = cfg.runtime.init_from is not None   # a resumed fork (its saved config names init_from) is a resume
     if fork:
@@ -535,21 +648,50 @@ def main(argv=None) -> int:
             return 2
     if cfg.runtime.resume:
         resume_state = runtime.load_checkpoint(cfg.runtime.resume)
-        saved = TrainConfig.from_dict(resume_state["config"])
-        saved.runtime.resume = cfg.runtime.resume
-        saved.runtime.output = cfg.runtime.output or os.path.dirname(os.path.abspath(cfg.runtime.resume))
-        cfg = saved
+        cfg = _resumed_config(cfg, resume_state)
+    try:   # settings that only clash once resolved (e.g. the profile's resize below --crop-size)
+        resolve(copy.deepcopy(cfg), "cpu")
+    except ValueError as exc:
+        raise runtime.ConfigError(str(exc)) from None
+    cfg.runtime.output = run_dir(cfg)   # fixed now: the lock and every rank use this folder
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    lock = guard.claim_run_folder(cfg.runtime.output, resume=bool(cfg.runtime.resume),
+                                  overwrite=cli["overwrite"]) if main_rank else None
     try:
         trainer = Trainer(cfg, resume_state, fork=fork)
         trainer.fit()
     except NonFiniteLoss as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
-    except (MetadataError, BadImageError) as exc:
-        # Found before the first step: nothing was trained, nothing is lost. The message names the file.
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    finally:
+        if lock is not None:
+            lock.release()
     return 0
+
+
+def _resumed_config(cfg: TrainConfig, state: dict) -> TrainConfig:
+    """The run's own settings, with the flags that may change on a resume (guard.RESUME_MAY_CHANGE, e.g.
+    --epochs to extend it) taken from this command; any other flag that differs is an error listing them."""
+    given = cfg.cli["given"]
+    conflicts = guard.resume_conflicts(cfg.to_dict(), state["config"], given)
+    if conflicts:
+        raise runtime.UserError(
+            f"--resume {cfg.runtime.resume}: these settings differ from the run's and cannot change on a "
+            f"resume: {'; '.join(conflicts)}. Drop them to continue the run as it was, or fork it with "
+            "--init-from to train on with new settings")
+    saved = TrainConfig.from_dict(state["config"])
+    for section in ("data", "model", "optim", "runtime"):
+        mine, theirs = getattr(cfg, section), getattr(saved, section)
+        for key in given & guard.RESUME_MAY_CHANGE:
+            if hasattr(theirs, key):
+                setattr(theirs, key, getattr(mine, key))
+    if saved.optim.epochs < state["epoch"] + (state["step"] > 0):
+        raise runtime.UserError(f"--epochs {saved.optim.epochs}: the run in {cfg.runtime.resume} has already "
+                                f"trained {state['epoch']} epoch(s){' and part of the next' if state['step'] else ''}")
+    saved.runtime.resume = cfg.runtime.resume
+    saved.runtime.output = cfg.runtime.output or os.path.dirname(os.path.abspath(cfg.runtime.resume))
+    saved.cli = cfg.cli
+    return saved
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from . import builtin
+from .. import guard
+from . import builtin, dali
 from .loaders import BadImageError, read_image_rgb
 from .metadata import MetadataError, load_splits
 
@@ -76,16 +77,24 @@ def main(argv=None) -> int:
     c.add_argument("--data-root", required=True, help="images at DATA_ROOT/DATASET/<image_id>")
     c.add_argument("--dataset", default="CUB")
     c.add_argument("--splits", nargs="+", default=["train", "val", "test"])
-    c.add_argument("--workers", type=int, default=4, help="decoding threads")
+    c.add_argument("--workers", type=guard.positive_int, default=4, help="decoding threads")
     c.add_argument("--no-progress", action="store_true")
+    c.add_argument("--max-image-pixels", type=guard.positive_int, default=None,
+                   help="report images whose header claims more pixels (default 64,000,000)")
     b = sub.add_parser("builtin", help="generate the built-in dataset and print where it is")
     b.add_argument("--root", default=None, help=f"default: {builtin.default_root()}")
     b.add_argument("--seed", type=int, default=0)
     for key, value in builtin.DEFAULTS.items():
         b.add_argument(f"--{key.replace('_', '-')}", type=int, default=value)
+    for sp in (c, b):
+        sp.add_argument("--debug", action="store_true", help="show the traceback of an expected error too")
     a = p.parse_args(argv)
+    return guard.run_command(lambda: _command(a), a.debug)
 
+
+def _command(a) -> int:
     if a.command == "check":
+        dali.set_max_image_pixels(a.max_image_pixels)
         return check(a.metadata_root, a.data_root, a.dataset, a.splits, a.workers, not a.no_progress)
     root = os.path.abspath(a.root or builtin.default_root())
     sizes = {k: getattr(a, k) for k in builtin.DEFAULTS}

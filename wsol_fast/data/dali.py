@@ -61,6 +61,87 @@ def looks_like_image(path: str) -> bool:
     return _intact(path)
 
 
+# Decoded pixels are capped: a small file whose header claims a huge image (a "decompression bomb") is
+# refused from its header, before anything is decoded. The default is far above any real dataset image
+# (ILSVRC's largest are ~10 MP); the trainer and `data check` set it from --max-image-pixels.
+DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
+MAX_IMAGE_PIXELS = DEFAULT_MAX_IMAGE_PIXELS
+
+
+def set_max_image_pixels(limit: int | None) -> None:
+    """Set the cap for this process and the loader workers it forks afterwards."""
+    global MAX_IMAGE_PIXELS
+    MAX_IMAGE_PIXELS = DEFAULT_MAX_IMAGE_PIXELS if limit is None else int(limit)
+
+
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def header_size(path: str) -> tuple[int, int] | None:
+    """(width, height) from the file header without decoding: PNG's IHDR, JPEG's frame (SOF) marker,
+    other formats through PIL's lazy open; None when it cannot tell."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(26)
+            if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
+                return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+            if head[:2] == b"\xff\xd8":
+                f.seek(2)
+                while True:
+                    marker = f.read(2)
+                    if len(marker) < 2 or marker[0] != 0xFF:
+                        return None
+                    if marker[1] in (0xD8, 0x01) or 0xD0 <= marker[1] <= 0xD7 or marker[1] == 0xFF:
+                        if marker[1] == 0xFF:
+                            f.seek(-1, os.SEEK_CUR)
+                        continue
+                    length = int.from_bytes(f.read(2), "big")
+                    if marker[1] in _SOF:
+                        seg = f.read(5)
+                        return (int.from_bytes(seg[3:5], "big"), int.from_bytes(seg[1:3], "big")) \
+                            if len(seg) == 5 else None
+                    if length < 2:
+                        return None
+                    f.seek(length - 2, os.SEEK_CUR)
+    except OSError:
+        return None
+    try:
+        from PIL import Image
+        with Image.open(path) as im:
+            return im.size
+    except Exception:
+        return None
+
+
+def too_many_pixels(path: str, limit: int | None = None) -> str | None:
+    """Why the header's size exceeds the pixel cap, or None."""
+    limit = MAX_IMAGE_PIXELS if limit is None else limit
+    size = header_size(path)
+    if size is not None and size[0] * size[1] > limit:
+        return (f"its header claims {size[0]}x{size[1]} = {size[0] * size[1] / 1e6:.0f} MP, above the cap of "
+                f"{limit / 1e6:g} MP (--max-image-pixels)")
+    return None
+
+
+def image_problem(path: str) -> str | None:
+    """Why the pre-scan refuses a file (missing, truncated JPEG, too many pixels, not an image), or None."""
+    try:
+        with open(path, "rb") as f:
+            jpeg = f.read(3)[:2] == b"\xff\xd8"
+            if jpeg:
+                f.seek(-2, os.SEEK_END)
+                if f.read(2) != b"\xff\xd9":
+                    return "truncated JPEG (no end-of-image marker)"
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror or exc}"
+    big = too_many_pixels(path)
+    if big:
+        return big
+    if not jpeg and not _cv2_decodes(path):
+        return "empty, not an image, or an unsupported format"
+    return None
+
+
 def find_bad_images(paths) -> list[int]:
     """Positions of the files that fail the cheap pre-scan (`looks_like_image`)."""
     return [k for k, path in enumerate(paths) if not looks_like_image(path)]
@@ -80,17 +161,10 @@ def readable_positions(paths, image_ids, skip: bool) -> tuple[list[int], list[st
 
 
 def _intact(path: str) -> bool:
-    """Cheap integrity check (two small reads, no decode): JPEGs must start with SOI and end with EOI,
-    which catches the common truncated download; other formats are decoded with OpenCV."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(3)
-            if head[:2] == b"\xff\xd8":
-                f.seek(-2, os.SEEK_END)
-                return f.read(2) == b"\xff\xd9"
-    except OSError:
-        return False
-    return _cv2_decodes(path)
+    """Cheap integrity check (small reads, no decode for JPEGs): JPEGs must start with SOI and end with EOI,
+    which catches the common truncated download; no header may claim more than the pixel cap; other
+    formats are decoded with OpenCV."""
+    return image_problem(path) is None
 
 
 def _cv2_decodes(path: str) -> bool:
@@ -283,18 +357,19 @@ class DaliLoader:
         reason = text.split("encountered:")[-1].replace("Current pipeline object is no longer valid.", "")
         reason = re.sub(r"\s+", " ", reason).strip()[:300]
         where = f"image {culprit!r}" if culprit else f"one of {[self.paths[k] for k in window]}"
-        return f"DALI failed to decode {where}: {reason}"
+        return (f"DALI failed to decode {where}: {reason} (it passed the pre-scan; fix or remove it: DALI "
+                "cannot leave out an image mid-pass, --loader opencv --skip-bad-images can)")
 
 
 def build_dali_loader(meta, data_root, dataset, train, batch_size, num_threads=2, resize_size=256,
                       crop_size=224, seed=0, shard_id=0, num_shards=1, skip_bad_images=False, device=None,
-                      fp16=False, check_images=True) -> DaliLoader:
+                      fp16=False, check_images=True, **kwargs) -> DaliLoader:
     """The trainer's entry point: a DaliLoader over the split `meta` describes."""
     image_ids, labels = _split_items(meta)
     return DaliLoader(image_ids, labels, data_root, dataset, train=train, batch_size=batch_size,
                       num_threads=num_threads, resize_size=resize_size, crop_size=crop_size, seed=seed,
                       shard_id=shard_id, num_shards=num_shards, skip_bad_images=skip_bad_images,
-                      device=device, fp16=fp16, check_images=check_images)
+                      device=device, fp16=fp16, check_images=check_images, **kwargs)
 
 
 def _split_items(meta):

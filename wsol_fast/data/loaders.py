@@ -26,8 +26,11 @@ markers, two small reads; other formats are decoded): about 10 us per file, agai
 decode of a built-in image and 1 ms for a 500 x 375 photo (measured on one core; CUB's 11,788 images
 would take ~12 s to decode, ~0.1 s to check). A failure is a `BadImageError` naming the file,
 or, with skip_bad_images, the image is left out and listed in `bad_images`. A file that passes the check
-but does not decode stops the pass with a `BadImageError` naming it (`python -m wsol_fast.data check`
-decodes every image to find all such files up front).
+but does not decode during a pass is handled the same way: a `BadImageError` naming it in the consuming
+process, or, with skip_bad_images, dropped from its batch and listed in `skipped` (id -> reason).
+`python -m wsol_fast.data check` decodes every image to find all such files up front. An image whose
+header claims more than `dali.MAX_IMAGE_PIXELS` (--max-image-pixels) is refused before it is decoded,
+and a decoded size other than image_sizes.txt's is recorded in `size_mismatches` (the trainer warns).
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from . import dali
 from .dali import IMAGENET_MEAN, IMAGENET_STD, BadImageError, find_bad_images, plan_split, resolve_device
 from .transforms import augment_draws, eval_resize, train_crop
 
@@ -57,6 +61,9 @@ def read_image_rgb(path: str) -> np.ndarray:
     if data.size >= 2 and data[0] == 0xFF and data[1] == 0xD8 and not (data[-2] == 0xFF and data[-1] == 0xD9):
         # libjpeg decodes a truncated JPEG with a grey bottom and only a warning: refuse it instead.
         raise BadImageError(f"cannot decode image {path!r}: truncated JPEG (no end-of-image marker)")
+    big = dali.too_many_pixels(path)   # from the header, before a decompression bomb is decoded
+    if big:
+        raise BadImageError(f"refusing to decode image {path!r}: {big}")
     image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
     if image is None:
         raise BadImageError(f"cannot decode image {path!r}: empty, not an image, or an unsupported format")
@@ -79,7 +86,15 @@ def _cv2_single_threaded():
 
 
 def _worker_init(_worker_id: int) -> None:
+    import signal
+
     import cv2
+
+    # Ctrl-C and SIGTERM reach the whole process group; the main process handles them (it finishes the
+    # step and saves) and ends the workers itself, so a worker must neither die nor run a forked copy of
+    # the main process's handler.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     # One decode per worker process (OpenCV's own pool would oversubscribe the cores). Forked workers
     # already have one thread (see _cv2_single_threaded); spawned ones start fresh and are set here.
@@ -88,39 +103,54 @@ def _worker_init(_worker_id: int) -> None:
 
 
 class _ImageSet(torch.utils.data.Dataset):
-    """Item (k, off_y, off_x, flip) -> (uint8 HWC numpy crop, label, image id). Eval items: no crop."""
+    """Item (k, off_y, off_x, flip) -> (uint8 HWC numpy crop, label, image id, note). Eval items: no crop.
 
-    def __init__(self, paths, labels, image_ids, train, resize_size, crop_size):
+    note: None; ("bad", message) for a file that passed the pre-scan but does not decode (the image is
+    None: the consuming process raises or, with skip_bad_images, drops it); ("size", decoded (w, h),
+    image_sizes.txt's (w, h)) when they differ."""
+
+    def __init__(self, paths, labels, image_ids, train, resize_size, crop_size, sizes=None):
         self.paths, self.labels, self.image_ids = paths, labels, image_ids
         self.train, self.resize_size, self.crop_size = train, resize_size, crop_size
+        self.sizes = sizes or [None] * len(paths)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, item):
         k, y, x, flip = item
-        image = read_image_rgb(self.paths[k])
+        try:
+            image = read_image_rgb(self.paths[k])
+        except BadImageError as exc:
+            return None, self.labels[k], self.image_ids[k], ("bad", str(exc))
+        note = None
+        if self.sizes[k] is not None and (image.shape[1], image.shape[0]) != tuple(self.sizes[k]):
+            note = ("size", (image.shape[1], image.shape[0]), tuple(self.sizes[k]))
         if self.train:
             image = train_crop(image, self.resize_size, self.crop_size, y, x)
             if flip:
                 image = image[:, ::-1]
         else:
             image = eval_resize(image, self.crop_size)
-        return image, self.labels[k], self.image_ids[k]
+        return image, self.labels[k], self.image_ids[k], note
 
 
 def _collate(items):
     """(uint8 N x H x W x 3, int64 labels, ids). Copies through numpy into one preallocated tensor (in
     shared memory inside a worker, as default_collate does): torch.stack of uint8 CPU tensors is a slow
     kernel (measured ~200 ms for 32 x 128 x 128 x 3 with torch 2.14, against 0.05 ms this way)."""
-    images, labels, ids = zip(*items)
+    notes = [(i, n) for _, _, i, n in items if n is not None]
+    items = [it for it in items if it[0] is not None]     # undecodable: reported through the notes
+    if not items:
+        return None, None, [], notes
+    images, labels, ids, _ = zip(*items)
     out = torch.empty((len(images), *images[0].shape), dtype=torch.uint8)
     if torch.utils.data.get_worker_info() is not None:
         out.share_memory_()
     array = out.numpy()
     for k, image in enumerate(images):
         array[k] = image
-    return out, torch.tensor(labels, dtype=torch.long), list(ids)
+    return out, torch.tensor(labels, dtype=torch.long), list(ids), notes
 
 
 class _Plan(torch.utils.data.Sampler):
@@ -158,7 +188,7 @@ class OpenCVLoader:
     def __init__(self, image_ids, labels, data_root, dataset, *, train, batch_size, num_workers=2,
                  resize_size=256, crop_size=224, seed=0, shard_id=0, num_shards=1, skip_bad_images=False,
                  device=None, fp16=False, drop_last=None, check_images=True, persistent_workers=None,
-                 channels_last=False):
+                 channels_last=False, sizes=None):
         if resize_size < crop_size and train:
             raise ValueError(f"resize_size ({resize_size}) must be >= crop_size ({crop_size})")
         self.image_ids = list(image_ids)
@@ -168,6 +198,9 @@ class OpenCVLoader:
         self.resize_size, self.crop_size, self.seed = resize_size, crop_size, seed
         self.shard_id, self.num_shards = shard_id, num_shards
         self.drop_last = train if drop_last is None else drop_last
+        self.skip_bad_images, self.sizes = skip_bad_images, sizes
+        self.skipped: dict[str, str] = {}                # id -> why, images that failed to decode in a pass
+        self.size_mismatches: dict[str, tuple] = {}      # id -> (decoded (w, h), image_sizes.txt (w, h))
         self.device = resolve_device(device)
         self.dtype = torch.float16 if (fp16 and self.device.type == "cuda") else torch.float32
         self.channels_last = channels_last
@@ -197,7 +230,7 @@ class OpenCVLoader:
     def _loader(self):
         if self._dataloader is None:  # built once: persistent workers survive from pass to pass
             dataset = _ImageSet(self.paths, self.labels, self.image_ids, self.train, self.resize_size,
-                                self.crop_size)
+                                self.crop_size, self.sizes)
             self._dataloader = torch.utils.data.DataLoader(
                 dataset, batch_size=self.batch_size, sampler=self._plan, drop_last=self.drop_last,
                 collate_fn=_collate, num_workers=self.num_workers,
@@ -229,8 +262,17 @@ class OpenCVLoader:
                 batches = iter(loader)  # forks the workers (the first time, when they persist)
         else:
             batches = iter(loader)
-        for images, labels, ids in batches:
-            yield self.normalise(images), labels, list(ids)
+        for images, labels, ids, notes in batches:
+            for image_id, note in notes:
+                if note[0] == "size":
+                    self.size_mismatches[image_id] = note[1:]
+                elif not self.skip_bad_images:
+                    raise BadImageError(f"{note[1]} (it passed the pre-scan but does not decode; fix or remove "
+                                        "it, or pass --skip-bad-images to leave it out)")
+                else:
+                    self.skipped[image_id] = note[1]
+            if images is not None:
+                yield self.normalise(images), labels, list(ids)
 
 
 def build_opencv_loader(meta, data_root, dataset, train, batch_size, num_workers=2, resize_size=256,
@@ -238,6 +280,7 @@ def build_opencv_loader(meta, data_root, dataset, train, batch_size, num_workers
                         fp16=False, **kwargs) -> OpenCVLoader:
     """The trainer's entry point: an OpenCVLoader over the split `meta` describes (like build_dali_loader)."""
     image_ids = list(meta.image_ids)
+    kwargs.setdefault("sizes", [meta.sizes.get(i) for i in image_ids] if meta.sizes else None)
     return OpenCVLoader(image_ids, [meta.class_labels[i] for i in image_ids], data_root, dataset, train=train,
                         batch_size=batch_size, num_workers=num_workers, resize_size=resize_size,
                         crop_size=crop_size, seed=seed, shard_id=shard_id, num_shards=num_shards,

@@ -74,12 +74,20 @@ def check_relative_path(path: str, where: str) -> None:
 
 
 def _lines(path: str):
-    """(line number, stripped text) for each non-blank line; the last line may lack a newline."""
-    with open(path, encoding="utf-8") as fh:
-        for number, text in enumerate(fh.read().splitlines(), start=1):
-            text = text.strip()
-            if text:
-                yield number, text
+    """(line number, stripped text) for each non-blank line; the last line may lack a newline. A UTF-8 BOM
+    is dropped (utf-8-sig); text that is not UTF-8 is a MetadataError naming the file and line."""
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    try:
+        content = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise MetadataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+                            f"{exc.start}); save the file as UTF-8") from None
+    for number, text in enumerate(content.splitlines(), start=1):
+        text = text.strip()
+        if text:
+            yield number, text
 
 
 def _fields(path: str, number: int, text: str, count: int, names: str) -> list[str]:
@@ -131,7 +139,8 @@ def _read_labels(path: str, known: dict, num_classes: int | None) -> dict[str, i
             raise MetadataError(f"{path}:{number}: bad class label {label} (labels are non-negative)")
         if num_classes is not None and label >= num_classes:
             raise MetadataError(f"{path}:{number}: bad class label {label}: out of range for "
-                                f"{num_classes} classes (0..{num_classes - 1})")
+                                f"{num_classes} classes (0..{num_classes - 1}; the train split's count "
+                                "unless --num-classes is given)")
         labels[image_id], seen[image_id] = label, number
     return labels
 
@@ -249,12 +258,36 @@ def load_metadata(metadata_root: str, dataset: str, split: str, num_classes: int
 
 def load_splits(metadata_root: str, dataset: str, splits=("train", "val", "test"),
                 num_classes: int | None = None) -> dict[str, SplitMetadata]:
-    """Several splits with one class count: the largest inferred one unless `num_classes` is given."""
-    metas = {s: load_metadata(metadata_root, dataset, s, num_classes) for s in splits}
+    """Several splits with one class count: `num_classes` when given, else the train split's (every label
+    of the other splits must be below it: a label the model never saw is an error naming file and line),
+    else, without a train split, the largest inferred one."""
+    metas = {}
+    if num_classes is None and "train" in splits:
+        metas["train"] = load_metadata(metadata_root, dataset, "train")
+        num_classes = _train_class_count(metas["train"], os.path.join(metadata_root, dataset, "train"))
+    for s in splits:
+        if s not in metas:
+            metas[s] = load_metadata(metadata_root, dataset, s, num_classes)
+    metas = {s: metas[s] for s in splits}
     n = num_classes if num_classes is not None else max(m.num_classes for m in metas.values())
     for m in metas.values():
         m.num_classes = n
     return metas
+
+
+def _train_class_count(meta: SplitMetadata, folder: str) -> int:
+    """max label + 1 of the train split, refused when some of those classes have no training image
+    (a typo such as 999 among labels 0..9 would otherwise train a 1000-class model)."""
+    present = set(meta.labels.values())
+    if len(present) < meta.num_classes:
+        top = max(present)
+        path = os.path.join(folder, "class_labels.txt")
+        line = next(n for n, t in _lines(path) if t.rsplit(",", 1)[-1].strip() == str(top))
+        absent = meta.num_classes - len(present)
+        raise MetadataError(f"{path}:{line}: class label {top} implies {meta.num_classes} classes, but {absent} "
+                            f"of labels 0..{top} have no training image; fix the label, or pass "
+                            f"--num-classes if those classes really are absent from train")
+    return meta.num_classes
 
 
 # The name other modules (DALI loader, benchmarks) first used; one reader behind both.

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import runtime
+from .. import guard, runtime
 from . import builtin, dali, loaders
 from .metadata import SplitMetadata, load_splits
 
@@ -58,8 +58,8 @@ def choose_loader(requested: str, device: torch.device) -> str:
         return "opencv"
     if requested == "dali":
         if not dali.dali_available():
-            raise RuntimeError("--loader dali: nvidia.dali is not installed (pip install nvidia-dali-cuda130, "
-                               "or use --loader opencv)")
+            raise runtime.UnavailableError("--loader dali: nvidia.dali is not installed (pip install "
+                                           "nvidia-dali-cuda130, or use --loader opencv)")
         return "dali"
     if requested != "auto":
         raise ValueError(f"unknown loader {requested!r} (expected auto, dali or opencv)")
@@ -87,16 +87,24 @@ def prepare_data(cfg, info: runtime.DistInfo, device: torch.device,
     gathering their results covers every image once)."""
     d = cfg.data
     metadata_root, data_root = resolve_roots(cfg, info)
-    metas = load_splits(metadata_root, d.dataset, splits)
+    dali.set_max_image_pixels(getattr(d, "max_image_pixels", None))
+    metas = load_splits(metadata_root, d.dataset, splits, getattr(d, "num_classes", None))
     bad_ids: list[str] = []
     for split, meta in metas.items():
         paths = [os.path.join(data_root, d.dataset, i) for i in meta.image_ids]
+        if info.is_main:
+            guard.warn_escaping_symlinks(paths, os.path.join(data_root, d.dataset))
         bad = loaders.find_bad_images(paths)
         if bad and not d.skip_bad_images:
-            shown = "\n  ".join(paths[k] for k in bad[:10]) + ("\n  ..." if len(bad) > 10 else "")
+            shown = "\n  ".join(f"{paths[k]}: {dali.image_problem(paths[k]) or 'unreadable'}" for k in bad[:10])
             raise loaders.BadImageError(
                 f"{len(bad)} unreadable image(s) in the {split} split (missing, truncated or not an image):\n"
-                f"  {shown}\nfix or remove them, or pass --skip-bad-images to leave them out")
+                f"  {shown}{chr(10) + '  ...' if len(bad) > 10 else ''}\nfix or remove them, or pass "
+                "--skip-bad-images to leave them out")
+        if bad and len(bad) == len(paths):
+            use = "train on" if split == "train" else "score"
+            raise loaders.BadImageError(f"every image of the {split} split ({len(paths)}) is unreadable "
+                                        f"(first: {paths[0]}); nothing is left to {use}")
         if bad:
             dropped = {meta.image_ids[k] for k in bad}
             bad_ids += [meta.image_ids[k] for k in bad]
@@ -118,15 +126,19 @@ def make_train_loader(cfg, data: RunData, info: runtime.DistInfo, device: torch.
     if data.train_meta is None:
         raise ValueError("prepare_data was called without the train split")
     fp16 = amp_dtype is torch.float16 and device.type == "cuda"
-    return _build(data, cfg, info, device, data.train_meta, train=True, persistent=True, fp16=fp16)
+    partial = bool(getattr(cfg.data, "partial_batches", False))   # keep the last, incomplete batch
+    return _build(data, cfg, info, device, data.train_meta, train=True, persistent=True, fp16=fp16,
+                  **({"drop_last": False} if partial else {}))
 
 
-def _build(data: RunData, cfg, info, device, meta, *, train: bool, persistent: bool, fp16: bool = False):
+def _build(data: RunData, cfg, info, device, meta, *, train: bool, persistent: bool, fp16: bool = False,
+           **extra):
     """A loader over `meta`; prepare_data has already checked its images, so no loader scans them again."""
     d = cfg.data
     common = dict(train=train, batch_size=cfg.optim.batch_size, resize_size=d.resize_size,
                   crop_size=d.crop_size, seed=cfg.runtime.seed, shard_id=info.rank,
-                  num_shards=info.world_size, skip_bad_images=d.skip_bad_images, device=device, fp16=fp16)
+                  num_shards=info.world_size, skip_bad_images=d.skip_bad_images, device=device, fp16=fp16,
+                  **extra)
     if data.loader_name == "dali":
         threads = max(1, d.workers)  # --workers 0 (no worker processes) still needs one DALI thread
         return dali.build_dali_loader(meta, data.data_root, data.dataset, num_threads=threads,

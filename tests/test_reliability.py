@@ -1,0 +1,557 @@
+"""The failure drills of issue 17: each case provokes one failure the way a user meets it and asserts the
+exit code and a phrase of the message (and what is left on disk), so none of them regresses.
+
+Runs are tiny (the built-in generator at 16 train / 4 val / 4 test images, VGG16 at its minimum crop
+of 32, batch 8, so 2 steps per epoch, no worker processes) and called in-process through `main`; a
+subprocess only where the exit status of a real process is the point (SIGTERM).
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from wsol_fast import evaluate, guard, runtime, train
+from wsol_fast.data import __main__ as data_cli
+from wsol_fast.data import builtin, dali, loaders
+from wsol_fast.data.metadata import MetadataError, load_splits
+
+TINY = dict(num_train=16, num_val=4, num_test=4, min_size=40, max_size=48)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("tiny_builtin"))
+    builtin.generate(root, seed=0, progress=False, **TINY)
+    return root
+
+
+def _args(root, out, *extra):
+    return ["--backbone", "vgg16", "--method", "icl", "--dataset", "builtin",
+            "--data-root", builtin.data_root(root), "--metadata-root", builtin.metadata_root(root),
+            "--batch-size", "8", "--resize-size", "36", "--crop-size", "32", "--workers", "0",
+            "--loader", "opencv", "--amp", "off", "--no-channels-last", "--no-compile", "--lr", "0.002",
+            "--output", str(out), "--num-overlays", "0", "--seed", "1", "--block-warmup-epochs", "0", *extra]
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_root, tmp_path_factory):
+    """The uninterrupted 2-epoch run (2 steps per epoch) that interrupted runs must end up equal to."""
+    out = tmp_path_factory.mktemp("full") / "run"
+    assert train.main(_args(tiny_root, out, "--epochs", "2")) == 0
+    return out
+
+
+def _copy_data(tiny_root, dest) -> str:
+    shutil.copytree(tiny_root, dest)
+    return str(dest)
+
+
+def _meta_file(root, split, name):
+    return os.path.join(builtin.metadata_root(root), "builtin", split, name)
+
+
+def _image_path(root, image_id):
+    return os.path.join(builtin.data_root(root), "builtin", image_id)
+
+
+def _first_id(root, split):
+    return open(_meta_file(root, split, "image_ids.txt")).readline().strip()
+
+
+def _garbage_jpeg(path):
+    """Valid start and end markers around a garbage body: passes the pre-scan, fails to decode."""
+    with open(path, "wb") as fh:
+        fh.write(b"\xff\xd8" + bytes(np.random.default_rng(0).integers(0, 256, 600, dtype=np.uint8)) + b"\xff\xd9")
+
+
+def _same_weights(a, b):
+    wa, wb = runtime.load_checkpoint(a)["model"], runtime.load_checkpoint(b)["model"]
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def _no_temp_files(folder):
+    return [n for n in os.listdir(folder) if ".tmp" in n]
+
+
+# ----------------------------------------------------------------------------- 1. signals
+
+def test_sigterm_mid_epoch_exits_143_then_resume_equals_the_uninterrupted_run(tiny_root, full_run, tmp_path):
+    """A real process gets SIGTERM during epoch 2's first step: it finishes the step, writes last.pt at
+    (epoch index 1, 1 step) and exits 143; a stale temp file of an earlier crash is removed at start-up of
+    the resume, which ends with the uninterrupted run's weights."""
+    out = tmp_path / "run"
+    script = (
+        "import os, signal, sys\n"
+        "from wsol_fast import train\n"
+        "real = train.make_train_loader\n"
+        "class Wrap:\n"
+        "    def __init__(self, inner): self.inner, self.n = inner, 0\n"
+        "    def set_epoch(self, *a): self.inner.set_epoch(*a)\n"
+        "    def __len__(self): return len(self.inner)\n"
+        "    def __iter__(self):\n"
+        "        for batch in self.inner:\n"
+        "            self.n += 1\n"
+        "            if self.n == 3: os.kill(os.getpid(), signal.SIGTERM)\n"
+        "            yield batch\n"
+        "train.make_train_loader = lambda *a, **k: Wrap(real(*a, **k))\n"
+        "sys.exit(train.main(sys.argv[1:]))\n")
+    # The same thread count as this process, which trains the reference and the resume: bit-equal sums.
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), PYTHONPATH=REPO)
+    done = subprocess.run([sys.executable, "-c", script, *_args(tiny_root, out, "--epochs", "2")],
+                          env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 143, done.stderr[-2000:]
+    assert "SIGTERM: stopped at epoch 2, step 1" in done.stderr
+    state = runtime.load_checkpoint(out / "last.pt")
+    assert (state["epoch"], state["step"]) == (1, 1)
+    (out / "last.pt.tmp-99999").write_bytes(b"half a checkpoint")   # as a kill -9 mid-save leaves it
+    assert train.main(["--resume", str(out / "last.pt")]) == 0
+    assert _no_temp_files(out) == []
+    _same_weights(full_run / "last.pt", out / "last.pt")
+
+
+def test_double_sigint_waits_for_the_save_and_the_checkpoint_holds_its_step(tiny_root, full_run, tmp_path,
+                                                                            monkeypatch, capsys):
+    """Ctrl-C during epoch 2's first step and a second one in the middle of writing the checkpoint: the
+    save completes (no temp file), exit 130, and the checkpoint records the step whose weights it holds
+    (a resume ends with the uninterrupted run's weights)."""
+    out = tmp_path / "run"
+    real_make, real_write = train.make_train_loader, runtime._write_all
+    calls = {"batches": 0, "writes": 0}
+
+    class Interrupting:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def set_epoch(self, *a):
+            self.inner.set_epoch(*a)
+
+        def __len__(self):
+            return len(self.inner)
+
+        def __iter__(self):
+            for batch in self.inner:
+                calls["batches"] += 1
+                if calls["batches"] == 3:
+                    os.kill(os.getpid(), signal.SIGINT)
+                yield batch
+
+    def write_with_a_signal(fh, data):
+        if calls["batches"] >= 3 and fh.name.endswith(f"last.pt.tmp-{os.getpid()}"):
+            calls["writes"] += 1
+            fh.write(bytes(data)[:100])
+            os.kill(os.getpid(), signal.SIGINT)       # arrives while the file is half written
+            fh.write(bytes(data)[100:])
+        else:
+            real_write(fh, data)
+
+    monkeypatch.setattr(train, "make_train_loader", lambda *a, **k: Interrupting(real_make(*a, **k)))
+    monkeypatch.setattr(runtime, "_write_all", write_with_a_signal)
+    with pytest.raises(SystemExit) as stop:
+        train.main(_args(tiny_root, out, "--epochs", "2"))
+    assert stop.value.code == 130
+    err = capsys.readouterr().err
+    assert "SIGINT again: the checkpoint is being written" in err
+    assert "SIGINT: stopped at epoch 2, step 1" in err
+    assert calls["writes"] == 1                       # the save after the first Ctrl-C
+    assert _no_temp_files(out) == []
+    state = runtime.load_checkpoint(out / "last.pt")
+    assert (state["epoch"], state["step"]) == (1, 1)
+    monkeypatch.setattr(train, "make_train_loader", real_make)
+    monkeypatch.setattr(runtime, "_write_all", real_write)
+    assert train.main(["--resume", str(out / "last.pt")]) == 0
+    _same_weights(full_run / "last.pt", out / "last.pt")
+
+
+# ----------------------------------------------------------------------------- 2. fail before training
+
+@pytest.mark.parametrize("flag,value,phrase", [
+    ("--cam-curve-interval", "0", "must be in (0, 1)"),
+    ("--cam-curve-interval", "2", "must be in (0, 1)"),
+    ("--cam-curve-interval", "-0.1", "must be in (0, 1)"),
+    ("--epochs", "0", "must be >= 1"),
+    ("--batch-size", "0", "must be >= 1"),
+    ("--lr", "-1", "must be finite and >= 0"),
+    ("--lr", "nan", "must be finite and >= 0"),
+    ("--lr", "inf", "must be finite and >= 0"),
+    ("--crop-size", "7", "vgg16 needs at least 32"),
+    ("--drop-rate", "2", "must be in [0, 1]"),
+    ("--gamma-fg", "-1", "must be in [0, 1]"),
+    ("--gamma-bg", "1.5", "must be in [0, 1]"),
+    ("--workers", "-3", "must be >= 0"),
+    ("--max-steps-per-epoch", "0", "must be >= 1"),
+])
+def test_flag_ranges_are_checked_at_parse_time_naming_the_flag(tiny_root, tmp_path, capsys, flag, value, phrase):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(_args(tiny_root, tmp_path / "run", flag, value))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}:" in err and phrase in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_minimum_crop_table_is_what_the_networks_need():
+    """guard.MIN_CROP: at the minimum the class map is 2 x 2; one pixel less it is smaller or fails."""
+    from wsol_fast.models import create_model
+
+    for backbone, low in guard.MIN_CROP.items():
+        model = create_model(backbone, 3, method="icl", pretrained=None).eval()
+        with torch.no_grad():
+            def cam_side(size):
+                try:
+                    feats, _ = model.forward_features(torch.zeros(1, 3, size, size), use_blocks=False)
+                    return min(model.class_map(feats, torch.tensor([0])).shape[-2:])
+                except RuntimeError:
+                    return 0
+            assert cam_side(low) >= 2 and cam_side(low - 1) < 2, backbone
+
+
+def test_batch_larger_than_the_split_is_an_error_unless_partial_batches_are_allowed(tiny_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main(_args(tiny_root, out, "--epochs", "1", "--batch-size", "20")) == 2
+    assert "--batch-size 20 is larger than the train split (16 images)" in capsys.readouterr().err
+    assert not (out / "last.pt").exists()
+    assert train.main(_args(tiny_root, out, "--epochs", "1", "--batch-size", "20", "--allow-partial-batches")) == 0
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert rows[1].split(",")[rows[0].split(",").index("steps")] == "1"    # one batch of 16
+
+
+def test_an_image_failing_to_decode_in_val_keeps_the_trained_epoch_or_is_skipped_and_listed(tiny_root, tmp_path,
+                                                                                             capsys):
+    """A JPEG with intact markers but a garbage body passes the pre-scan and fails in the val pass after
+    epoch 1 trained: exit 2 naming it, epoch 1's last.pt kept; with --skip-bad-images the run finishes,
+    the id is in skipped_images.txt and val/test counts stay consistent."""
+    root = _copy_data(tiny_root, tmp_path / "data")
+    bad = _first_id(root, "val")
+    _garbage_jpeg(_image_path(root, bad))
+    out = tmp_path / "run"
+    assert train.main(_args(root, out, "--epochs", "1", "--max-steps-per-epoch", "1")) == 2
+    err = capsys.readouterr().err
+    assert "error: cannot decode image" in err and bad in err and "--skip-bad-images" in err
+    assert "epoch 1's training is kept" in err
+    assert runtime.load_checkpoint(out / "last.pt")["epoch"] == 1
+    out2 = tmp_path / "skip"
+    assert train.main(_args(root, out2, "--epochs", "1", "--max-steps-per-epoch", "1", "--skip-bad-images")) == 0
+    assert "did not decode" in capsys.readouterr().err
+    assert (out2 / "skipped_images.txt").read_text().split() == [bad]
+    assert json.loads((out2 / "results.json").read_text())["num_images"] == TINY["num_test"]
+
+
+def test_a_train_image_failing_mid_epoch_keeps_the_steps_done(tiny_root, tmp_path, capsys):
+    """The failing batch is not trained; the steps before it are saved (epoch 1, step k) and resumable."""
+    root = _copy_data(tiny_root, tmp_path / "data")
+    ids = open(_meta_file(root, "train", "image_ids.txt")).read().split()
+    loader = loaders.OpenCVLoader(ids, [0] * len(ids), builtin.data_root(root), "builtin", train=True,
+                                  batch_size=8, num_workers=0, resize_size=36, crop_size=32, seed=1,
+                                  check_images=False)
+    loader.set_epoch(0)
+    second_batch = [ids[item[0]] for item in list(loader._plan)[8:16]]   # epoch 1's sample order
+    victim = second_batch[0]
+    _garbage_jpeg(_image_path(root, victim))
+    out = tmp_path / "run"
+    assert train.main(_args(root, out, "--epochs", "1")) == 2
+    err = capsys.readouterr().err
+    assert victim in err and "passed the pre-scan but does not decode" in err
+    state = runtime.load_checkpoint(out / "last.pt")
+    assert (state["epoch"], state["step"]) == (0, 1)
+
+
+def test_every_test_image_skipped_is_an_error_after_training_that_keeps_the_checkpoints(tiny_root, tmp_path,
+                                                                                         capsys):
+    root = _copy_data(tiny_root, tmp_path / "data")
+    for image_id in open(_meta_file(root, "test", "image_ids.txt")).read().split():
+        _garbage_jpeg(_image_path(root, image_id))
+    out = tmp_path / "run"
+    assert train.main(_args(root, out, "--epochs", "1", "--max-steps-per-epoch", "1", "--skip-bad-images")) == 2
+    err = capsys.readouterr().err
+    assert "every image of the test split (4) failed to decode" in err
+    assert runtime.load_checkpoint(out / "last.pt")["epoch"] == 1 and (out / "best.pt").is_file()
+    assert len((out / "skipped_images.txt").read_text().split()) == 4
+    assert not (out / "results.json").exists()
+
+
+# ----------------------------------------------------------------------------- 3. resource limits
+
+def _png_header_claiming(path, width, height):
+    """A small PNG whose IHDR claims width x height (valid CRC; the pixel data does not follow)."""
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    chunk = b"IHDR" + ihdr
+    body = len(ihdr).to_bytes(4, "big") + chunk + zlib.crc32(chunk).to_bytes(4, "big")
+    idat = zlib.compress(b"\0" * 4096)
+    body += len(idat).to_bytes(4, "big") + b"IDAT" + idat + zlib.crc32(b"IDAT" + idat).to_bytes(4, "big")
+    body += (0).to_bytes(4, "big") + b"IEND" + zlib.crc32(b"IEND").to_bytes(4, "big")
+    with open(path, "wb") as fh:
+        fh.write(b"\x89PNG\r\n\x1a\n" + body)
+
+
+def test_decoded_pixels_are_capped_from_the_header_before_decoding(tiny_root, tmp_path, capsys):
+    bomb = tmp_path / "bomb.png"
+    _png_header_claiming(bomb, 30000, 30000)
+    assert dali.header_size(str(bomb)) == (30000, 30000)
+    with pytest.raises(loaders.BadImageError, match="claims 30000x30000 = 900 MP, above the cap of 64 MP"):
+        loaders.read_image_rgb(str(bomb))
+    assert "above the cap" in dali.image_problem(str(bomb))
+    # settable: a real 40 x 40-ish image is refused under a cap of 100 pixels
+    root = _copy_data(tiny_root, tmp_path / "data")
+    victim = _first_id(root, "val")
+    shutil.copy(bomb, _image_path(root, victim))
+    assert data_cli.main(["check", "--metadata-root", builtin.metadata_root(root), "--data-root",
+                          builtin.data_root(root), "--dataset", "builtin", "--no-progress"]) == 1
+    assert "30000x30000 = 900 MP" in capsys.readouterr().out
+    assert train.main(_args(root, tmp_path / "run", "--epochs", "1")) == 2
+    err = capsys.readouterr().err
+    assert victim in err and "above the cap of 64 MP (--max-image-pixels)" in err
+    try:
+        dali.set_max_image_pixels(100)
+        with pytest.raises(loaders.BadImageError, match="above the cap of 0.0001 MP"):
+            loaders.read_image_rgb(_image_path(root, _first_id(root, "test")))
+    finally:
+        dali.set_max_image_pixels(None)
+
+
+def test_size_mismatch_is_a_check_error_and_a_training_warning_and_symlinks_out_of_root_are_named(
+        tiny_root, tmp_path, capsys):
+    root = _copy_data(tiny_root, tmp_path / "data")
+    sizes_file = _meta_file(root, "val", "image_sizes.txt")
+    lines = open(sizes_file).read().splitlines()
+    image_id, w, h = lines[0].split(",")
+    lines[0] = f"{image_id},{int(w) + 10},{h}"                 # boxes stay inside the listed size
+    open(sizes_file, "w").write("\n".join(lines) + "\n")
+    outside = tmp_path / "elsewhere.jpg"
+    linked = _first_id(root, "test")
+    shutil.move(_image_path(root, linked), outside)
+    os.symlink(outside, _image_path(root, linked))
+    assert data_cli.main(["check", "--metadata-root", builtin.metadata_root(root), "--data-root",
+                          builtin.data_root(root), "--dataset", "builtin", "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert f"decoded size {w}x{h} differs from image_sizes.txt ({int(w) + 10}x{h})" in out
+    assert train.main(_args(root, tmp_path / "run", "--epochs", "1", "--max-steps-per-epoch", "1")) == 0
+    err = capsys.readouterr().err
+    assert "warning: 1 image(s) decode to a size other than image_sizes.txt's" in err and image_id in err
+    assert "lead outside the data root" in err and linked in err
+
+
+def test_a_full_disk_says_so_names_the_file_and_leaves_nothing_partial(tiny_root, tmp_path, monkeypatch, capsys):
+    """Checkpoint bytes go to /dev/full (a real ENOSPC); the run stops with exit 2 naming the file."""
+    real_write = runtime._write_all
+
+    def full_for_checkpoints(fh, data):
+        if ".pt.tmp-" in fh.name:
+            fh.write(bytes(data)[:1000])
+            with open("/dev/full", "wb") as full:
+                full.write(bytes(data))
+                full.flush()
+        real_write(fh, data)
+
+    monkeypatch.setattr(runtime, "_write_all", full_for_checkpoints)
+    out = tmp_path / "run"
+    assert train.main(_args(tiny_root, out, "--epochs", "1", "--max-steps-per-epoch", "1")) == 2
+    err = capsys.readouterr().err
+    assert f"no space left on device writing {out / 'best.pt'}" in err
+    assert _no_temp_files(out) == [] and not (out / "best.pt").exists()
+    with pytest.raises(runtime.DiskFullError):
+        runtime.atomic_save({"x": torch.zeros(3)}, str(tmp_path / "x.pt"))
+    assert not os.path.exists(tmp_path / "x.pt") and _no_temp_files(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- 4. one run per folder
+
+def test_one_run_per_folder(tiny_root, full_run, tmp_path, capsys):
+    # a live run: another process holds the lock
+    live = tmp_path / "live"
+    live.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import fcntl, os, sys, time\n"
+                               f"fh = open({str(live / '.lock')!r}, 'w'); fcntl.flock(fh, fcntl.LOCK_EX)\n"
+                               "fh.write(str(os.getpid())); fh.flush(); print('locked', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert train.main(_args(tiny_root, live, "--epochs", "1")) == 2
+        assert f"another run (pid {holder.pid}) is writing to this folder" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+    # a finished run is refused without --resume / --overwrite
+    done = tmp_path / "done"
+    shutil.copytree(full_run, done)
+    assert train.main(_args(tiny_root, done, "--epochs", "1")) == 2
+    assert "holds a finished run (results.json, last.pt, best.pt)" in capsys.readouterr().err
+    # an interrupted one too
+    os.remove(done / "results.json")
+    assert train.main(_args(tiny_root, done, "--epochs", "1")) == 2
+    assert "holds an interrupted run" in capsys.readouterr().err
+    # --output naming a file
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert train.main(_args(tiny_root, afile, "--epochs", "1")) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+    # --overwrite replaces it
+    assert train.main(_args(tiny_root, done, "--epochs", "1", "--max-steps-per-epoch", "1", "--overwrite")) == 0
+    assert runtime.load_checkpoint(done / "last.pt")["epoch"] == 1
+
+
+# ----------------------------------------------------------------------------- 5. messages, not tracebacks
+
+def test_bad_checkpoints_are_one_message_with_exit_2(full_run, tmp_path, capsys):
+    ckpt = full_run / "best.pt"
+    data = ckpt.read_bytes()
+    truncated, rand, bare, misfit = (tmp_path / n for n in ("truncated.pt", "random.pt", "bare.pt", "misfit.pt"))
+    truncated.write_bytes(data[: len(data) // 2])
+    rand.write_bytes(np.random.default_rng(0).bytes(5000))
+    state = runtime.load_checkpoint(ckpt)
+    torch.save(state["model"], bare)
+    key = next(k for k, v in state["model"].items() if v.dim() == 4)     # a conv weight
+    state["model"][key] = torch.zeros(3, 3)
+    torch.save(state, misfit)
+    cases = [(tmp_path / "missing.pt", "missing.pt: not found"),
+             (truncated, "cannot be read (truncated, corrupt or not a PyTorch checkpoint)"),
+             (rand, "cannot be read"),
+             (bare, "is a bare state dict"),
+             (misfit, "do not fit a vgg16 / icl model with 10 classes")]
+    for path, phrase in cases:
+        assert evaluate.main(["--checkpoint", str(path), "--output", str(tmp_path / "ev")]) == 2, path
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and phrase in err and "Traceback" not in err, err
+    assert train.main(["--resume", str(rand)]) == 2
+    assert "cannot be read" in capsys.readouterr().err
+    assert train.main(["--resume", str(misfit)]) == 2
+    err = capsys.readouterr().err
+    assert f"do not fit a vgg16 / icl model with 10 classes: 1 of another shape (first: {key} (3, 3) vs" in err
+    # --debug shows the traceback as well
+    assert evaluate.main(["--checkpoint", str(bare), "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "is a bare state dict" in err
+
+
+def test_pretrained_of_another_backbone_is_a_message(tiny_root, tmp_path, capsys):
+    other = tmp_path / "resnet_like.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, other)
+    assert train.main(_args(tiny_root, tmp_path / "run", "--epochs", "1", "--pretrained", str(other))) == 2
+    err = capsys.readouterr().err
+    assert "is not a torchvision vgg16 checkpoint" in err and "Traceback" not in err
+
+
+def test_metadata_encoding_bom_and_label_ranges(tiny_root, tmp_path, capsys):
+    root = _copy_data(tiny_root, tmp_path / "data")
+    meta_root = builtin.metadata_root(root)
+    labels = _meta_file(root, "train", "class_labels.txt")
+    original = open(labels, "rb").read()
+    # a UTF-8 BOM is dropped, the ids read as they are
+    ids_file = _meta_file(root, "train", "image_ids.txt")
+    ids = open(ids_file).read().split()
+    open(ids_file, "wb").write(b"\xef\xbb\xbf" + "\n".join(ids).encode() + b"\n")
+    assert load_splits(meta_root, "builtin", ("train",))["train"].image_ids == ids
+    # a file that is not UTF-8 names the file and line
+    lines = original.split(b"\n")
+    open(labels, "wb").write(b"\n".join(lines[:2] + [lines[2].replace(b"train", b"tr\xe9in")] + lines[3:]))
+    assert train.main(_args(root, tmp_path / "a", "--epochs", "1")) == 2
+    assert f"{labels}:3: not UTF-8 text" in capsys.readouterr().err
+    # a test label the model never saw (train has 10 classes): file and line
+    open(labels, "wb").write(original)
+    test_labels = _meta_file(root, "test", "class_labels.txt")
+    tl = open(test_labels).read().splitlines()
+    tl[2] = tl[2].rsplit(",", 1)[0] + ",10"
+    open(test_labels, "w").write("\n".join(tl) + "\n")
+    assert train.main(_args(root, tmp_path / "b", "--epochs", "1")) == 2
+    assert f"{test_labels}:3: bad class label 10: out of range for 10 classes" in capsys.readouterr().err
+    with pytest.raises(MetadataError, match="out of range for 10 classes"):
+        load_splits(meta_root, "builtin", ("val", "test"), num_classes=10)   # evaluate's path
+    # a typo in train (999) would make a 1000-class model: refused unless --num-classes says so
+    tr = original.decode().splitlines()
+    tr[6] = tr[6].rsplit(",", 1)[0] + ",999"
+    open(labels, "w").write("\n".join(tr) + "\n")
+    with pytest.raises(MetadataError, match=r"class_labels.txt:7: class label 999 implies 1000 classes"):
+        load_splits(meta_root, "builtin", ("train",))
+    assert load_splits(meta_root, "builtin", ("train",), num_classes=1000)["train"].num_classes == 1000
+
+
+def test_resume_refuses_changed_settings_but_extends_with_epochs(tiny_root, full_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    assert train.main(["--resume", str(run / "last.pt"), "--epochs", "4", "--lr", "0.5", "--batch-size", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot change on a resume: --batch-size: run 8, now 4; --lr: run 0.002, now 0.5" in err
+    assert train.main(["--resume", str(run / "last.pt"), "--epochs", "3", "--max-steps-per-epoch", "4"]) == 2
+    assert "--max-steps-per-epoch: run None, now 4" in capsys.readouterr().err
+    assert train.main(["--resume", str(run / "last.pt"), "--epochs", "3"]) == 0
+    state = runtime.load_checkpoint(run / "last.pt")
+    assert state["epoch"] == 3 and state["config"]["optim"]["epochs"] == 3
+    assert len((run / "metrics.csv").read_text().splitlines()) == 4     # header + 3 epochs
+
+
+def test_nan_message_names_only_a_checkpoint_that_exists(tiny_root, tmp_path, monkeypatch, capsys):
+    real_call = train.WSOLLoss.__call__
+
+    def poisoned(self, output, labels):
+        terms = real_call(self, output, labels)
+        terms["total"] = terms["total"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(train.WSOLLoss, "__call__", poisoned)
+    out = tmp_path / "nan"
+    assert train.main(_args(tiny_root, out, "--epochs", "1")) == 3
+    err = capsys.readouterr().err
+    assert "non-finite loss at epoch 1" in err and "no checkpoint was written yet" in err
+    assert not (out / "last.pt").exists()
+
+
+def test_evaluate_flags_and_data_check_errors_are_messages(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--checkpoint", "x.pt", "--cam-curve-interval", "0"])
+    assert exit_info.value.code == 2 and "argument --cam-curve-interval" in capsys.readouterr().err
+    bad = tmp_path / "meta" / "CUB" / "train"
+    bad.mkdir(parents=True)
+    (bad / "image_ids.txt").write_bytes(b"a.jpg\n\xff\xfe.jpg\n")
+    (bad / "class_labels.txt").write_text("a.jpg,0\n")
+    assert data_cli.main(["check", "--metadata-root", str(tmp_path / "meta"), "--data-root", str(tmp_path),
+                          "--splits", "train", "--no-progress"]) == 2
+    assert f"{bad / 'image_ids.txt'}:2: not UTF-8 text" in capsys.readouterr().out
+
+
+def test_atomic_write_failure_of_another_kind_also_leaves_nothing(tmp_path, monkeypatch):
+    def broken(fh, data):
+        fh.write(b"partial")
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(runtime, "_write_all", broken)
+    with pytest.raises(OSError, match="I/O error"):
+        runtime.atomic_write_text("hello", str(tmp_path / "a.txt"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_lock_is_dropped_when_the_holder_ends(tmp_path):
+    lock = guard.RunLock(str(tmp_path)).acquire()
+    with pytest.raises(runtime.UserError, match=f"pid {os.getpid()}"):
+        guard.RunLock(str(tmp_path)).acquire()
+    lock.release()
+    guard.RunLock(str(tmp_path)).acquire().release()
+    with open(tmp_path / ".lock") as fh:                 # released: anyone can take it
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_settings_that_clash_once_resolved_are_messages(tiny_root, tmp_path, capsys):
+    """--crop-size above the profile's resize, and --loader dali where DALI is not installed."""
+    args = _args(tiny_root, tmp_path / "a", "--epochs", "1")
+    args.remove("--resize-size")
+    args.remove("36")                               # the built-in profile's resize is 73
+    assert train.main([*args, "--crop-size", "100"]) == 2
+    assert "--resize-size (73) must be >= --crop-size (100)" in capsys.readouterr().err
+    if not dali.dali_available():
+        args = _args(tiny_root, tmp_path / "b", "--epochs", "1")
+        args[args.index("--loader") + 1] = "dali"
+        assert train.main(args) == 2
+        assert "--loader dali: nvidia.dali is not installed" in capsys.readouterr().err

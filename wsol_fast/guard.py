@@ -1,0 +1,301 @@
+"""What keeps a run from losing work or failing silently (issue 17): flag ranges checked at parse time,
+one run per folder (a lock), signals turned into a checkpoint at a step boundary, --resume settings
+compared with the run's, and one clear message instead of a traceback for every expected failure.
+
+Exit codes of the commands (README, "When things go wrong"): 0 done; 2 an expected error (bad flag,
+file, line, image, checkpoint, folder, full disk), printed as one `error: ...` message; 3 a non-finite
+loss; 130 / 143 stopped by SIGINT / SIGTERM after writing a resumable checkpoint; 1 anything
+unexpected (a traceback: a bug).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import signal
+import sys
+import traceback
+
+from .runtime import UserError
+
+# The smallest --crop-size per backbone: the smallest crop whose class activation map is still 2 x 2
+# (measured with create_model(..., method="icl") in train and eval mode; smaller crops either fail in the
+# network or leave a 1 x 1 map, which localises nothing). tests/test_reliability.py re-measures it.
+MIN_CROP = {"inceptionv3": 15, "resnet50": 9, "vgg16": 32}
+
+# Settings a --resume may change: they do not alter what the run computes (or, for --epochs, extend it).
+RESUME_MAY_CHANGE = {"epochs", "output", "device", "workers", "loader", "data_root", "metadata_root",
+                     "num_overlays", "skip_bad_images", "compile", "max_image_pixels"}
+
+# What a run writes into its folder (removed by --overwrite).
+RUN_FILES = ("config.json", "last.pt", "best.pt", "results.json", "metrics.csv", "skipped_images.txt")
+LOCK_NAME = ".lock"
+
+
+# ----------------------------------------------------------------------------- argparse types
+
+def _number(kind, text: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                         f"got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    v = _number(int, text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def nonneg_int(text: str) -> int:
+    v = _number(int, text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def nonneg_float(text: str) -> float:
+    v = _number(float, text)
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"must be finite and >= 0, got {text}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    v = _number(float, text)
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"must be finite and > 0, got {text}")
+    return v
+
+
+def unit_interval(text: str) -> float:
+    """[0, 1]: a probability or a fraction of the attention map's max."""
+    v = _number(float, text)
+    if not 0.0 <= v <= 1.0:   # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return v
+
+
+def open_interval(text: str) -> float:
+    """(0, 1): a CAM threshold step."""
+    v = _number(float, text)
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), e.g. 0.01 or 0.001, got {text}")
+    return v
+
+
+def check_crop(parser: argparse.ArgumentParser, backbone: str, crop: int | None, resize: int | None) -> None:
+    low = MIN_CROP.get(backbone, 1)
+    if crop is not None and crop < low:
+        parser.error(f"argument --crop-size: {backbone} needs at least {low} (its class map is 2 x 2 "
+                     f"there), got {crop}")
+    if resize is not None and resize < 1:
+        parser.error(f"argument --resize-size: must be >= 1, got {resize}")
+
+
+def given_dests(parser: argparse.ArgumentParser, argv) -> set[str]:
+    """The `dest`s of the options written on the command line (not left at their defaults)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    words = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+    options = {o: act.dest for act in parser._actions for o in act.option_strings}
+    given = set()
+    for word in words:
+        if word in options:
+            given.add(options[word])
+        else:   # argparse accepts a unique prefix (--epoch for --epochs)
+            dests = {d for o, d in options.items() if o.startswith(word)}
+            given |= dests if len(dests) == 1 else set()
+    return given
+
+
+def resume_conflicts(cli: dict, saved: dict, given: set[str]) -> list[str]:
+    """`--flag: run X, now Y` for every given flag whose value differs from the resumed run's and that
+    may not change (RESUME_MAY_CHANGE). cli / saved: TrainConfig.to_dict()s."""
+    out = []
+    for section, fields in cli.items():
+        for key, value in fields.items():
+            if key not in given or key in RESUME_MAY_CHANGE or key in ("resume", "init_from"):
+                continue
+            old = saved.get(section, {}).get(key)
+            if value != old:
+                out.append(f"--{key.replace('_', '-')}: run {old!r}, now {value!r}")
+    return out
+
+
+# ----------------------------------------------------------------------------- one run per folder
+
+class RunLock:
+    """An exclusive flock on RUN/.lock, holding the owner's pid. The kernel drops the lock when the process
+    ends however it ends, so a crash never leaves a folder locked; the file itself stays."""
+
+    def __init__(self, folder: str):
+        self.folder, self.path, self.fh = folder, os.path.join(folder, LOCK_NAME), None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if not isinstance(exc, BlockingIOError):   # a file system without locks: warn, run unlocked
+                print(f"warning: cannot lock {self.path} ({exc.strerror or exc}); make sure no other run "
+                      "writes to this folder", file=sys.stderr)
+                self.fh = fh
+                return self
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise UserError(f"--output {self.folder}: another run (pid {holder}) is writing to this folder; "
+                            "wait for it, stop it, or choose another --output") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self.fh = fh
+        return self
+
+    def release(self) -> None:
+        if self.fh is not None:
+            self.fh.close()   # closing drops the flock
+            self.fh = None
+
+
+def claim_run_folder(folder: str, resume: bool, overwrite: bool) -> RunLock:
+    """Create and lock `folder` for this run. A folder holding a finished or interrupted run is refused
+    unless resuming it or --overwrite (which removes that run's files). Stale temp files from an earlier
+    crash are removed."""
+    from .runtime import remove_stale_temp_files
+
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"--output {folder}: exists and is not a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--output {folder}: cannot create the run folder: {exc.strerror or exc}") from None
+    lock = RunLock(folder).acquire()
+    try:
+        if not resume:
+            previous = [n for n in ("results.json", "last.pt", "best.pt") if os.path.exists(os.path.join(folder, n))]
+            if previous and not overwrite:
+                state = "a finished run" if "results.json" in previous else "an interrupted run"
+                raise UserError(f"--output {folder} holds {state} ({', '.join(previous)}); continue it with "
+                                f"--resume {os.path.join(folder, 'last.pt')}, replace it with --overwrite, "
+                                "or choose another --output")
+            if overwrite:
+                for name in RUN_FILES + tuple(n for n in os.listdir(folder) if n.startswith("results_")):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(os.path.join(folder, name))
+                import shutil
+                shutil.rmtree(os.path.join(folder, "overlays"), ignore_errors=True)
+        removed = remove_stale_temp_files(folder)
+        if removed:
+            print(f"removed {len(removed)} stale temporary file(s) from an earlier crash in {folder}: "
+                  f"{', '.join(removed[:3])}{' ...' if len(removed) > 3 else ''}", file=sys.stderr)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+# ----------------------------------------------------------------------------- signals
+
+class StopSignals:
+    """SIGINT and SIGTERM only set `signum`: the training loop finishes its step, writes a resumable
+    checkpoint and exits 128 + signum. Signals that arrive later (during that save) are recorded and
+    reported, never raised, so a save is never torn by a second Ctrl-C."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, enabled: bool = True, immediate: bool = False):
+        """immediate: exit at once (SystemExit 128 + signum), for phases that leave nothing partial."""
+        self.enabled, self.immediate, self.signum, self.count, self._prev = enabled, immediate, None, 0, {}
+
+    def __enter__(self) -> "StopSignals":
+        if self.enabled:
+            for s in self.SIGNALS:
+                self._prev[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, prev in self._prev.items():
+            signal.signal(s, prev)
+        self._prev = {}
+
+    def _handler(self, signum, frame) -> None:
+        self.count += 1
+        name = signal.Signals(signum).name
+        if self.immediate:
+            print(f"\n{name}: stopped; the checkpoints written so far are kept", file=sys.stderr, flush=True)
+            raise SystemExit(128 + signum)
+        if self.signum is None:
+            self.signum = signum
+            print(f"\n{name}: finishing the current step, then writing a resumable checkpoint ...",
+                  file=sys.stderr, flush=True)
+        else:
+            print(f"\n{name} again: the checkpoint is being written; exiting as soon as it is complete",
+                  file=sys.stderr, flush=True)
+
+    @property
+    def stop(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum or signal.SIGINT)
+
+
+class Stopped(Exception):
+    """Raised by the training loop at a step boundary after a stop signal; carries the steps done."""
+
+    def __init__(self, step: int):
+        super().__init__(step)
+        self.step = step
+
+
+# ----------------------------------------------------------------------------- messages, not tracebacks
+
+def expected_errors() -> tuple[type, ...]:
+    from .data.dali import BadImageError
+    from .data.metadata import MetadataError
+    from .models.pretrained import PretrainedMismatchError
+
+    return (UserError, MetadataError, BadImageError, PretrainedMismatchError, FileNotFoundError,
+            IsADirectoryError, NotADirectoryError, PermissionError, UnicodeDecodeError)
+
+
+def run_command(fn, debug: bool) -> int:
+    """fn() -> exit code; an expected error is one `error: ...` message and exit code 2 (with --debug,
+    the traceback too)."""
+    try:
+        return fn()
+    except expected_errors() as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def debug_requested(argv) -> bool:
+    return "--debug" in (sys.argv[1:] if argv is None else argv)
+
+
+def warn_escaping_symlinks(paths, image_root: str, limit: int = 3) -> list[str]:
+    """Files (or their folders) under image_root that are symlinks resolving outside it: a warning naming
+    them (data mounted elsewhere through a link is legitimate, but should not go unnoticed)."""
+    root = os.path.realpath(image_root) + os.sep
+    escaping, seen_dirs = [], {}
+    for path in paths:
+        parent = os.path.dirname(path)
+        if parent not in seen_dirs:
+            seen_dirs[parent] = not (os.path.realpath(parent) + os.sep).startswith(root)
+        if seen_dirs[parent] or (os.path.islink(path) and not os.path.realpath(path).startswith(root)):
+            escaping.append(path)
+    if escaping:
+        shown = ", ".join(f"{p} -> {os.path.realpath(p)}" for p in escaping[:limit])
+        print(f"warning: {len(escaping)} image path(s) lead outside the data root {image_root} through a "
+              f"symlink: {shown}{' ...' if len(escaping) > limit else ''}", file=sys.stderr)
+    return escaping
