@@ -63,6 +63,7 @@ class DataConfig:
     loader: str = "auto"
     skip_bad_images: bool = False
     builtin_seed: int = 0
+    mask_root: str | None = None      # masks at <mask_root>/<dataset>/<mask_path>; None: the data root
 
 
 @dataclass
@@ -119,6 +120,7 @@ class RuntimeConfig:
     num_overlays: int = 16
     max_steps_per_epoch: int | None = None
     log_every: int = 10
+    save_scoremaps: str | None = None   # the final test's GT-class CAMs as <dir>/<image_id>.npy
 
 
 @dataclass
@@ -139,7 +141,7 @@ class TrainConfig:
 
 def resolve(cfg: TrainConfig, device_type: str) -> TrainConfig:
     """Fill the None fields from the dataset and device. Returns the same object, resolved."""
-    builtin = cfg.data.dataset == "builtin"
+    builtin = cfg.data.dataset.startswith("builtin")   # builtin, builtin-masks: the CPU profile
     profile = BUILTIN_PROFILE if builtin else PAPER_PROFILE
     schedule = BUILTIN_PROFILE if builtin else DATASET_SCHEDULES.get(cfg.data.dataset, {"epochs": 10,
                                                                                          "lr_decay_every": 3})

@@ -28,7 +28,7 @@ from .config import DataConfig, ModelConfig, OptimConfig, RuntimeConfig, TrainCo
 from .data.dali import BadImageError
 from .data.metadata import MetadataError
 from .data.pipeline import RunData, prepare_data, make_train_loader
-from .evaluate import evaluate_model, print_table, write_outputs
+from .evaluate import evaluate_model, localization_score, print_table, write_outputs
 from .losses import WSOLLoss
 from .models import create_model, list_models
 
@@ -68,6 +68,8 @@ def parse_args(argv=None) -> TrainConfig:
     d.add_argument("--loader", default="auto", choices=["auto", "dali", "opencv"])
     d.add_argument("--skip-bad-images", action="store_true", help="skip and count corrupt/missing images")
     d.add_argument("--builtin-seed", type=int, default=0)
+    d.add_argument("--mask-root", default=None,
+                   help="masks at MASK_ROOT/DATASET/<mask_path> (OpenImages, PxAP); default: the data root")
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, default=None)
     o.add_argument("--batch-size", type=int, default=32)
@@ -107,19 +109,22 @@ def parse_args(argv=None) -> TrainConfig:
     r.add_argument("--cam-curve-interval", type=float, default=0.01, help="0.001 for the paper protocol")
     r.add_argument("--num-overlays", type=int, default=16)
     r.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap steps per epoch (smoke runs)")
+    r.add_argument("--save-scoremaps", default=None, metavar="DIR",
+                   help="write the final test's GT-class CAMs as DIR/<image_id>.npy (224 x 224 float64, min-max "
+                        "normalised: wsolevaluation's layout, for `evaluate --scoremap-root` or its evaluate_wsol)")
     a = p.parse_args(argv)
     if a.resume and a.init_from:
         p.error("--resume continues a run with its own settings, --init-from forks it with new ones: "
                 "give one of them")
 
     dataset = a.dataset or ("builtin" if a.data_root is None and a.metadata_root is None else "CUB")
-    if dataset != "builtin" and (a.data_root is None or a.metadata_root is None):
+    if not dataset.startswith("builtin") and (a.data_root is None or a.metadata_root is None):
         p.error(f"--dataset {dataset} needs both --data-root and --metadata-root")
     pretrained = None if a.pretrained in (None,) else a.pretrained
     return TrainConfig(
         DataConfig(dataset=dataset, data_root=a.data_root, metadata_root=a.metadata_root,
                    resize_size=a.resize_size, crop_size=a.crop_size, workers=a.workers, loader=a.loader,
-                   skip_bad_images=a.skip_bad_images, builtin_seed=a.builtin_seed),
+                   skip_bad_images=a.skip_bad_images, builtin_seed=a.builtin_seed, mask_root=a.mask_root),
         ModelConfig(backbone=a.backbone, method=a.method, pretrained=pretrained, drop_rate=a.drop_rate,
                     gamma_fg=a.gamma_fg, gamma_bg=a.gamma_bg, use_contrastive=a.use_contrastive,
                     use_fc=a.use_fc, nonlocal_attention=a.nonlocal_attention, use_dfg_mask=a.use_dfg_mask),
@@ -131,7 +136,7 @@ def parse_args(argv=None) -> TrainConfig:
         RuntimeConfig(output=a.output, seed=a.seed, device=a.device, amp=a.amp, channels_last=a.channels_last,
                       compile=a.compile, sync_bn=a.sync_bn, resume=a.resume, init_from=a.init_from,
                       cam_curve_interval=a.cam_curve_interval, num_overlays=a.num_overlays,
-                      max_steps_per_epoch=a.max_steps_per_epoch),
+                      max_steps_per_epoch=a.max_steps_per_epoch, save_scoremaps=a.save_scoremaps),
     )
 
 
@@ -352,18 +357,18 @@ class Trainer:
                 self.scheduler.step()
                 val = evaluate_model(self.raw_model, self.data.val_loader, self.data.val_meta, self.device,
                                      self.autocast, c, self.info)
-                stats.update({"val_top1_cls": val["top1_cls"], "val_maxboxacc_v2": val["maxboxacc_v2"]})
+                key, score, threshold = localization_score(val)   # MaxBoxAccV2, or PxAP on masks
+                stats.update({"val_top1_cls": val["top1_cls"], f"val_{key}": score})
                 self.history.append(stats)
-                if val["maxboxacc_v2"] > self.best["maxboxacc_v2"]:
-                    self.best = {"maxboxacc_v2": val["maxboxacc_v2"], "epoch": epoch + 1,
-                                 "threshold": val["best_threshold_iou50"]}
+                if score > self.best.get(key, -1.0):
+                    self.best = {key: score, "epoch": epoch + 1, "threshold": threshold}
                     self.save("best.pt", epoch + 1, 0)
                 self.save("last.pt", epoch + 1, 0)
                 if self.info.is_main:
                     self._write_metrics_csv()
                     print(f"epoch {epoch + 1}: loss {stats['loss']:.3f}  {stats['images_per_s']:.1f} img/s  "
                           f"data wait {100 * stats['data_wait_frac']:.0f}%  val top-1 {val['top1_cls']:.1f}  "
-                          f"val MaxBoxAccV2 {val['maxboxacc_v2']:.1f}")
+                          f"val {'PxAP' if key == 'pxap' else 'MaxBoxAccV2'} {score:.1f}")
         finally:
             if prev is not None:
                 signal.signal(signal.SIGINT, prev)
@@ -386,7 +391,7 @@ class Trainer:
         threshold = self.best.get("threshold")
         results = evaluate_model(self.raw_model, self.data.test_loader, self.data.test_meta, self.device,
                                  self.autocast, c, self.info, loc_threshold=threshold, with_baseline=True,
-                                 overlays=c.runtime.num_overlays)
+                                 overlays=c.runtime.num_overlays, save_scoremaps=c.runtime.save_scoremaps)
         if ddp is not None:
             results["ddp"] = ddp
         summary = _summary(self.history, train_seconds, self.compile_seconds)

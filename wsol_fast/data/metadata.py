@@ -71,6 +71,7 @@ class SplitMetadata:
     boxes: dict[str, np.ndarray] = field(default_factory=dict)
     # id -> (mask paths, ignore path or "" for none), paths relative to <mask_root>/<dataset>
     masks: dict[str, tuple[list[str], str]] = field(default_factory=dict)
+    mask_root: str | None = None    # where the masks were found (prepare_data sets it), for the evaluator
 
     @property
     def has_masks(self) -> bool:
@@ -90,7 +91,7 @@ class SplitMetadata:
         keep = list(image_ids)
         pick = lambda d: {i: d[i] for i in keep if i in d}  # noqa: E731
         return SplitMetadata(self.dataset, self.split, keep, pick(self.labels), self.num_classes,
-                             pick(self.sizes), pick(self.boxes), pick(self.masks))
+                             pick(self.sizes), pick(self.boxes), pick(self.masks), self.mask_root)
 
 
 def check_relative_path(path: str, where: str) -> None:
