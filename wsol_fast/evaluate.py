@@ -244,7 +244,7 @@ def print_table(results: dict, title: str) -> None:
         if prior and name.startswith("MaxBoxAcc @"):
             base = f"{prior['maxboxacc'][int(name.split()[-1])]:>15.2f}"
         elif prior and name in ("MaxBoxAccV2", "PxAP"):
-            base = f"{prior[name.lower()]:>15.2f}"
+            base = f"{prior['pxap' if name == 'PxAP' else 'maxboxacc_v2']:>15.2f}"
         fmt = ".3f" if name == "PR best threshold" else ".2f"
         print(f"{name:<26}{value:>10{fmt}}{base}")
 
