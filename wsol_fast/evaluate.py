@@ -88,10 +88,10 @@ def evaluate_model(model, loader, meta, device, autocast, cfg, info=None, loc_th
                 scoremaps.save_scoremap(save_scoremaps, image_id, gt_map)
             rec = {"id": image_id, "label": label, "pred": pred}
             if use_masks:
-                gt, ignore = scoremaps.gt_mask_224(meta, mask_root, image_id, CAM_SIZE)
-                mask_eval.accumulate(gt_map, gt, ignore)
+                gt = scoremaps.gt_mask_224(meta, mask_root, image_id, CAM_SIZE)   # (foreground, ignore)
+                mask_eval.accumulate(gt_map, *gt)
                 if prior_eval is not None:
-                    prior_eval.accumulate(prior, gt, ignore)
+                    prior_eval.accumulate(prior, *gt)
             else:
                 gt = _boxes_224(meta, image_id)
                 box_eval.accumulate(gt_map, gt)
