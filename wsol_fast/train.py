@@ -69,8 +69,9 @@ def parse_args(argv=None) -> TrainConfig:
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default=None,
                    help="dataset name under the metadata root (CUB, ILSVRC, OpenImages), or a generated one: "
-                        "builtin (digits) or builtin-parts (a small discriminative head on a weakly "
-                        "informative body); default: builtin")
+                        "builtin (digits), builtin-parts (a small discriminative head on a weakly "
+                        "informative body) or builtin-masks (digits with instance masks in OpenImages' layout, "
+                        "scored by PxAP); default: builtin")
     d.add_argument("--data-root", default=None, help="images at DATA_ROOT/DATASET/<image_id>")
     d.add_argument("--metadata-root", default=None, help="metadata at METADATA_ROOT/DATASET/<split>/")
     d.add_argument("--resize-size", type=int, default=None, help="train resize (default 256; built-in profile 73)")
