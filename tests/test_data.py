@@ -54,7 +54,6 @@ MALFORMED = {
     "non-integer label": ("class_labels.txt", 2, "b.jpg,one", "class label 'one' is not an integer"),
     "fractional label": ("class_labels.txt", 3, "c.jpg,1.5", "class label '1.5' is not an integer"),
     "duplicate id": ("image_ids.txt", 3, "b.jpg", "duplicate line 'b.jpg' (first at line 2)"),
-    "duplicate box": ("localization.txt", 2, "a.jpg,10,10,50,60", "duplicate line"),
     "absolute path": ("image_ids.txt", 1, "/data/a.jpg", "is absolute"),
     "dot-dot path": ("image_ids.txt", 1, "../a.jpg", "escapes the data root through '..'"),
     "x0 > x1": ("localization.txt", 1, "a.jpg,50,10,40,60", "is not x0<=x1, y0<=y1"),

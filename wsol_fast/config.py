@@ -70,6 +70,7 @@ class DataConfig:
     num_classes: int | None = None          # None: the train split's (max label + 1)
     max_image_pixels: int | None = None     # None: data.dali.DEFAULT_MAX_IMAGE_PIXELS
     partial_batches: bool = False           # keep the last incomplete train batch (else dropped)
+    mask_root: str | None = None      # masks at <mask_root>/<dataset>/<mask_path>; None: the data root
 
 
 @dataclass
@@ -131,6 +132,7 @@ class RuntimeConfig:
     num_overlays: int = 16
     max_steps_per_epoch: int | None = None
     log_every: int = 10
+    save_scoremaps: str | None = None   # the final test's GT-class CAMs as <dir>/<image_id>.npy
 
 
 @dataclass
@@ -151,7 +153,7 @@ class TrainConfig:
 
 def resolve(cfg: TrainConfig, device_type: str) -> TrainConfig:
     """Fill the None fields from the dataset and device. Returns the same object, resolved."""
-    builtin = cfg.data.dataset in ("builtin", "builtin-parts")
+    builtin = cfg.data.dataset.startswith("builtin")   # builtin, builtin-parts, builtin-masks: the CPU profile
     profile = BUILTIN_PROFILE if builtin else PAPER_PROFILE
     schedule = BUILTIN_PROFILE if builtin else DATASET_SCHEDULES.get(cfg.data.dataset, {"epochs": 10,
                                                                                          "lr_decay_every": 3})

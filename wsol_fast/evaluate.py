@@ -1,9 +1,16 @@
-"""python -m wsol_fast.evaluate --checkpoint RUN/best.pt [--split test]
+"""python -m wsol_fast.evaluate --checkpoint RUN/best.pt [--split test] [--save-scoremaps DIR]
+python -m wsol_fast.evaluate --scoremap-root DIR --metadata-root M --dataset D --split test [--workers N]
 
 The exact wsolevaluation protocol (SPEC 4) on any saved checkpoint: top-1 classification, top-1
 localization (at the CAM threshold chosen on val), GT-known localization, MaxBoxAcc per IoU and
-MaxBoxAccV2, with a centre-prior baseline scored by the same protocol; a table, results.json and CAM
-overlay PNGs. `evaluate_model` is also what the trainer calls every epoch.
+MaxBoxAccV2 on box datasets, PxAP on mask datasets (OpenImages), with a centre-prior baseline scored
+by the same protocol; a table, results.json and CAM overlay PNGs. `evaluate_model` is also what the
+trainer calls every epoch. With `--scoremap-root` it scores any method's saved score maps instead,
+with no model (wsol_fast/scoremaps.py).
+
+CAMs are computed in fp32 whatever the training precision: wsolevaluation's CAMComputer runs the
+model's CAM forward without autocast, and a bf16 map differs in the low bits that decide its uint8
+quantisation.
 """
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ import cv2
 import numpy as np
 import torch
 
-from . import metrics, runtime
+from . import metrics, runtime, scoremaps
 
 CAM_SIZE = (224, 224)  # the protocol scores every map at 224 x 224
 
@@ -26,6 +33,12 @@ def _boxes_224(meta, image_id: str) -> np.ndarray:
     return metrics.rescale_boxes(meta.boxes[image_id], (w, h), CAM_SIZE)
 
 
+def _mask_root(cfg, meta) -> str:
+    """Where prepare_data found the masks, else --mask-root, else the data root (wsolevaluation's
+    default: masks beside the images)."""
+    return meta.mask_root or getattr(cfg.data, "mask_root", None) or cfg.data.data_root
+
+
 def _scoremap(cam: np.ndarray) -> np.ndarray:
     """wsolevaluation's order: resize (bicubic) to 224, then min-max normalise."""
     return metrics.normalize_scoremap(metrics.resize_scoremap(cam.astype(np.float32), CAM_SIZE))
@@ -33,46 +46,72 @@ def _scoremap(cam: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def evaluate_model(model, loader, meta, device, autocast, cfg, info=None, loc_threshold=None,
-                   with_baseline=False, overlays=0) -> dict:
+                   with_baseline=False, overlays=0, save_scoremaps=None, mask_root=None) -> dict:
     """Score a model on one split. Under DDP each rank scores its shard; the evaluator counts and the
-    per-image results are gathered, so every image counts exactly once."""
+    per-image results are gathered, so every image counts exactly once.
+
+    `autocast` is not used for the CAMs: they are computed in fp32, as wsolevaluation computes them
+    (the argument stays for the callers' sake). Mask datasets (`meta.has_masks`) are scored by PxAP
+    with masks read under `mask_root` (default: --mask-root, else the data root); box datasets by
+    MaxBoxAcc. `save_scoremaps`: a folder that receives every GT-class map as wsolevaluation writes
+    them (scoremaps.save_scoremap)."""
     info = info or runtime.DistInfo()
     model.eval()
     interval = cfg.runtime.cam_curve_interval
-    box_eval = metrics.BoxEvaluator(cam_curve_interval=interval, multi_contour=True)
+    use_masks = meta.has_masks
+    if use_masks:
+        mask_root = mask_root or _mask_root(cfg, meta)
+        mask_eval = metrics.MaskEvaluator(cam_curve_interval=interval)
+        prior_eval = metrics.MaskEvaluator(cam_curve_interval=interval) if with_baseline else None
+        prior = metrics.center_prior_scoremap(CAM_SIZE)
+    else:
+        box_eval = metrics.BoxEvaluator(cam_curve_interval=interval, multi_contour=True)
     per_image, samples = [], []
     for images, labels, ids in loader:
         images = images.to(device, non_blocking=True)
         if cfg.runtime.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         labels = labels.to(device)
-        with autocast:
-            # One backbone pass; the class maps of the GT class (MaxBoxAcc, GT-known) and of the
-            # predicted class (top-1 localization) both come from the same features.
-            features, _ = model.forward_features(images, use_blocks=False)
-            logits = model.logits(features)
-            preds = logits.argmax(dim=1)
-            cam_gt = model.class_map(features, labels).float().cpu()
-            cam_pred = model.class_map(features, preds).float().cpu() if loc_threshold is not None else None
+        # fp32, no autocast (wsolevaluation's CAMComputer). One backbone pass; the class maps of the GT
+        # class (MaxBoxAcc, GT-known, PxAP) and of the predicted class (top-1 loc) share the features.
+        features, _ = model.forward_features(images, use_blocks=False)
+        logits = model.logits(features)
+        preds = logits.argmax(dim=1)
+        cam_gt = model.class_map(features, labels).float().cpu()
+        cam_pred = (model.class_map(features, preds).float().cpu()
+                    if loc_threshold is not None and not use_masks else None)
         preds, labels = preds.cpu(), labels.cpu()
         for k, image_id in enumerate(ids):
             label, pred = int(labels[k]), int(preds[k])
-            gt_boxes = _boxes_224(meta, image_id)
             gt_map = _scoremap(cam_gt[k].numpy())
-            box_eval.accumulate(gt_map, gt_boxes)
+            if save_scoremaps:
+                scoremaps.save_scoremap(save_scoremaps, image_id, gt_map)
             rec = {"id": image_id, "label": label, "pred": pred}
-            if loc_threshold is not None:
-                pred_map = gt_map if pred == label else _scoremap(cam_pred[k].numpy())
-                rec["iou_gt"] = metrics.best_iou_at_threshold(gt_map, gt_boxes, loc_threshold)
-                rec["iou_pred"] = metrics.best_iou_at_threshold(pred_map, gt_boxes, loc_threshold)
-                rec["coverage"] = box_coverage(gt_map, gt_boxes, loc_threshold)
+            if use_masks:
+                gt = scoremaps.gt_mask_224(meta, mask_root, image_id, CAM_SIZE)   # (foreground, ignore)
+                mask_eval.accumulate(gt_map, *gt)
+                if prior_eval is not None:
+                    prior_eval.accumulate(prior, *gt)
+            else:
+                gt = _boxes_224(meta, image_id)
+                box_eval.accumulate(gt_map, gt)
+                if loc_threshold is not None:
+                    pred_map = gt_map if pred == label else _scoremap(cam_pred[k].numpy())
+                    rec["iou_gt"] = metrics.best_iou_at_threshold(gt_map, gt, loc_threshold)
+                    rec["iou_pred"] = metrics.best_iou_at_threshold(pred_map, gt, loc_threshold)
+                    rec["coverage"] = box_coverage(gt_map, gt, loc_threshold)
             per_image.append(rec)
             if len(samples) < overlays:
-                samples.append((image_id, gt_map, gt_boxes))
+                samples.append((image_id, gt_map, gt))
     model.train()
 
     # Gather: per-image records, evaluator state, overlay samples (rank 0 writes them).
-    box_eval = metrics.BoxEvaluator.merge(runtime.all_gather_objects(box_eval, info))
+    if use_masks:
+        mask_eval = metrics.MaskEvaluator.merge(runtime.all_gather_objects(mask_eval, info))
+        if prior_eval is not None:
+            prior_eval = metrics.MaskEvaluator.merge(runtime.all_gather_objects(prior_eval, info))
+    else:
+        box_eval = metrics.BoxEvaluator.merge(runtime.all_gather_objects(box_eval, info))
     per_image = [r for part in runtime.all_gather_objects(per_image, info) for r in part]
     # Images that failed to decode during this pass and were skipped (--skip-bad-images) are not scored.
     skipped = {i for part in runtime.all_gather_objects(sorted(getattr(loader, "skipped", {})), info) for i in part}
@@ -85,16 +124,26 @@ def evaluate_model(model, loader, meta, device, autocast, cfg, info=None, loc_th
     if n != len(expected) or seen != expected:
         raise RuntimeError(f"evaluation saw {n} images ({len(seen)} distinct) but the split has "
                            f"{len(expected)}: every image must be scored exactly once")
-    box = box_eval.compute()
     out = {
         "num_images": n,
         "top1_cls": 100.0 * sum(r["label"] == r["pred"] for r in per_image) / n,
+        "cam_curve_interval": interval,
+    }
+    if use_masks:
+        out.update(scoremaps.mask_results(mask_eval))
+        # Overlays outline the map at the threshold chosen on val (else this split's best PR point).
+        out["loc_threshold"] = loc_threshold if loc_threshold is not None else out["pxap_best_threshold"]
+        if prior_eval is not None:
+            out["baselines"] = {"centre_prior": {"pxap": prior_eval.compute()}}
+        out["_samples"] = samples if info.is_main else []
+        return out
+    box = box_eval.compute()
+    out.update({
         "maxboxacc": box["maxboxacc"],
         "maxboxacc_v2": box["maxboxacc_v2"],
         "best_threshold": box["best_threshold"],
         "best_threshold_iou50": box["best_threshold"][50] if 50 in box["best_threshold"] else None,
-        "cam_curve_interval": interval,
-    }
+    })
     if len(expected) < len(meta.image_ids):
         out["num_skipped"] = len(meta.image_ids) - len(expected)
     if loc_threshold is not None:
@@ -110,6 +159,15 @@ def evaluate_model(model, loader, meta, device, autocast, cfg, info=None, loc_th
         out["baselines"] = {"centre_prior": centre_prior(meta, interval)}
     out["_samples"] = samples if info.is_main else []
     return out
+
+
+def localization_score(results: dict) -> tuple[str, float, float | None]:
+    """The protocol's headline localization number of a results dict and the CAM threshold it picks:
+    ("pxap", PxAP, the PR curve's best threshold) on mask datasets, ("maxboxacc_v2", MaxBoxAccV2, the
+    best threshold at IoU 50) on box datasets. Val selects best.pt by it."""
+    if "pxap" in results:
+        return "pxap", results["pxap"], results["pxap_best_threshold"]
+    return "maxboxacc_v2", results["maxboxacc_v2"], results.get("best_threshold_iou50")
 
 
 def box_coverage(scoremap, gt_boxes, threshold: float) -> tuple[float, float, float]:
@@ -157,33 +215,51 @@ def write_outputs(results: dict, out_dir: str, data, cfg, name: str = "results.j
 
 
 def write_overlays(samples, threshold, out_dir: str, data) -> None:
-    """CAM heatmap over the image, GT boxes in red, predicted boxes (at the val threshold) in green."""
+    """CAM heatmap over the image, the GT in red (boxes, or the outline of the GT mask), the prediction
+    at the val threshold in green (the boxes, or the outline of the region scoring >= the threshold)."""
     if not samples:
         return
     folder = os.path.join(out_dir, "overlays")
     os.makedirs(folder, exist_ok=True)
-    for image_id, scoremap, gt_boxes in samples:
+    for image_id, scoremap, gt in samples:
         path = os.path.join(data.image_root, image_id)
         image = cv2.imread(path, cv2.IMREAD_COLOR)
         image = cv2.resize(image, CAM_SIZE) if image is not None else np.zeros((*CAM_SIZE, 3), np.uint8)
         heat = cv2.applyColorMap((scoremap * 255).astype(np.uint8), cv2.COLORMAP_JET)
         canvas = cv2.addWeighted(image, 0.5, heat, 0.5, 0)
-        for x0, y0, x1, y1 in np.asarray(gt_boxes).reshape(-1, 4):
-            cv2.rectangle(canvas, (int(x0), int(y0)), (int(x1), int(y1)), (0, 0, 255), 2)
-        if threshold is not None:
-            for x0, y0, x1, y1 in metrics.boxes_at_threshold(scoremap, threshold):
-                cv2.rectangle(canvas, (int(x0), int(y0)), (int(x1), int(y1)), (0, 255, 0), 2)
+        if isinstance(gt, tuple):           # (GT mask, ignore mask) of a mask dataset
+            _outline(canvas, gt[0], (0, 0, 255))
+            if threshold is not None:
+                _outline(canvas, scoremap >= threshold, (0, 255, 0))
+        else:
+            for x0, y0, x1, y1 in np.asarray(gt).reshape(-1, 4):
+                cv2.rectangle(canvas, (int(x0), int(y0)), (int(x1), int(y1)), (0, 0, 255), 2)
+            if threshold is not None:
+                for x0, y0, x1, y1 in metrics.boxes_at_threshold(scoremap, threshold):
+                    cv2.rectangle(canvas, (int(x0), int(y0)), (int(x1), int(y1)), (0, 255, 0), 2)
         safe = image_id.replace("/", "__").rsplit(".", 1)[0] + ".png"
         cv2.imwrite(os.path.join(folder, safe), canvas)
+
+
+def _outline(canvas: np.ndarray, mask: np.ndarray, colour) -> None:
+    contours = cv2.findContours(np.asarray(mask, np.uint8), cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+    cv2.drawContours(canvas, contours, -1, colour, 1)
 
 
 def print_table(results: dict, title: str) -> None:
     rows = [("top-1 classification", results.get("top1_cls"))]
     if "top1_loc" in results:
         rows += [("top-1 localization", results["top1_loc"]), ("GT-known localization", results["gt_known_loc"])]
-    for iou, acc in results["maxboxacc"].items():
+    for iou, acc in results.get("maxboxacc", {}).items():
         rows.append((f"MaxBoxAcc @ IoU {iou}", acc))
-    rows.append(("MaxBoxAccV2", results["maxboxacc_v2"]))
+    if "maxboxacc_v2" in results:
+        rows.append(("MaxBoxAccV2", results["maxboxacc_v2"]))
+    if "maxboxacc_v1" in results:
+        rows.append(("MaxBoxAccV1 (IoU 50)", results["maxboxacc_v1"]))
+    if "pxap" in results:
+        rows += [("PxAP", results["pxap"]), ("PR best threshold", results["pxap_best_threshold"]),
+                 ("  pixel F1 there", 100.0 * results["pxap_best_f1"])]
+    rows = [(name, value) for name, value in rows if value is not None]
     prior = results.get("baselines", {}).get("centre_prior")
     print(f"\n{title}  ({results['num_images']} images)")
     print(f"{'metric':<26}{'model':>10}" + (f"{'centre prior':>15}" if prior else ""))
@@ -191,9 +267,10 @@ def print_table(results: dict, title: str) -> None:
         base = ""
         if prior and name.startswith("MaxBoxAcc @"):
             base = f"{prior['maxboxacc'][int(name.split()[-1])]:>15.2f}"
-        elif prior and name == "MaxBoxAccV2":
-            base = f"{prior['maxboxacc_v2']:>15.2f}"
-        print(f"{name:<26}{value:>10.2f}{base}")
+        elif prior and name in ("MaxBoxAccV2", "PxAP"):
+            base = f"{prior['pxap' if name == 'PxAP' else 'maxboxacc_v2']:>15.2f}"
+        fmt = ".3f" if name == "PR best threshold" else ".2f"
+        print(f"{name:<26}{value:>10{fmt}}{base}")
 
 
 # ------------------------------------------------------------------------------------- CLI
@@ -202,20 +279,71 @@ def main(argv=None) -> int:
     from . import guard
 
     p = argparse.ArgumentParser(prog="python -m wsol_fast.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="a last.pt or best.pt written by wsol_fast.train")
+    p.add_argument("--checkpoint", default=None, help="a last.pt or best.pt written by wsol_fast.train")
+    p.add_argument("--scoremap-root", default=None,
+                   help="score saved maps instead of a checkpoint: DIR/<image_id>.npy, 224 x 224 in [0, 1], as "
+                        "wsolevaluation saves them (needs --metadata-root and --dataset)")
     p.add_argument("--split", default="test", choices=["val", "test"])
-    p.add_argument("--output", default=None, help="folder for results and overlays (default: the checkpoint's)")
+    p.add_argument("--output", default=None, help="folder for results and overlays (default: the checkpoint's; "
+                                                  "with --scoremap-root, results.json only when given)")
     p.add_argument("--data-root", default=None, help="override the data root stored in the checkpoint")
-    p.add_argument("--metadata-root", default=None)
-    p.add_argument("--cam-curve-interval", type=guard.open_interval, default=None)
+    p.add_argument("--metadata-root", default=None, help="metadata at METADATA_ROOT/DATASET/<split>/")
+    p.add_argument("--dataset", default=None, help="with --scoremap-root: CUB, ILSVRC, OpenImages or any "
+                                                   "dataset folder under the metadata root")
+    p.add_argument("--mask-root", default=None, help="masks at MASK_ROOT/DATASET/<mask_path> (OpenImages; "
+                                                     "default: the data root)")
+    p.add_argument("--cam-curve-interval", type=guard.open_interval, default=None,
+                   help="default: the checkpoint's; 0.01 with --scoremap-root (wsolevaluation's evaluation.py); "
+                        "0.001 for the paper protocol")
+    p.add_argument("--iou-thresholds", type=int, nargs="+", default=list(metrics.DEFAULT_IOU_THRESHOLDS),
+                   help="with --scoremap-root: the IoU thresholds (percent) of MaxBoxAcc")
+    p.add_argument("--no-multi-contour", dest="multi_contour", action="store_false",
+                   help="with --scoremap-root: only the largest contour's box per threshold (MaxBoxAcc V1; "
+                        "wsolevaluation's multi_contour_eval=False). Default: all contours (V2)")
+    p.add_argument("--workers", type=guard.positive_int, default=1, help="with --scoremap-root: processes scoring the maps")
+    p.add_argument("--save-scoremaps", default=None, metavar="DIR",
+                   help="with --checkpoint: write every GT-class CAM of the split as DIR/<image_id>.npy "
+                        "(224 x 224 float64, min-max normalised, as wsolevaluation writes them)")
     p.add_argument("--device", default=None)
     p.add_argument("--num-overlays", type=guard.nonneg_int, default=16)
     p.add_argument("--max-image-pixels", type=guard.positive_int, default=None,
                    help="refuse images whose header claims more pixels (default 64,000,000)")
     p.add_argument("--debug", action="store_true", help="show the traceback of an expected error too")
     a = p.parse_args(argv)
+    if (a.checkpoint is None) == (a.scoremap_root is None):
+        p.error("give either --checkpoint (score a model) or --scoremap-root (score saved maps)")
+    if a.scoremap_root is not None and (a.metadata_root is None or a.dataset is None):
+        p.error("--scoremap-root needs --metadata-root and --dataset")
     # Exit codes: 0 done, 2 an expected error (one message naming the file, line or flag).
-    return guard.run_command(lambda: _evaluate_checkpoint(a), a.debug)
+    return guard.run_command(
+        lambda: _evaluate_scoremaps(a) if a.scoremap_root is not None else _evaluate_checkpoint(a), a.debug)
+
+
+def _evaluate_scoremaps(a) -> int:
+    """Any method's saved maps against the split's boxes or masks; no model, no images."""
+    from .data.metadata import load_metadata
+
+    meta = load_metadata(a.metadata_root, a.dataset, a.split)
+    mask_root = a.mask_root or a.data_root
+    if meta.has_masks and mask_root is None:
+        raise FileNotFoundError(f"the {a.dataset} {a.split} split is scored against masks: give --mask-root "
+                                "(masks are read at MASK_ROOT/<dataset>/<mask_path>)")
+    interval = a.cam_curve_interval or 0.01
+    results = scoremaps.evaluate_scoremaps(a.scoremap_root, meta, mask_root, interval, a.iou_thresholds,
+                                           a.multi_contour, a.workers)
+    if a.output:
+        os.makedirs(a.output, exist_ok=True)
+        tmp = os.path.join(a.output, "results.json.tmp")
+        with open(tmp, "w") as fh:
+            json.dump(_jsonable(results), fh, indent=2)
+        os.replace(tmp, os.path.join(a.output, "results.json"))
+    results["top1_cls"] = None
+    contour = "" if a.multi_contour or meta.has_masks else ", largest contour only"
+    print_table(results, f"score maps {a.scoremap_root} on {a.dataset} ({a.split} split, interval {interval:g}"
+                         f"{contour})")
+    if a.output:
+        print(f"results written to {os.path.join(a.output, 'results.json')}")
+    return 0
 
 
 def _evaluate_checkpoint(a) -> int:
@@ -228,7 +356,7 @@ def _evaluate_checkpoint(a) -> int:
     cfg.data.num_classes = state["num_classes"]   # a label the model cannot score is an error (file:line)
     if a.max_image_pixels:
         cfg.data.max_image_pixels = a.max_image_pixels
-    for key in ("data_root", "metadata_root"):
+    for key in ("data_root", "metadata_root", "mask_root"):
         if getattr(a, key):
             setattr(cfg.data, key, getattr(a, key))
     if a.cam_curve_interval:
@@ -253,10 +381,10 @@ def _evaluate_checkpoint(a) -> int:
     if threshold is None or cfg.runtime.cam_curve_interval != state["config"]["runtime"]["cam_curve_interval"]:
         # Choose the CAM threshold on val (train-fullsup), as the protocol prescribes.
         val = evaluate_model(model, data.val_loader, data.val_meta, device, autocast, cfg, info)
-        threshold = val["best_threshold_iou50"]
+        threshold = localization_score(val)[2]
     loader, meta = (data.test_loader, data.test_meta) if a.split == "test" else (data.val_loader, data.val_meta)
     results = evaluate_model(model, loader, meta, device, autocast, cfg, info, loc_threshold=threshold,
-                             with_baseline=True, overlays=a.num_overlays)
+                             with_baseline=True, overlays=a.num_overlays, save_scoremaps=a.save_scoremaps)
     if info.is_main:
         out = a.output or os.path.dirname(os.path.abspath(a.checkpoint))
         write_outputs(results, out, data, cfg, name=f"results_{a.split}.json" if a.split != "test" else

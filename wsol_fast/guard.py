@@ -262,8 +262,9 @@ def expected_errors() -> tuple[type, ...]:
     from .data.dali import BadImageError
     from .data.metadata import MetadataError
     from .models.pretrained import PretrainedMismatchError
+    from .scoremaps import ScoremapError
 
-    return (UserError, MetadataError, BadImageError, PretrainedMismatchError, FileNotFoundError,
+    return (UserError, MetadataError, BadImageError, PretrainedMismatchError, ScoremapError, FileNotFoundError,
             IsADirectoryError, NotADirectoryError, PermissionError, UnicodeDecodeError)
 
 

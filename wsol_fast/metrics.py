@@ -565,6 +565,19 @@ class MaskEvaluator:
         auc = (c["precision"][1:] * np.diff(c["recall"]))[c["valid"][1:]].sum()
         return float(auc * 100)
 
+    def best_point(self) -> dict:
+        """The PR curve's best operating point, by pixel F1 = 2 tp / (2 tp + fp + fn) (not part of
+        wsolevaluation, which reports PxAP only): the threshold t (a pixel is foreground when its
+        score is >= t, the lower edge of the curve point's bin), its precision, recall and F1."""
+        c = self.curve()
+        tp = self.gt_true_hist[::-1].cumsum().astype(np.float64)
+        fp = self.gt_false_hist[::-1].cumsum().astype(np.float64)
+        fn = tp[-1] - tp
+        f1 = np.where(c["valid"], 2 * tp / np.maximum(2 * tp + fp + fn, 1), -1.0)
+        j = int(np.argmax(f1))
+        return {"threshold": float(self.bin_edges[self.num_bins - 1 - j]), "f1": float(f1[j]),
+                "precision": float(c["precision"][j]), "recall": float(c["recall"][j])}
+
     @classmethod
     def merge(cls, evaluators) -> "MaskEvaluator":
         evaluators = list(evaluators)

@@ -26,7 +26,7 @@ import torch.nn as nn
 from . import diagnostics, guard, runtime
 from .config import DataConfig, ModelConfig, OptimConfig, RuntimeConfig, TrainConfig, resolve
 from .data.pipeline import RunData, prepare_data, make_train_loader
-from .evaluate import evaluate_model, print_table, write_outputs
+from .evaluate import evaluate_model, localization_score, print_table, write_outputs
 from .losses import WSOLLoss
 from .models import create_model, list_models
 
@@ -66,7 +66,10 @@ def parse_args(argv=None) -> TrainConfig:
                         "default)")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default=None,
-                   help="dataset name under the metadata root (CUB, ILSVRC, OpenImages); default: builtin")
+                   help="dataset name under the metadata root (CUB, ILSVRC, OpenImages), or a generated one: "
+                        "builtin (digits), builtin-parts (a small discriminative head on a weakly "
+                        "informative body) or builtin-masks (digits with instance masks in OpenImages' layout, "
+                        "scored by PxAP); default: builtin")
     d.add_argument("--data-root", default=None, help="images at DATA_ROOT/DATASET/<image_id>")
     d.add_argument("--metadata-root", default=None, help="metadata at METADATA_ROOT/DATASET/<split>/")
     d.add_argument("--resize-size", type=guard.positive_int, default=None,
@@ -83,6 +86,8 @@ def parse_args(argv=None) -> TrainConfig:
     d.add_argument("--max-image-pixels", type=guard.positive_int, default=None,
                    help="refuse images whose header claims more pixels (default 64,000,000)")
     d.add_argument("--builtin-seed", type=int, default=0)
+    d.add_argument("--mask-root", default=None,
+                   help="masks at MASK_ROOT/DATASET/<mask_path> (OpenImages, PxAP); default: the data root")
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=guard.positive_int, default=None,
                    help="total epochs; on --resume, a larger value extends the run")
@@ -139,6 +144,9 @@ def parse_args(argv=None) -> TrainConfig:
     r.add_argument("--max-steps-per-epoch", type=guard.positive_int, default=None,
                    help="cap steps per epoch (smoke runs)")
     r.add_argument("--debug", action="store_true", help="show the traceback of an expected error too")
+    r.add_argument("--save-scoremaps", default=None, metavar="DIR",
+                   help="write the final test's GT-class CAMs as DIR/<image_id>.npy (224 x 224 float64, min-max "
+                        "normalised: wsolevaluation's layout, for `evaluate --scoremap-root` or its evaluate_wsol)")
     a = p.parse_args(argv)
     guard.check_crop(p, a.backbone, a.crop_size, a.resize_size)
     if a.resume and a.init_from:
@@ -146,14 +154,15 @@ def parse_args(argv=None) -> TrainConfig:
                 "give one of them")
 
     dataset = a.dataset or ("builtin" if a.data_root is None and a.metadata_root is None else "CUB")
-    if dataset != "builtin" and (a.data_root is None or a.metadata_root is None):
+    if not dataset.startswith("builtin") and (a.data_root is None or a.metadata_root is None):
         p.error(f"--dataset {dataset} needs both --data-root and --metadata-root")
     pretrained = None if a.pretrained in (None,) else a.pretrained
     cfg = TrainConfig(
         DataConfig(dataset=dataset, data_root=a.data_root, metadata_root=a.metadata_root,
                    resize_size=a.resize_size, crop_size=a.crop_size, workers=a.workers, loader=a.loader,
                    skip_bad_images=a.skip_bad_images, builtin_seed=a.builtin_seed, num_classes=a.num_classes,
-                   max_image_pixels=a.max_image_pixels, partial_batches=a.partial_batches),
+                   max_image_pixels=a.max_image_pixels, partial_batches=a.partial_batches,
+                   mask_root=a.mask_root),
         ModelConfig(backbone=a.backbone, method=a.method, pretrained=pretrained, drop_rate=a.drop_rate,
                     gamma_fg=a.gamma_fg, gamma_bg=a.gamma_bg, use_contrastive=a.use_contrastive,
                     use_fc=a.use_fc, nonlocal_attention=a.nonlocal_attention, use_dfg_mask=a.use_dfg_mask,
@@ -167,7 +176,7 @@ def parse_args(argv=None) -> TrainConfig:
                       compile=a.compile, sync_bn=a.sync_bn, resume=a.resume, init_from=a.init_from,
                       fork_weights_only=a.fork_weights_only, eval_checkpoint=a.eval_checkpoint,
                       cam_curve_interval=a.cam_curve_interval, num_overlays=a.num_overlays,
-                      max_steps_per_epoch=a.max_steps_per_epoch),
+                      max_steps_per_epoch=a.max_steps_per_epoch, save_scoremaps=a.save_scoremaps),
     )
     # How the command was given (not part of the run's settings): flags written, --overwrite, --debug.
     cfg.cli = {"given": guard.given_dests(p, argv), "overwrite": a.overwrite, "debug": a.debug}
@@ -456,19 +465,18 @@ class Trainer:
                     self._save_quietly("last.pt", epoch + 1, 0, f"epoch {epoch + 1}'s training")
                     raise
                 self._record_data_issues()
-                stats.update({"val_top1_cls": val["top1_cls"], "val_maxboxacc_v2": val["maxboxacc_v2"],
-                              "val_threshold": val["best_threshold_iou50"]})
+                key, score, threshold = localization_score(val)   # MaxBoxAccV2, or PxAP on masks
+                stats.update({"val_top1_cls": val["top1_cls"], f"val_{key}": score, "val_threshold": threshold})
                 self.history.append(stats)
-                if val["maxboxacc_v2"] > self.best["maxboxacc_v2"]:
-                    self.best = {"maxboxacc_v2": val["maxboxacc_v2"], "epoch": epoch + 1,
-                                 "threshold": val["best_threshold_iou50"]}
+                if score > self.best.get(key, -1.0):
+                    self.best = {key: score, "epoch": epoch + 1, "threshold": threshold}
                     self.save("best.pt", epoch + 1, 0)
                 self.save("last.pt", epoch + 1, 0)
                 if self.info.is_main:
                     self._write_metrics_csv()
                     print(f"epoch {epoch + 1}: loss {stats['loss']:.3f}  {stats['images_per_s']:.1f} img/s  "
                           f"data wait {100 * stats['data_wait_frac']:.0f}%  val top-1 {val['top1_cls']:.1f}  "
-                          f"val MaxBoxAccV2 {val['maxboxacc_v2']:.1f}")
+                          f"val {'PxAP' if key == 'pxap' else 'MaxBoxAccV2'} {score:.1f}")
                     if self.epoch_diag is not None:
                         print(f"  {diagnostics.summary(self.epoch_diag)}")
                 if self._signals.stop:   # arrived during validation or the save: the epoch-end save stands
@@ -567,7 +575,7 @@ class Trainer:
             threshold = self.best.get("threshold")
         results = evaluate_model(self.raw_model, self.data.test_loader, self.data.test_meta, self.device,
                                  self.autocast, c, self.info, loc_threshold=threshold, with_baseline=True,
-                                 overlays=c.runtime.num_overlays)
+                                 overlays=c.runtime.num_overlays, save_scoremaps=c.runtime.save_scoremaps)
         self._record_data_issues()
         if ddp is not None:
             results["ddp"] = ddp

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import guard, runtime
-from . import builtin, dali, loaders
-from .metadata import SplitMetadata, load_splits
+from . import builtin, builtin_masks, dali, loaders
+from .metadata import SplitMetadata, check_mask_files, load_splits
 
 
 @dataclass
@@ -70,6 +70,12 @@ def resolve_roots(cfg, info: runtime.DistInfo) -> tuple[str, str]:
     """(metadata_root, data_root). The built-in dataset is generated on first use under data_root (its
     cache root; default `builtin.default_root()`) unless a metadata root is given too."""
     d = cfg.data
+    if d.dataset == builtin_masks.DATASET and not d.metadata_root:   # the mask variant (PxAP), same way
+        root = os.path.abspath(d.data_root or builtin_masks.default_root())
+        if info.local_rank == 0:
+            builtin_masks.generate(root, seed=d.builtin_seed, progress=info.is_main)
+        runtime.barrier(info)
+        return builtin_masks.metadata_root(root), builtin_masks.data_root(root)
     if d.dataset in builtin.DATASETS and not d.metadata_root:  # both roots given: a generated copy, as is
         root = os.path.abspath(d.data_root or builtin.default_root(d.dataset))
         if info.local_rank == 0:  # one generator per node; a shared file system is serialised by a lock
@@ -89,6 +95,10 @@ def prepare_data(cfg, info: runtime.DistInfo, device: torch.device,
     metadata_root, data_root = resolve_roots(cfg, info)
     dali.set_max_image_pixels(getattr(d, "max_image_pixels", None))
     metas = load_splits(metadata_root, d.dataset, splits, getattr(d, "num_classes", None))
+    for meta in metas.values():   # masks (OpenImages) at <mask_root>/<dataset>/<mask_path>, default the data root
+        if meta.has_masks:
+            meta.mask_root = getattr(d, "mask_root", None) or data_root
+            check_mask_files(meta, meta.mask_root)
     bad_ids: list[str] = []
     for split, meta in metas.items():
         paths = [os.path.join(data_root, d.dataset, i) for i in meta.image_ids]

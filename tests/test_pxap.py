@@ -1,0 +1,158 @@
+"""PxAP end to end: the `builtin-masks` dataset (OpenImages' layout) read by the protocol's reader,
+`train` and `evaluate` reporting PxAP and the PR curve's best threshold in results.json, the table and
+overlays with the GT mask outline, and the saved maps scoring back to the same PxAP. The MaskEvaluator
+formula itself is checked against wsolevaluation's in tests/test_metrics.py and tests/test_scoremaps.py."""
+from __future__ import annotations
+
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from wsol_fast import evaluate, metrics, train
+from wsol_fast.data import builtin_masks
+from wsol_fast.data.metadata import check_mask_files, load_metadata, mask_paths
+
+TINY = dict(num_train=24, num_val=10, num_test=10, min_size=72, max_size=96)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("tiny_masks"))
+    builtin_masks.generate(root, seed=0, progress=False, **TINY)
+    return root
+
+
+def _split_dir(root, split):
+    return os.path.join(builtin_masks.metadata_root(root), builtin_masks.DATASET, split)
+
+
+def test_layout_is_openimages(tiny):
+    """As wsolevaluation ships OpenImages: empty image_sizes.txt everywhere, an empty localization.txt
+    on train, and on val/test one `image,mask,ignore` line per instance with the ignore path on the
+    image's first line only; masks beside the images (mask root = data root)."""
+    for split in ("train", "val", "test"):
+        assert os.path.getsize(os.path.join(_split_dir(tiny, split), "image_sizes.txt")) == 0
+    assert os.path.getsize(os.path.join(_split_dir(tiny, "train"), "localization.txt")) == 0
+    assert not load_metadata(builtin_masks.metadata_root(tiny), builtin_masks.DATASET, "train").has_masks
+    for split in ("val", "test"):
+        meta = load_metadata(builtin_masks.metadata_root(tiny), builtin_masks.DATASET, split)
+        assert meta.has_masks and len(meta) == TINY[f"num_{split}"]
+        check_mask_files(meta, builtin_masks.mask_root(tiny))
+        with open(os.path.join(_split_dir(tiny, split), "localization.txt")) as fh:
+            lines = [line.rstrip("\n").split(",") for line in fh]
+        first = {}
+        for image_id, mask, ignore in lines:
+            assert ignore == (f"{image_id[:-4]}_ignore.png" if image_id not in first else "")
+            first.setdefault(image_id, mask)
+        counts = [len(meta.masks[i][0]) for i in meta.image_ids]
+        assert set(counts) <= {1, 2}
+    assert len(lines) > len(meta)            # some images hold two instances
+
+
+def test_masks_are_the_ink_and_ignore_regions_hold_no_foreground(tiny):
+    meta = load_metadata(builtin_masks.metadata_root(tiny), builtin_masks.DATASET, "test")
+    ignored = 0
+    for image_id in meta.image_ids:
+        files, ignore_file = mask_paths(meta, builtin_masks.mask_root(tiny), image_id)
+        image = cv2.imread(os.path.join(builtin_masks.data_root(tiny), builtin_masks.DATASET, image_id))
+        inst = [cv2.imread(f, cv2.IMREAD_GRAYSCALE) for f in files]
+        ignore = cv2.imread(ignore_file, cv2.IMREAD_GRAYSCALE)
+        assert all(m.shape == image.shape[:2] and set(np.unique(m)) <= {0, 255} for m in inst)
+        union = np.max(inst, axis=0) > 0
+        assert 0.01 < union.mean() < 0.5
+        assert not (union & (ignore > 0)).any()   # the ignored digit is placed apart from the instances
+        ignored += bool(ignore.any())
+        # the digit is light (HSV value >= 0.75) on a dark background: the masked pixels are brighter
+        value = image.max(axis=2).astype(float)
+        assert value[union].mean() > value[~union].mean() + 60
+        if len(inst) == 2:
+            assert not ((inst[0] > 0) & (inst[1] > 0)).any()
+    assert 0 < ignored < len(meta)
+
+
+def test_same_seed_same_bytes(tiny, tmp_path):
+    other = str(tmp_path / "again")
+    builtin_masks.generate(other, seed=0, progress=False, **TINY)
+    for split in ("val", "test"):
+        a = open(os.path.join(_split_dir(tiny, split), "localization.txt"), "rb").read()
+        b = open(os.path.join(_split_dir(other, split), "localization.txt"), "rb").read()
+        assert a == b
+    meta = load_metadata(builtin_masks.metadata_root(tiny), builtin_masks.DATASET, "test")
+    f = mask_paths(meta, builtin_masks.mask_root(tiny), meta.image_ids[0])[0][0]
+    g = f.replace(os.path.abspath(tiny), os.path.abspath(other))
+    assert open(f, "rb").read() == open(g, "rb").read()
+
+
+def test_best_point_hand_computed():
+    """Interval 0.5: bins [0, .5), [.5, 1), [1, 2), [2, 3]. Foreground scores 0.9, 0.9, 0.2 (tp from
+    the top: 0, 0, 2, 3), background 0.6, 0.1, 0.1, 0.1 (fp: 0, 0, 1, 4). Points (t = 2, 1, .5, 0):
+    F1 = 2tp / (2tp + fp + fn): -, -, 4 / (4 + 1 + 1) = 0.667, 6 / (6 + 4 + 0) = 0.6. Best: t = 0.5,
+    precision 2/3, recall 2/3."""
+    ev = metrics.MaskEvaluator(0.5)
+    m = np.array([[0.9, 0.9, 0.2, 0.6, 0.1, 0.1, 0.1]])
+    gt = np.array([[1, 1, 1, 0, 0, 0, 0]], bool)
+    ev.accumulate(m, gt)
+    best = ev.best_point()
+    assert best["threshold"] == 0.5
+    assert best["f1"] == pytest.approx(2 / 3) and best["precision"] == pytest.approx(2 / 3)
+    assert best["recall"] == pytest.approx(2 / 3)
+
+
+def _args(root, out, *extra):
+    return ["--backbone", "vgg16", "--dataset", builtin_masks.DATASET,
+            "--data-root", builtin_masks.data_root(root), "--metadata-root", builtin_masks.metadata_root(root),
+            "--batch-size", "8", "--resize-size", "72", "--crop-size", "64", "--workers", "0",
+            "--loader", "opencv", "--amp", "off", "--no-channels-last", "--lr", "0.002", "--output", str(out),
+            "--num-overlays", "2", "--epochs", "1", "--max-steps-per-epoch", "1", "--block-warmup-epochs", "0",
+            *extra]
+
+
+def test_train_and_evaluate_report_pxap(tiny, tmp_path, capsys):
+    """The one-command path on a mask dataset: val selects best.pt by PxAP, the test results hold PxAP,
+    the best PR threshold and the centre prior's PxAP; overlays are written; the saved maps score back
+    to the same PxAP with `--scoremap-root`; `evaluate --checkpoint` reproduces the numbers."""
+    out, maps = tmp_path / "run", tmp_path / "maps"
+    assert train.main(_args(tiny, out, "--save-scoremaps", str(maps))) == 0
+    table = capsys.readouterr().out
+    assert "val PxAP" in table and "PxAP" in table and "PR best threshold" in table
+    results = json.loads((out / "results.json").read_text())
+    for key in ("pxap", "pxap_best_threshold", "pxap_best_f1", "top1_cls"):
+        assert key in results, key
+    assert "maxboxacc" not in results and "top1_loc" not in results
+    assert 0 < results["pxap"] <= 100 and 0 <= results["pxap_best_threshold"] <= 1
+    assert 0 < results["baselines"]["centre_prior"]["pxap"] < 100
+    assert results["best_val"]["epoch"] == 1 and "pxap" in results["best_val"]
+    assert len(list((out / "overlays").glob("*.png"))) == 2
+    assert "val_pxap" in (out / "metrics.csv").read_text().splitlines()[0]
+
+    meta = load_metadata(builtin_masks.metadata_root(tiny), builtin_masks.DATASET, "test")
+    assert sorted(str(p.relative_to(maps)) for p in maps.rglob("*.npy")) == sorted(i + ".npy" for i in meta.image_ids)
+    assert evaluate.main(["--scoremap-root", str(maps), "--metadata-root", builtin_masks.metadata_root(tiny),
+                          "--dataset", builtin_masks.DATASET, "--split", "test",
+                          "--mask-root", builtin_masks.mask_root(tiny), "--output", str(tmp_path / "s")]) == 0
+    again = json.loads((tmp_path / "s" / "results.json").read_text())
+    assert again["pxap"] == results["pxap"]
+
+    assert evaluate.main(["--checkpoint", str(out / "best.pt"), "--output", str(tmp_path / "e"),
+                          "--num-overlays", "1"]) == 0
+    checked = json.loads((tmp_path / "e" / "results.json").read_text())
+    assert checked["pxap"] == results["pxap"]
+    overlay = cv2.imread(str(next((tmp_path / "e" / "overlays").glob("*.png"))))
+    red = (overlay[..., 2] > 200) & (overlay[..., 1] < 60) & (overlay[..., 0] < 60)
+    assert red.sum() > 20                     # the GT mask outline is drawn
+
+
+def test_missing_mask_stops_before_training(tiny, tmp_path, capsys):
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny, copy)
+    meta = load_metadata(builtin_masks.metadata_root(str(copy)), builtin_masks.DATASET, "val")
+    victim = mask_paths(meta, builtin_masks.mask_root(str(copy)), meta.image_ids[2])[0][0]
+    os.remove(victim)
+    assert train.main(_args(str(copy), tmp_path / "run")) == 2
+    err = capsys.readouterr().err
+    assert "1 mask file(s)" in err and victim in err
+    assert not (tmp_path / "run" / "last.pt").exists()
