@@ -68,3 +68,18 @@ def test_ablate_refuses_flags_it_sets_itself(capsys):
     assert "--seed is set by the ablation" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         ablate.main(["--seeds", "0"])
+
+
+def test_only_seeds_runs_a_subset_and_defers_the_table(parts_root, tmp_path, monkeypatch):
+    """--only-seeds: one process per seed; the table waits for every seed, then a plain call writes it."""
+    out = tmp_path / "abl"
+    argv = _argv(parts_root, out)
+    argv[argv.index("--rows") + 1: argv.index("--rows") + 4] = ["cam"]
+    calls = []
+    real_main = train.main
+    monkeypatch.setattr(train, "main", lambda a: calls.append(list(a)) or real_main(a))
+    assert ablate.main(argv + ["--only-seeds", "1"]) == 0
+    assert len(calls) == 2 and all(a[a.index("--seed") + 1] == "1" for a in calls)
+    assert not (out / "ablation.json").exists()
+    assert ablate.main(argv + ["--only-seeds", "0"]) == 0
+    assert (out / "ablation.json").is_file()    # every seed's rows exist now

@@ -67,6 +67,9 @@ def parse_args(argv=None):
                         "epochs (block init, data order, drop draws); cheaper, and says so in the table")
     p.add_argument("--row-steps-per-epoch", type=int, default=None,
                    help="cap each forked row's steps per epoch (the warm-up trains whole epochs)")
+    p.add_argument("--only-seeds", type=int, nargs="+", default=None, metavar="S",
+                   help="run only these seeds' jobs (e.g. one process per seed on a machine with the cores for "
+                        "it); the table is written by the call that finds every seed's rows finished")
     p.add_argument("--output", default=None, help="default runs/ablate-<backbone>-<dataset>")
     a, passthrough = p.parse_known_args(argv)
     if a.seeds < 1:
@@ -161,6 +164,8 @@ def main(argv=None) -> int:
     builtin = a.dataset in BUILTIN
     jobs = []   # (description, folder, argv)
     for seed in range(a.seeds):
+        if a.only_seeds is not None and seed not in a.only_seeds:
+            continue
         base = os.path.join(out, f"seed{seed}")
         wfolder = os.path.join(out, "seed0" if a.shared_warmup else f"seed{seed}", "warmup")
         if builtin and (seed == 0 or not a.shared_warmup):
@@ -187,6 +192,12 @@ def main(argv=None) -> int:
             print(f"\n== {desc}: python -m wsol_fast.train {' '.join(argv_run)}", file=sys.stderr)
             _run(argv_run, folder)
             bar.update(1)
+    missing = [f"seed{s}/{row}" for s in range(a.seeds) for row in a.rows
+               if not os.path.isfile(os.path.join(out, f"seed{s}", row, "results.json"))]
+    if missing:
+        print(f"\n{len(missing)} row run(s) not finished yet ({', '.join(missing[:4])}...): the table is written "
+              "when every seed's rows are done")
+        return 0
     per_seed = {row: [_row_numbers(os.path.join(out, f"seed{s}", row)) for s in range(a.seeds)] for row in a.rows}
     table = summarise(per_seed, a.rows)
     text = render_table(table, a.rows, a.seeds)
