@@ -119,6 +119,7 @@ class RuntimeConfig:
     num_overlays: int = 16
     max_steps_per_epoch: int | None = None
     log_every: int = 10
+    tensorboard: bool = True   # TensorBoard events in the run folder (rank 0)
 
 
 @dataclass

@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from . import runtime
 from .config import DataConfig, ModelConfig, OptimConfig, RuntimeConfig, TrainConfig, resolve
+from .config_file import ConfigFileError, apply_to_parser, output_in_use
 from .data.dali import BadImageError
 from .data.metadata import MetadataError
 from .data.pipeline import RunData, prepare_data, make_train_loader
@@ -107,7 +108,21 @@ def parse_args(argv=None) -> TrainConfig:
     r.add_argument("--cam-curve-interval", type=float, default=0.01, help="0.001 for the paper protocol")
     r.add_argument("--num-overlays", type=int, default=16)
     r.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap steps per epoch (smoke runs)")
+    r.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
+                   help="no TensorBoard events in the run folder")
+    r.add_argument("--config", default=None, metavar="FILE",
+                   help="settings from a JSON or YAML file (a run's config.json reruns it); flags given on "
+                        "the command line override them")
+    # --config: the file's values become the defaults, then the command line is parsed again over them.
+    config_file, without_flag = p.parse_known_args(argv)[0].config, {}
+    if config_file:
+        try:
+            without_flag = apply_to_parser(p, config_file)
+        except ConfigFileError as exc:
+            p.error(str(exc))
     a = p.parse_args(argv)
+    if config_file and a.output == p.get_default("output") and output_in_use(a.output):
+        p.error(f"--config {config_file}: its output folder {a.output} already holds a run; give --output")
     if a.resume and a.init_from:
         p.error("--resume continues a run with its own settings, --init-from forks it with new ones: "
                 "give one of them")
@@ -116,7 +131,7 @@ def parse_args(argv=None) -> TrainConfig:
     if dataset != "builtin" and (a.data_root is None or a.metadata_root is None):
         p.error(f"--dataset {dataset} needs both --data-root and --metadata-root")
     pretrained = None if a.pretrained in (None,) else a.pretrained
-    return TrainConfig(
+    cfg = TrainConfig(
         DataConfig(dataset=dataset, data_root=a.data_root, metadata_root=a.metadata_root,
                    resize_size=a.resize_size, crop_size=a.crop_size, workers=a.workers, loader=a.loader,
                    skip_bad_images=a.skip_bad_images, builtin_seed=a.builtin_seed),
@@ -131,8 +146,11 @@ def parse_args(argv=None) -> TrainConfig:
         RuntimeConfig(output=a.output, seed=a.seed, device=a.device, amp=a.amp, channels_last=a.channels_last,
                       compile=a.compile, sync_bn=a.sync_bn, resume=a.resume, init_from=a.init_from,
                       cam_curve_interval=a.cam_curve_interval, num_overlays=a.num_overlays,
-                      max_steps_per_epoch=a.max_steps_per_epoch),
+                      max_steps_per_epoch=a.max_steps_per_epoch, tensorboard=a.tensorboard),
     )
+    for (section, name), value in without_flag.items():   # e.g. optim.momentum: no flag, only the file
+        setattr(getattr(cfg, section), name, value)
+    return cfg
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig):
