@@ -55,7 +55,8 @@ def test_boxes_equal_the_evaluation_boxes_mapped_to_the_original_sizes(trained, 
     model = create_model(cfg.model.backbone, state["num_classes"], method=cfg.model.method, pretrained=None,
                          **cfg.model.overrides())
     model.load_state_dict(state["model"])
-    autocast = runtime.autocast_context(torch.device("cpu"), runtime.resolve_amp(cfg.runtime.amp, torch.device("cpu")))
+    cpu = torch.device("cpu")
+    autocast = runtime.autocast_context(cpu, runtime.resolve_amp(cfg.runtime.amp, cpu))
     results = evaluate.evaluate_model(model, data.test_loader, data.test_meta, torch.device("cpu"), autocast, cfg,
                                       loc_threshold=threshold, overlays=TINY["num_test"])
     assert len(results["_samples"]) == TINY["num_test"]

@@ -165,6 +165,15 @@ def class_scoremaps(model, images: torch.Tensor, autocast, top_k: int):
     return probs.cpu(), classes.cpu(), maps
 
 
+@torch.no_grad()
+def label_scoremaps(model, images: torch.Tensor, autocast, labels: torch.Tensor) -> list[np.ndarray]:
+    """224 x 224 score maps (float64) of the given class of each image, by the same path."""
+    with autocast:
+        features, _ = model.forward_features(images, use_blocks=False)
+        cams = model.class_map(features, labels).float().cpu()
+    return [_scoremap(cam.numpy()) for cam in cams]
+
+
 # ------------------------------------------------------------------------------------- outputs
 
 def _atomic_bytes(path: str, data: bytes) -> None:
@@ -330,7 +339,8 @@ def main(argv=None) -> int:
     p.add_argument("--class-names", default=None, metavar="FILE",
                    help="one class name per line, or CUB's classes.txt ('id name'); default: the label index")
     p.add_argument("--save-scoremaps", default=None, metavar="DIR",
-                   help="write each image's top-1 score map to DIR/<id>.npy (224 x 224 float32, min-max normalised)")
+                   help="write each image's top-1 score map to DIR/<id>.npy (224 x 224 float32, min-max "
+                        "normalised)")
     p.add_argument("--no-overlays", action="store_true", help="no overlay PNGs")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="image decoding processes")

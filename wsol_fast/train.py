@@ -23,7 +23,7 @@ import time
 import torch
 import torch.nn as nn
 
-from . import runtime
+from . import plot, runtime
 from .config import DataConfig, ModelConfig, OptimConfig, RuntimeConfig, TrainConfig, resolve
 from .config_file import ConfigFileError, apply_to_parser, output_in_use
 from .data.dali import BadImageError
@@ -32,6 +32,7 @@ from .data.pipeline import RunData, prepare_data, make_train_loader
 from .evaluate import evaluate_model, print_table, write_outputs
 from .losses import WSOLLoss
 from .models import create_model, list_models
+from .tblog import TensorBoardLog
 
 
 class NonFiniteLoss(RuntimeError):
@@ -227,6 +228,8 @@ class Trainer:
             # fake kernels). Under DDP, Dynamo splits the graph at gradient buckets, so no fullgraph there.
             self.train_model = torch.compile(self.train_model, mode=mode, fullgraph=not self.info.enabled)
         self.train_loader = make_train_loader(c, self.data, self.info, self.device, self.amp_dtype)
+        self.tb = TensorBoardLog(self.out, c, self.info.is_main and c.runtime.tensorboard, self.data,
+                                 self.autocast)
         self._interrupted = False
 
     # ------------------------------------------------------------------ checkpoints
@@ -335,6 +338,8 @@ class Trainer:
                 el = time.perf_counter() - t0
                 bar.set_postfix(loss=f"{avg[0]:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2g}",
                                 img_s=f"{n_img * self.info.world_size / el:.1f}")
+                self.tb.train_step(epoch * len(loader) + step, epoch, i + 1, avg,
+                                   self.optimizer.param_groups[0]["lr"], n_img * self.info.world_size / el)
             bar.update(1)
             if self._interrupted:
                 bar.close()
@@ -379,12 +384,14 @@ class Trainer:
                 self.save("last.pt", epoch + 1, 0)
                 if self.info.is_main:
                     self._write_metrics_csv()
+                    self.tb.epoch(stats, self.raw_model, val["best_threshold_iou50"])
                     print(f"epoch {epoch + 1}: loss {stats['loss']:.3f}  {stats['images_per_s']:.1f} img/s  "
                           f"data wait {100 * stats['data_wait_frac']:.0f}%  val top-1 {val['top1_cls']:.1f}  "
                           f"val MaxBoxAccV2 {val['maxboxacc_v2']:.1f}")
         finally:
             if prev is not None:
                 signal.signal(signal.SIGINT, prev)
+            self.tb.close()
         return self.test(time.perf_counter() - t_run)
 
     def test(self, train_seconds: float) -> dict:
@@ -412,6 +419,7 @@ class Trainer:
         results["best_val"] = self.best
         if self.info.is_main:
             write_outputs(results, self.out, self.data, c)
+            plot.plot_run(self.out, quiet=True)   # the protocol's figures as PNGs in the run folder
             print_table(results, f"{c.model.backbone} / {c.model.method} on {c.data.dataset} (test split)")
             print(f"throughput {summary['images_per_s']:.1f} img/s, step {summary['step_time_s']:.2f} s, "
                   f"data wait {100 * summary['data_wait_frac']:.0f}%, peak memory {summary['peak_mem_mb']:.0f} MiB, "
