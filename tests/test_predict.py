@@ -120,8 +120,9 @@ def test_odd_images_work_and_unreadable_ones_are_skipped_and_counted(trained, ti
         assert r["name"] == f"digit_{r['class']}" and len(r["top_k"]) == 3
         boxes = np.asarray(r["boxes"])
         assert (boxes >= 0).all() and (boxes[:, 2] < r["width"]).all() and (boxes[:, 3] < r["height"]).all()
-        overlay = cv2.imread(r["overlay"])
-        assert overlay.shape[:2] == (r["height"], r["width"])
+        overlay = cv2.imread(r["overlay"])     # small images are drawn enlarged to a 320-pixel long side
+        scale = 320 / max(r["width"], r["height"])
+        assert overlay.shape[:2] == (round(r["height"] * scale), round(r["width"] * scale))
     # a grayscale file is decoded to the same RGB as its three-channel copy: the same prediction
     for key in ("class", "prob", "boxes", "top_k"):
         assert recs["gray.png"][key] == recs["gray_as_rgb.png"][key]

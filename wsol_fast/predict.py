@@ -192,19 +192,22 @@ def save_scoremap(path: str, scoremap: np.ndarray) -> None:
     _atomic_bytes(path, buf.getvalue())
 
 
-def overlay(image_rgb: np.ndarray, scoremap: np.ndarray, boxes, label: str, max_side: int = 1024) -> np.ndarray:
+def overlay(image_rgb: np.ndarray, scoremap: np.ndarray, boxes, label: str, min_side: int = 320,
+            max_side: int = 1024) -> np.ndarray:
     """BGR picture: the score map as a JET heatmap over the image, the boxes in green, `label` on the
-    first box. Drawn at the image's size, scaled down to `max_side` for very large images."""
+    first box. Drawn at the image's size, scaled so that its longer side lies in [min_side, max_side]
+    (a small image is enlarged so that the label stays legible)."""
     h, w = image_rgb.shape[:2]
-    scale = min(1.0, max_side / max(h, w))
+    scale = min(max(1.0, min_side / max(h, w)), max_side / max(h, w))
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    image = cv2.cvtColor(cv2.resize(image_rgb, size, interpolation=cv2.INTER_AREA) if scale < 1 else image_rgb,
-                         cv2.COLOR_RGB2BGR)
+    image = image_rgb if scale == 1 else cv2.resize(
+        image_rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     heat = cv2.resize(scoremap.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
     heat = cv2.applyColorMap(np.clip(heat * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
     canvas = cv2.addWeighted(image, 0.5, heat, 0.5, 0)
     thick = max(1, round(max(size) / 200))
-    font = max(size) / 500
+    font = max(0.4, max(size) / 700)
     for n, (x0, y0, x1, y1) in enumerate(np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * scale):
         p0, p1 = (int(x0), int(y0)), (int(x1), int(y1))
         cv2.rectangle(canvas, p0, p1, (0, 255, 0), thick)
@@ -321,7 +324,7 @@ def _record(path, image_id, size, probs, classes, maps, names, threshold) -> dic
 def _write_overlay(record: dict, scoremap: np.ndarray) -> None:
     image = loaders.read_image_rgb(record["path"])
     canvas = overlay(image, scoremap, record["boxes"], f"{record['name']} {record['prob']:.2f}")
-    ok, png = cv2.imencode(".png", canvas)
+    ok, png = cv2.imencode(".png", canvas, [cv2.IMWRITE_PNG_COMPRESSION, 6])
     if not ok:
         raise RuntimeError(f"could not encode the overlay of {record['path']}")
     _atomic_bytes(record["overlay"], png.tobytes())
