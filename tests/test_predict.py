@@ -148,3 +148,13 @@ def test_bad_arguments_are_errors_naming_them(trained, tmp_path, capsys):
                          "--output", str(tmp_path / "o3")]) == 2
     assert "--threshold must lie in [0, 1)" in capsys.readouterr().err
     assert not (tmp_path / "o3" / "predictions.jsonl").exists()
+
+
+def test_the_stored_threshold_is_the_checkpoints_epochs():
+    """best.pt: the best dict's threshold; a last.pt of a later epoch: that epoch's val choice."""
+    history = [{"epoch": 1, "val_threshold": 0.3}, {"epoch": 2, "val_threshold": 0.42}]
+    best = {"epoch": 1, "threshold": 0.3, "maxboxacc_v2": 50.0}
+    assert predict.checkpoint_threshold({"epoch": 1, "best": best, "history": history[:1]}, "b.pt") == 0.3
+    assert predict.checkpoint_threshold({"epoch": 2, "best": best, "history": history}, "l.pt") == 0.42
+    with pytest.raises(predict.PredictError, match="give --threshold"):
+        predict.checkpoint_threshold({"epoch": 3, "best": best, "history": history}, "x.pt")

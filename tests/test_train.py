@@ -64,10 +64,19 @@ def test_train_then_evaluate_writes_everything(tiny_root, tmp_path):
     assert state["epoch"] == 2
     assert len((out / "metrics.csv").read_text().strip().splitlines()) == 3   # header + 2 epochs
     assert not any(k.startswith("_orig_mod.") for k in state["model"])
+    # mask diagnostics per block and epoch (3 ICL blocks), fractions in [0, 1]
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    for k in range(3):
+        for name in ("fg", "dfg", "bg", "empty", "dropped", "hinge"):
+            assert f"diag_b{k}_{name}" in header
+    row = (out / "metrics.csv").read_text().splitlines()[1].split(",")
+    assert all(0.0 <= float(row[header.index(f"diag_b{k}_fg")]) <= 1.0 for k in range(3))
+    # wsolevaluation's --eval_checkpoint_type defaults to 'last': the test split scores the last epoch
+    assert results["eval_checkpoint"] == "last"
 
     # evaluate on the saved checkpoint: same metrics, fresh output folder
     ev_out = tmp_path / "eval"
-    assert evaluate.main(["--checkpoint", str(out / "best.pt"), "--output", str(ev_out),
+    assert evaluate.main(["--checkpoint", str(out / "last.pt"), "--output", str(ev_out),
                           "--num-overlays", "2"]) == 0
     again = json.loads((ev_out / "results.json").read_text())
     assert again["num_images"] == TINY["num_test"]

@@ -240,14 +240,16 @@ def load_model(checkpoint: str, device):
 
 
 def checkpoint_threshold(state: dict, checkpoint: str) -> float:
-    """The CAM threshold chosen on val for the checkpoint's epoch (the trainer's best["threshold"])."""
+    """The CAM threshold chosen on val for the checkpoint's epoch: best["threshold"] for best.pt, the
+    epoch's `val_threshold` in the history for a last.pt of a later epoch."""
     best = state.get("best") or {}
-    if best.get("threshold") is None:
-        raise PredictError(f"{checkpoint} holds no CAM threshold chosen on val; give --threshold")
-    if best.get("epoch") != state.get("epoch"):
-        print(f"warning: {checkpoint} is epoch {state.get('epoch')}, its stored threshold was chosen on val "
-              f"for epoch {best.get('epoch')} (best.pt); --threshold overrides it", file=sys.stderr)
-    return float(best["threshold"])
+    if best.get("epoch") == state.get("epoch") and best.get("threshold") is not None:
+        return float(best["threshold"])
+    for row in state.get("history") or []:
+        if row.get("epoch") == state.get("epoch") and row.get("val_threshold") is not None:
+            return float(row["val_threshold"])
+    raise PredictError(f"{checkpoint} holds no CAM threshold chosen on val for its epoch "
+                       f"({state.get('epoch')}); give --threshold")
 
 
 def predict(a) -> int:

@@ -23,7 +23,7 @@ import time
 import torch
 import torch.nn as nn
 
-from . import plot, runtime
+from . import diagnostics, plot, runtime
 from .config import DataConfig, ModelConfig, OptimConfig, RuntimeConfig, TrainConfig, resolve
 from .config_file import ConfigFileError, apply_to_parser, output_in_use
 from .data.dali import BadImageError
@@ -59,6 +59,15 @@ def parse_args(argv=None) -> TrainConfig:
                    help="ablation: channel-mean attention instead of the non-local block")
     m.add_argument("--no-dfg-mask", dest="use_dfg_mask", action="store_const", const=False,
                    help="ablation: ADL's drop mask instead of the dropped-foreground mask")
+    m.add_argument("--attention-form", default=None, choices=["paper", "relu", "residual"],
+                   help="ICL's attention map: the paper's literal signed form, a ReLU value, or the channel "
+                        "mean plus the non-local term (default residual; docs/method.md)")
+    m.add_argument("--mask-norm", default=None, choices=["none", "minmax"],
+                   help="thresholds of Eq. 1-2 on the raw map (paper) or the per-sample min-max normalised "
+                        "map (default minmax)")
+    m.add_argument("--attention-scale", default=None,
+                   help="logit scale s of softmax(f g^T s): a number (paper: 1) or inv_sqrt (1/sqrt(C'), "
+                        "default)")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default=None,
                    help="dataset name under the metadata root (CUB, ILSVRC, OpenImages); default: builtin")
@@ -85,8 +94,7 @@ def parse_args(argv=None) -> TrainConfig:
     o.add_argument("--lambda-ca", type=float, default=1.0)
     o.add_argument("--lambda-fc", type=float, default=1.0)
     o.add_argument("--fc-norm", default=None, choices=["max", "minmax", "none"],
-                   help="L_fc map normalisation (default: max on real data per SPEC 1.2, minmax on the "
-                        "built-in from-scratch profile, where max diverged)")
+                   help="L_fc map normalisation (default minmax; SPEC 1.2's max diverged from scratch)")
     o.add_argument("--fc-reduction", default="mean", choices=["mean", "sum"])
     r = p.add_argument_group("run")
     r.add_argument("--output", default=None, help="run folder (default runs/<backbone>-<method>-<time>)")
@@ -96,6 +104,13 @@ def parse_args(argv=None) -> TrainConfig:
                         "RUN/best.pt or RUN/last.pt) with this command's settings, e.g. an ablation of the "
                         "last epochs or a new schedule; --epochs counts from 0, so it must exceed "
                         "CKPT's epoch. The lr is this command's schedule at that epoch")
+    r.add_argument("--fork-weights-only", action="store_true",
+                   help="with --init-from: take only the checkpoint's weights (fresh optimizer momentum); "
+                        "implied when the checkpoint's method differs (e.g. ICL, ADL and CAM rows forked from one "
+                        "CAM warm-up, as `python -m wsol_fast.ablate` does)")
+    r.add_argument("--eval-checkpoint", default="last", choices=["last", "best"],
+                   help="which checkpoint the final test scores: the last epoch's (wsolevaluation's default) or "
+                        "the best by val MaxBoxAccV2")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     r.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"])
@@ -138,7 +153,8 @@ def parse_args(argv=None) -> TrainConfig:
                    skip_bad_images=a.skip_bad_images, builtin_seed=a.builtin_seed),
         ModelConfig(backbone=a.backbone, method=a.method, pretrained=pretrained, drop_rate=a.drop_rate,
                     gamma_fg=a.gamma_fg, gamma_bg=a.gamma_bg, use_contrastive=a.use_contrastive,
-                    use_fc=a.use_fc, nonlocal_attention=a.nonlocal_attention, use_dfg_mask=a.use_dfg_mask),
+                    use_fc=a.use_fc, nonlocal_attention=a.nonlocal_attention, use_dfg_mask=a.use_dfg_mask,
+                    attention_form=a.attention_form, mask_norm=a.mask_norm, attention_scale=a.attention_scale),
         OptimConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, lr_decay_every=a.lr_decay_every,
                     block_warmup_epochs=a.block_warmup_epochs,
                     new_layer_lr_mult=a.new_layer_lr_mult,
@@ -146,12 +162,20 @@ def parse_args(argv=None) -> TrainConfig:
                     fc_norm=a.fc_norm, fc_reduction=a.fc_reduction),
         RuntimeConfig(output=a.output, seed=a.seed, device=a.device, amp=a.amp, channels_last=a.channels_last,
                       compile=a.compile, sync_bn=a.sync_bn, resume=a.resume, init_from=a.init_from,
+                      fork_weights_only=a.fork_weights_only, eval_checkpoint=a.eval_checkpoint,
                       cam_curve_interval=a.cam_curve_interval, num_overlays=a.num_overlays,
                       max_steps_per_epoch=a.max_steps_per_epoch, tensorboard=a.tensorboard),
     )
     for (section, name), value in without_flag.items():   # e.g. optim.momentum: no flag, only the file
         setattr(getattr(cfg, section), name, value)
     return cfg
+
+
+def lr_factor(epoch: int, every: int, decay: float) -> float:
+    """The lr multiplier of 0-based epoch `epoch`. wsolevaluation decays at the start of every 1-based epoch
+    that is a multiple of lr_decay_frequency (its adjust_learning_rate(epoch + 1)), so with every = 15,
+    1-based epochs 1-14 run at lr and 15-29 at 0.1 lr."""
+    return decay ** ((epoch + 1) // every)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig):
@@ -162,8 +186,18 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig):
               {"params": params["new"], "lr": o.lr * o.new_layer_lr_mult}]
     opt = torch.optim.SGD([g for g in groups if g["params"]], lr=o.lr, momentum=o.momentum,
                           weight_decay=o.weight_decay, nesterov=o.nesterov)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=o.lr_decay_every, gamma=o.lr_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _Schedule(o.lr_decay_every, o.lr_decay))
     return opt, sched
+
+
+class _Schedule:
+    """lr_factor as a picklable callable (LambdaLR saves callable objects' state with the scheduler)."""
+
+    def __init__(self, every: int, decay: float):
+        self.every, self.decay = every, decay
+
+    def __call__(self, epoch: int) -> float:
+        return lr_factor(epoch, self.every, self.decay)
 
 
 def run_dir(cfg: TrainConfig) -> str:
@@ -192,7 +226,8 @@ class Trainer:
         pretrained = None if c.model.pretrained in (None, "none") else (
             True if c.model.pretrained == "imagenet" else c.model.pretrained)
         self.model = create_model(c.model.backbone, self.data.num_classes, method=c.model.method,
-                                  pretrained=pretrained, **c.model.overrides())
+                                  pretrained=pretrained, keep_classifier=c.data.dataset == "ILSVRC",
+                                  **c.model.overrides())
         self.model_config = getattr(self.model, "config", {})
         if c.runtime.sync_bn and self.info.enabled:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -267,16 +302,35 @@ class Trainer:
             raise ValueError(f"--init-from {c.runtime.init_from}: the checkpoint has {st['num_classes']} "
                              f"classes, this dataset {self.data.num_classes}")
         best, history = self.best, self.history
-        self._load_state(st)                 # as a resume, then this run's own settings on top
+        if c.runtime.fork_weights_only or st["config"]["model"]["method"] != c.model.method:
+            self._load_weights_only(st)
+        else:
+            self._load_state(st)             # as a resume, then this run's own settings on top
         self.best, self.history = best, history
         epoch, o = st["epoch"], c.optim
-        decay = o.lr_decay ** (epoch // o.lr_decay_every)
+        self.start_epoch, self.start_step = epoch, 0
         for group, base in zip(self.optimizer.param_groups, (o.lr, o.lr * o.new_layer_lr_mult)):
-            group.update(initial_lr=base, lr=base * decay, momentum=o.momentum, weight_decay=o.weight_decay,
-                         nesterov=o.nesterov)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=o.lr_decay_every,
-                                                         gamma=o.lr_decay)
-        self.scheduler.last_epoch = epoch   # the next step() decays when epoch + 1 is a multiple
+            group.update(initial_lr=base, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _Schedule(o.lr_decay_every, o.lr_decay))
+        self.scheduler.last_epoch = epoch   # epoch index `epoch` (0-based) is the next one to train
+        for group, base in zip(self.optimizer.param_groups, (o.lr, o.lr * o.new_layer_lr_mult)):
+            group["lr"] = base * lr_factor(epoch, o.lr_decay_every, o.lr_decay)
+
+    def _load_weights_only(self, st: dict) -> None:
+        """A fork into another method (or --fork-weights-only): the backbone's weights must all load; the
+        attention blocks' load where both models have them (ICL blocks keep their fresh init when the
+        checkpoint has none, e.g. a CAM warm-up); optimizer momentum starts at zero; RNG as saved."""
+        mine = self.raw_model.state_dict()
+        theirs = {k: v for k, v in st["model"].items() if not k.startswith("attention_blocks.")}
+        blocks = {k: v for k, v in st["model"].items() if k.startswith("attention_blocks.") and k in mine
+                  and mine[k].shape == v.shape}
+        missing = [k for k in mine if not k.startswith("attention_blocks.") and k not in theirs]
+        unexpected = [k for k in theirs if k not in mine]
+        if missing or unexpected:
+            raise ValueError(f"--init-from {self.cfg.runtime.init_from}: the backbone's weights do not match "
+                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        self.raw_model.load_state_dict({**theirs, **blocks}, strict=False)
+        runtime.set_rng_state(st["rng"])
 
     def save(self, name: str, epoch: int, step: int) -> None:
         if self.info.is_main:
@@ -293,6 +347,7 @@ class Trainer:
         if c.runtime.max_steps_per_epoch:
             steps = min(steps, c.runtime.max_steps_per_epoch - start_step)
         sums = torch.zeros(4, device=dev)  # total, cls, ca, fc, accumulated without host syncs
+        diag = None                        # [blocks, fields] mask diagnostics, summed the same way
         nonfinite = torch.zeros((), dtype=torch.bool, device=dev)
         n_img, wait, t0 = 0, 0.0, time.perf_counter()
         warmup = "" if self.raw_model.blocks_enabled or not len(self.raw_model.attention_blocks) else \
@@ -327,6 +382,9 @@ class Trainer:
                           file=sys.stderr)
             with torch.no_grad():
                 sums += torch.stack([losses[k].detach().float() for k in ("total", "cls", "ca", "fc")])
+                step_diag = diagnostics.block_stats(output, c.optim.margin)
+                if step_diag is not None:
+                    diag = step_diag if diag is None else diag + step_diag
                 nonfinite |= ~torch.isfinite(loss.detach())
             n_img += images.shape[0]
             step += 1
@@ -337,7 +395,9 @@ class Trainer:
                 avg = (sums / (i + 1)).tolist()
                 el = time.perf_counter() - t0
                 bar.set_postfix(loss=f"{avg[0]:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2g}",
-                                img_s=f"{n_img * self.info.world_size / el:.1f}")
+                                img_s=f"{n_img * self.info.world_size / el:.1f}",
+                                **({} if diag is None else {"fg": "/".join(
+                                    f"{v:.2f}" for v in (diag[:, 0] / (i + 1)).tolist())}))
                 self.tb.train_step(epoch * len(loader) + step, epoch, i + 1, avg,
                                    self.optimizer.param_groups[0]["lr"], n_img * self.info.world_size / el)
             bar.update(1)
@@ -348,11 +408,13 @@ class Trainer:
         runtime.synchronize(dev)
         elapsed = time.perf_counter() - t0
         avg = (sums / max(steps, 1)).tolist()
+        self.epoch_diag = None if diag is None else diag / max(steps, 1)
         return {"epoch": epoch + 1, "loss": avg[0], "loss_cls": avg[1], "loss_ca": avg[2], "loss_fc": avg[3],
                 "lr": self.optimizer.param_groups[0]["lr"], "steps": steps,
                 "images_per_s": n_img * self.info.world_size / max(elapsed, 1e-9),
                 "step_time_s": elapsed / max(steps, 1), "data_wait_frac": wait / max(elapsed, 1e-9),
-                "epoch_time_s": elapsed, "peak_mem_mb": runtime.peak_memory_mb(dev)}
+                "epoch_time_s": elapsed, "peak_mem_mb": runtime.peak_memory_mb(dev),
+                **diagnostics.as_columns(self.epoch_diag)}
 
     # ------------------------------------------------------------------ the whole run
     def fit(self) -> dict:
@@ -375,7 +437,8 @@ class Trainer:
                 self.scheduler.step()
                 val = evaluate_model(self.raw_model, self.data.val_loader, self.data.val_meta, self.device,
                                      self.autocast, c, self.info)
-                stats.update({"val_top1_cls": val["top1_cls"], "val_maxboxacc_v2": val["maxboxacc_v2"]})
+                stats.update({"val_top1_cls": val["top1_cls"], "val_maxboxacc_v2": val["maxboxacc_v2"],
+                              "val_threshold": val["best_threshold_iou50"]})
                 self.history.append(stats)
                 if val["maxboxacc_v2"] > self.best["maxboxacc_v2"]:
                     self.best = {"maxboxacc_v2": val["maxboxacc_v2"], "epoch": epoch + 1,
@@ -388,6 +451,8 @@ class Trainer:
                     print(f"epoch {epoch + 1}: loss {stats['loss']:.3f}  {stats['images_per_s']:.1f} img/s  "
                           f"data wait {100 * stats['data_wait_frac']:.0f}%  val top-1 {val['top1_cls']:.1f}  "
                           f"val MaxBoxAccV2 {val['maxboxacc_v2']:.1f}")
+                    if self.epoch_diag is not None:
+                        print(f"  {diagnostics.summary(self.epoch_diag)}")
         finally:
             if prev is not None:
                 signal.signal(signal.SIGINT, prev)
@@ -405,10 +470,13 @@ class Trainer:
             ddp = {"world_size": self.info.world_size,
                    "replica_checksums": runtime.all_gather_objects(checksum, self.info)}
             runtime.barrier(self.info)
+        # wsolevaluation scores test with its --eval_checkpoint_type, 'last' by default (the weights in
+        # memory now), or 'best' by val localization. The top-1 loc threshold is that epoch's val choice.
+        threshold = self.history[-1].get("val_threshold") if self.history else None
         best_path = os.path.join(self.out, "best.pt")
-        if os.path.exists(best_path):  # report the model selected on val, as the protocol asks
+        if c.runtime.eval_checkpoint == "best" and os.path.exists(best_path):
             self.raw_model.load_state_dict(runtime.load_checkpoint(best_path)["model"])
-        threshold = self.best.get("threshold")
+            threshold = self.best.get("threshold")
         results = evaluate_model(self.raw_model, self.data.test_loader, self.data.test_meta, self.device,
                                  self.autocast, c, self.info, loc_threshold=threshold, with_baseline=True,
                                  overlays=c.runtime.num_overlays)
@@ -417,6 +485,7 @@ class Trainer:
         summary = _summary(self.history, train_seconds, self.compile_seconds)
         results["telemetry"] = summary
         results["best_val"] = self.best
+        results["eval_checkpoint"] = c.runtime.eval_checkpoint
         if self.info.is_main:
             write_outputs(results, self.out, self.data, c)
             plot.plot_run(self.out, quiet=True)   # the protocol's figures as PNGs in the run folder
@@ -466,10 +535,9 @@ def _progress(total: int, desc: str, enabled: bool):
 def _fork_mismatch(cfg: TrainConfig, st: dict) -> str | None:
     """Why --init-from cannot start from this checkpoint, or None."""
     saved = st["config"]
-    for key in ("backbone", "method"):
-        if saved["model"][key] != getattr(cfg.model, key):
-            return (f"the checkpoint is a {saved['model']['backbone']} / {saved['model']['method']} run, "
-                    f"this command trains {cfg.model.backbone} / {cfg.model.method}")
+    if saved["model"]["backbone"] != cfg.model.backbone:
+        return (f"the checkpoint is a {saved['model']['backbone']} / {saved['model']['method']} run, "
+                f"this command trains {cfg.model.backbone} / {cfg.model.method}")
     if st["step"] != 0:
         return (f"the checkpoint was written mid-epoch (epoch {st['epoch'] + 1}, step {st['step']}); fork "
                 "from an epoch-end best.pt or last.pt, or --resume it")

@@ -56,9 +56,10 @@ def _check_backbone(backbone: str) -> None:
 
 
 def create_model(backbone: str, num_classes: int, method: str = "icl", pretrained=None,
-                 **overrides) -> WSOLModel:
+                 keep_classifier: bool = False, **overrides) -> WSOLModel:
     """Build a WSOL model. `pretrained`: None/False (from scratch), True (torchvision's hub cache file)
-    or a path to a torchvision ImageNet state dict. The load report is kept as `model.pretrained_report`."""
+    or a path to a torchvision ImageNet state dict. The load report is kept as `model.pretrained_report`.
+    keep_classifier: load the ImageNet classifier too where it fits (training on ILSVRC itself)."""
     _check_backbone(backbone)
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -67,7 +68,7 @@ def create_model(backbone: str, num_classes: int, method: str = "icl", pretraine
                                 options=options)
     model.pretrained_report = None
     if pretrained is not None and pretrained is not False:
-        model.pretrained_report = load_pretrained(model, pretrained)
+        model.pretrained_report = load_pretrained(model, pretrained, keep_classifier=keep_classifier)
     model.config["pretrained"] = model.pretrained_report.path if model.pretrained_report else None
     return model
 

@@ -85,8 +85,12 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
-def load_pretrained(model: nn.Module, pretrained) -> PretrainedReport:
+def load_pretrained(model: nn.Module, pretrained, keep_classifier: bool = False) -> PretrainedReport:
     """Fill `model`'s torchvision-backbone weights from `pretrained` (PATH or True); returns the report.
+
+    keep_classifier: also load the torchvision classifier (`model.classifier_prefixes`, e.g. ResNet50's fc)
+    when its shape fits, as wsolevaluation does for ImageNet (ILSVRC) with CAM and ADL: it drops the
+    pretrained fc only for other datasets.
 
     Raises PretrainedMismatchError listing every backbone key that is missing or has another shape."""
     path = resolve_checkpoint(model.backbone_name, pretrained)
@@ -104,6 +108,9 @@ def load_pretrained(model: nn.Module, pretrained) -> PretrainedReport:
         lines += [f"  shape {m}" for m in mismatched[:10]] + (["  ..."] if len(mismatched) > 10 else [])
         raise PretrainedMismatchError("\n".join(lines))
     to_load = {k: source[k] for k in target if model.is_pretrained_key(k) and k in source}
+    if keep_classifier:
+        to_load.update({k: source[k] for k in target if k.startswith(getattr(model, "classifier_prefixes", ()))
+                        and k in source and source[k].shape == target[k].shape})
     result = model.load_state_dict(to_load, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys    # to_load only holds our own keys
     report = PretrainedReport(path=path, loaded=sorted(to_load),

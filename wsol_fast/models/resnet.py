@@ -26,6 +26,8 @@ def _set_stride_one(layer: nn.Sequential) -> None:
 class ResNet50WSOL(WSOLModel):
     backbone_name = "resnet50"
     pretrained_prefixes = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
+    fast_lr_prefixes = ("layer4.",)       # wsolevaluation: 'layer4.' and 'fc.' train at 10x
+    classifier_prefixes = ("fc.",)        # kept from ImageNet weights on ILSVRC (wsolevaluation)
 
     def __init__(self, num_classes: int, method: str, defaults: dict, options: dict):
         super().__init__(num_classes, method, block_channels=[1024, 2048, 2048], defaults=defaults,
