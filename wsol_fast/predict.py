@@ -195,7 +195,7 @@ def save_scoremap(path: str, scoremap: np.ndarray) -> None:
 def overlay(image_rgb: np.ndarray, scoremap: np.ndarray, boxes, label: str, min_side: int = 320,
             max_side: int = 1024) -> np.ndarray:
     """BGR picture: the score map as a JET heatmap over the image, the boxes in green, `label` on the
-    first box. Drawn at the image's size, scaled so that its longer side lies in [min_side, max_side]
+    largest box. Drawn at the image's size, scaled so that its longer side lies in [min_side, max_side]
     (a small image is enlarged so that the label stays legible)."""
     h, w = image_rgb.shape[:2]
     scale = min(max(1.0, min_side / max(h, w)), max_side / max(h, w))
@@ -208,10 +208,12 @@ def overlay(image_rgb: np.ndarray, scoremap: np.ndarray, boxes, label: str, min_
     canvas = cv2.addWeighted(image, 0.5, heat, 0.5, 0)
     thick = max(1, round(max(size) / 200))
     font = max(0.4, max(size) / 700)
-    for n, (x0, y0, x1, y1) in enumerate(np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * scale):
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    largest = int(np.argmax((boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)))
+    for n, (x0, y0, x1, y1) in enumerate(boxes * scale):
         p0, p1 = (int(x0), int(y0)), (int(x1), int(y1))
         cv2.rectangle(canvas, p0, p1, (0, 255, 0), thick)
-        if n == 0 and label:
+        if n == largest and label:
             (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font, max(1, thick // 2))
             ty = p0[1] - base - 2 if p0[1] - th - base - 2 >= 0 else p0[1] + th + 2
             tx = min(p0[0], max(0, size[0] - tw))
