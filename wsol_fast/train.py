@@ -125,7 +125,7 @@ def parse_args(argv=None) -> TrainConfig:
     r.add_argument("--num-overlays", type=int, default=16)
     r.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap steps per epoch (smoke runs)")
     r.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
-                   help="no TensorBoard events in the run folder")
+                   help="no TensorBoard events in the run folder (without this flag: tensorboard=%(default)s)")
     r.add_argument("--config", default=None, metavar="FILE",
                    help="settings from a JSON or YAML file (a run's config.json reruns it); flags given on "
                         "the command line override them")
