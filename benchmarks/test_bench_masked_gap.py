@@ -12,8 +12,10 @@ CUDA rows (test_masked_gap_cuda, skipped without CUDA), in fp32 and bf16, same s
   pytorch-best-cuda  the bmm with the [B, 3, N] mask / count matrix on CUDA
   triton             the Triton op (impl="triton"): one read of x, one write of dx backward
   roofline-cuda      one plain x.sum((2, 3)) on CUDA (plus one x-sized write backward)
-  They follow conftest.run_cuda_benchmark: warm-up, peak memory, device_ms by CUDA events, then
-  CUDA_ROUNDS synchronised rounds.
+  Each row records device_ms (CUDA-graph replay, the GPU's own time), eager_events_ms (events around
+  the eager call: host launch gaps included) and pytest-benchmark's host-inclusive median
+  (benchmarks/cuda_timing.py); "bytes" is the read + write roofline traffic (x read once, dx written
+  once backward) for the bandwidth target.
 extra_info holds peak_mb (see conftest.py: bytes allocated during one call, gradients included).
 
     pytest benchmarks/test_bench_masked_gap.py --benchmark-only
@@ -91,7 +93,7 @@ def test_masked_gap(benchmark, record_peak_memory, size, provider, mode):
 # ---------------------------------------------------------------------------------------------- CUDA
 
 def _cuda_run(provider, x4d, attention, backward):
-    """One call's work on CUDA, enqueued without synchronising (conftest.run_cuda_benchmark times it)."""
+    """One call's work on CUDA, enqueued without synchronising (cuda_timing.measure_cuda times it)."""
     x = x4d.flatten(2)
     if provider == "roofline-cuda":
         def roofline():
@@ -118,7 +120,9 @@ def _cuda_run(provider, x4d, attention, backward):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("provider", CUDA_PROVIDERS)
 @pytest.mark.parametrize("size", SIZES, ids=[f"{s}x{s}" for s in SIZES])
-def test_masked_gap_cuda(benchmark, run_cuda_benchmark, size, provider, mode, dtype):
+def test_masked_gap_cuda(benchmark, record_peak_memory, size, provider, mode, dtype):
+    from cuda_timing import measure_cuda
+
     if provider == "triton" and not _triton.TRITON_CUDA_AVAILABLE:
         pytest.skip("the Triton op needs triton and its CUDA kernels registered")
     backward = mode == "forward+backward"
@@ -127,5 +131,6 @@ def test_masked_gap_cuda(benchmark, run_cuda_benchmark, size, provider, mode, dt
     attention = torch.randn(B, size * size, device="cuda").to(CUDA_DTYPES[dtype])
     benchmark.group = f"cuda {dtype} masked-gap B{B} C{C} {size}x{size} {mode}"
     benchmark.extra_info.update({"provider": provider, "mode": mode, "dtype": dtype, "B": B, "C": C,
-                                 "N": size * size, "device": "cuda"})
-    run_cuda_benchmark(_cuda_run(provider, x4d, attention, backward))
+                                 "N": size * size, "device": "cuda", "op": "masked-gap",
+                                 "bytes": x4d.numel() * x4d.element_size() * (2 if backward else 1)})
+    measure_cuda(benchmark, record_peak_memory, _cuda_run(provider, x4d, attention, backward))

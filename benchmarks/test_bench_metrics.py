@@ -12,15 +12,40 @@ Providers:
   preprocess  resize + normalise only (the floor every row pays)
   roofline    preprocess + one uint8 quantisation, one threshold and one findContours per map:
               the least work any exact method must do
-  fast        preprocess + BoxEvaluator(0.001).accumulate on all 5,794 maps (one findContours
-              per distinct binarisation, vectorised boxes and IoU)
+  contours    preprocess + the contour-search path on all 5,794 maps (one findContours per
+              distinct binarisation, vectorised boxes and IoU; the fast path before the trees)
+  fast        preprocess + BoxEvaluator(0.001).accumulate on all 5,794 maps (component trees,
+              csrc/threshold_boxes.cpp, where the C++ library is built; else `contours`)
   naive       preprocess + the literal per-threshold loop (BoxEvaluator(reference=True)), timed
               on the first 100 maps; extra_info["full_set_s"] extrapolates to 5,794
 
-extra_info: images (timed), images_per_s, full_set_s (seconds for the 5,794 maps), and for fast /
-naive the MaxBoxAcc numbers of the timed maps.
+extra_info: images (timed), images_per_s, full_set_s (seconds for the 5,794 maps), cpu_s (process
+time of the timed call, extrapolated the same way), and for contours / fast / naive the MaxBoxAcc
+numbers of the timed maps.
 
     pytest benchmarks/test_bench_metrics.py --benchmark-only
+
+Per-map rows (`test_box_evaluator_per_map`, issue 13): ms per 224 x 224 map at interval 0.001,
+MaxBoxAccV2 unless the provider says V1, on two families of generated maps (seed 0, made once):
+  smooth    sums of 1-3 Gaussians (sigma 6-60 px), min-max normalised
+  textured  the same plus uniform pixel noise of amplitude 0.1 before the normalisation
+(no resize here: the maps are already 224 x 224; the score is the same for every provider).
+Providers:
+  literal         wsolevaluation's per-threshold loop (BoxEvaluator(reference=True)), on a subset
+  floor           one cv2.threshold + findContours per DISTINCT binarisation (int(t * max) values),
+                  nothing else: the least work of any method that runs the contour search at each
+                  distinct threshold (the previous fast path and V1 pay it)
+  contours        the contour-search path (_ThresholdBoxes: findContours per distinct binarisation,
+                  boxes and IoU vectorised); V1 always takes it
+  fast            BoxEvaluator(0.001).accumulate: the component-tree path (csrc/threshold_boxes.cpp)
+                  where the C++ library is built, else `contours`
+  fast_v1         BoxEvaluator(0.001, multi_contour=False).accumulate
+  fast_all_cores  `fast` over os.cpu_count() worker processes (fork; each worker owns a
+                  BoxEvaluator and scores its share of the maps, BoxEvaluator.merge sums the counts);
+                  the pool is started outside the timed call, the maps reach the workers by fork
+extra_info: ms_per_map (wall), cpu_ms_per_map (process time of the calling process),
+worker_cpu_ms_per_map (pool row: the workers' process time, summed), maps, and the MaxBoxAcc
+numbers (equal across providers on the same maps; `literal` scores a subset).
 """
 from __future__ import annotations
 
@@ -38,7 +63,7 @@ INTERVAL = 0.001
 CAM_GRID = 28
 NAIVE_SUBSET = 100
 NOISE = 0.25
-PROVIDERS = ["preprocess", "roofline", "fast", "naive"]
+PROVIDERS = ["preprocess", "roofline", "contours", "fast", "naive"]
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +104,9 @@ def _make_call(provider, boxes, cams):
                 img = metrics.quantize_scoremap(_scoremap(cam))
                 _, binary = cv2.threshold(img, int(0.5 * int(img.max())), 255, cv2.THRESH_BINARY)
                 cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
+    elif provider == "contours":
+        def call():
+            return _contour_path([_scoremap(cam) for cam in cams], boxes)
     else:
         def call():
             ev = metrics.BoxEvaluator(INTERVAL, multi_contour=True, reference=provider == "naive")
@@ -98,11 +126,136 @@ def test_maxboxacc_cub_test(benchmark, cub_test, provider):
     benchmark.group = f"maxboxacc CUB test, interval {INTERVAL}"
     benchmark.extra_info.update({"provider": provider, "images": len(cams), "split_images": total,
                                  "interval": INTERVAL, "thresholds": len(metrics.cam_thresholds(INTERVAL))})
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = benchmark.pedantic(call, rounds=1, iterations=1, warmup_rounds=0)
     seconds = time.perf_counter() - start                     # one round: the same as the timed one
+    cpu = time.process_time() - cpu
     benchmark.extra_info["images_per_s"] = round(len(cams) / seconds, 1)
     benchmark.extra_info["full_set_s"] = round(seconds * total / len(cams), 2)
+    benchmark.extra_info["cpu_s"] = round(cpu * total / len(cams), 2)
     if isinstance(result, dict):
         benchmark.extra_info["maxboxacc"] = {str(k): round(v, 4) for k, v in result["maxboxacc"].items()}
         benchmark.extra_info["maxboxacc_v2"] = round(result["maxboxacc_v2"], 4)
+
+
+# ---------------------------------------------------------------- per map: smooth and textured maps
+
+MAP_KINDS = ["smooth", "textured"]
+PER_MAP_PROVIDERS = ["literal", "floor", "contours", "fast", "fast_v1", "fast_all_cores"]
+PER_MAP_COUNT = 32
+LITERAL_COUNT = 4
+TEXTURE = 0.1
+_POOL_MAPS: dict = {}            # maps inherited by forked workers
+
+
+def _gaussians(rng, size=224):
+    yy, xx = np.mgrid[:size, :size]
+    m = np.zeros((size, size))
+    for _ in range(int(rng.integers(1, 4))):
+        cx, cy = rng.uniform(0, size, 2)
+        sx, sy = rng.uniform(6, 60, 2)
+        m += rng.uniform(0.3, 1) * np.exp(-0.5 * (((xx - cx) / sx) ** 2 + ((yy - cy) / sy) ** 2))
+    return m
+
+
+@pytest.fixture(scope="module")
+def generated_maps():
+    """{kind: (maps, gt boxes)}: PER_MAP_COUNT maps of each family, one to three GT boxes each."""
+    out = {}
+    for kind in MAP_KINDS:
+        rng = np.random.default_rng(0)
+        maps, boxes = [], []
+        for _ in range(PER_MAP_COUNT):
+            m = _gaussians(rng)
+            if kind == "textured":
+                m = m + TEXTURE * rng.random(m.shape)
+            maps.append(metrics.normalize_scoremap(m))
+            k = int(rng.integers(1, 4))
+            x0, y0 = rng.integers(0, 180, k), rng.integers(0, 180, k)
+            boxes.append(np.stack([x0, y0, np.minimum(223, x0 + rng.integers(10, 150, k)),
+                                   np.minimum(223, y0 + rng.integers(10, 150, k))], axis=1))
+        out[kind] = (maps, boxes)
+    return out
+
+
+def _worker_score(args):
+    kind, indices = args
+    cpu = time.process_time()
+    maps, boxes = _POOL_MAPS[kind]
+    ev = metrics.BoxEvaluator(INTERVAL)
+    for i in indices:
+        ev.accumulate(maps[i], boxes[i])
+    return ev, time.process_time() - cpu
+
+
+def _floor(maps):
+    thresholds = metrics.cam_thresholds(INTERVAL)
+    for m in maps:
+        img = metrics.quantize_scoremap(m)
+        for k in np.unique(metrics._integer_thresholds(thresholds, int(img.max()))):
+            _, binary = cv2.threshold(img, int(k), 255, cv2.THRESH_BINARY)
+            cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
+
+
+def _contour_path(maps, boxes):
+    thresholds = metrics.cam_thresholds(INTERVAL)
+    ev = metrics.BoxEvaluator(INTERVAL)
+    for m, b in zip(maps, boxes):
+        best = metrics._ThresholdBoxes(metrics.quantize_scoremap(m), thresholds, True).best_ious(b)
+        for row, iou in enumerate(ev.iou_thresholds):
+            ev.num_correct[row] += best >= (iou / 100)
+        ev.cnt += 1
+    return ev.compute()
+
+
+@pytest.mark.parametrize("provider", PER_MAP_PROVIDERS)
+@pytest.mark.parametrize("kind", MAP_KINDS)
+def test_box_evaluator_per_map(benchmark, generated_maps, kind, provider):
+    import multiprocessing
+
+    maps, boxes = generated_maps[kind]
+    if provider == "literal":
+        maps, boxes = maps[:LITERAL_COUNT], boxes[:LITERAL_COUNT]
+    pool, worker_cpu = None, []
+    if provider == "floor":
+        def call():
+            _floor(maps)
+    elif provider == "contours":
+        def call():
+            return _contour_path(maps, boxes)
+    elif provider == "fast_all_cores":
+        workers = os.cpu_count() or 1
+        _POOL_MAPS[kind] = (maps, boxes)
+        pool = multiprocessing.get_context("fork").Pool(workers)
+        pool.map(_worker_score, [(kind, [])] * workers)               # start the workers
+        shares = [(kind, list(range(w, len(maps), workers))) for w in range(workers)]
+
+        def call():
+            parts = pool.map(_worker_score, shares)
+            worker_cpu.append(sum(seconds for _, seconds in parts))
+            return metrics.BoxEvaluator.merge(ev for ev, _ in parts).compute()
+    else:
+        def call():
+            ev = metrics.BoxEvaluator(INTERVAL, multi_contour=provider != "fast_v1",
+                                      reference=provider == "literal")
+            for m, b in zip(maps, boxes):
+                ev.accumulate(m, b)
+            return ev.compute()
+    benchmark.group = f"BoxEvaluator per 224x224 map, interval {INTERVAL}, {kind}"
+    benchmark.extra_info.update({"provider": provider, "kind": kind, "maps": len(maps),
+                                 "tree_path": metrics._threshold_boxes_op() is not None})
+    try:
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = benchmark.pedantic(call, rounds=1, iterations=1, warmup_rounds=0)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    benchmark.extra_info["ms_per_map"] = round(wall * 1e3 / len(maps), 2)
+    benchmark.extra_info["cpu_ms_per_map"] = round(cpu * 1e3 / len(maps), 2)
+    if worker_cpu:
+        benchmark.extra_info["workers"] = os.cpu_count() or 1
+        benchmark.extra_info["worker_cpu_ms_per_map"] = round(worker_cpu[0] * 1e3 / len(maps), 2)
+    if isinstance(result, dict):
+        benchmark.extra_info["maxboxacc"] = {str(k): round(v, 4) for k, v in result["maxboxacc"].items()}

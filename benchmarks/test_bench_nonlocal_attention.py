@@ -10,14 +10,19 @@ Providers:
   roofline      the matrix products alone: the bmm giving S (forward); plus the two gradient products
                 dS g and dS^T f (forward+backward), i.e. the least GEMM work of any method
 
-CUDA rows (test_nonlocal_attention_cuda, skipped without CUDA), in fp32 and bf16, same shapes:
+CUDA rows (test_nonlocal_attention_cuda, skipped without CUDA), fp32 and bf16, B = CUDA_B = 32 (the
+training batch), CUDA_SHAPES: N = 784 with C' in {128, 256, 512, 1024} and N = 3136 with C' in {128, 512}:
   reference-cuda     the literal form on CUDA, in the input dtype
   pytorch-best-cuda  the padded SDPA on CUDA (whichever backend PyTorch picks for the dtype and C')
-  triton             the Triton op (impl="triton"): online softmax, O(B*N) extra memory
+  triton             the Triton op (impl="triton"): online softmax, O(B*N) extra memory; its backward is
+                     the variant the policy picks for the shape (kernels/nonlocal_attention.py)
+  triton-atomic      forward+backward only: the same with the atomic-df backward forced
+  triton-bmm         forward+backward, C' >= 384 only: the cuBLAS-bmm backward forced
   roofline-cuda      the bmm giving S (plus the two gradient products backward), in the input dtype
-  They follow conftest.run_cuda_benchmark: warm-up, peak memory, device_ms by CUDA events, then
-  CUDA_ROUNDS synchronised rounds. fp32 products are exact fp32 everywhere (PyTorch's default
-  float32 matmul precision "highest": no TF32 in cuBLAS, tl.dot "ieee" in Triton).
+  Each row records device_ms (CUDA-graph replay, the GPU's own time), eager_events_ms (events around
+  the eager call: host launch gaps included) and pytest-benchmark's host-inclusive median
+  (benchmarks/cuda_timing.py). fp32 products follow PyTorch's float32 matmul precision, default
+  "highest": no TF32 in cuBLAS, "tf32x3" tl.dot in Triton.
 extra_info holds peak_mb (see conftest.py: bytes allocated during one call, gradients included) and
 extra_mb: peak_mb minus the call's results every method must allocate (A; with backward also the
 gradients of f, g and zbar), i.e. the method's own working memory.
@@ -110,15 +115,27 @@ def test_nonlocal_attention(benchmark, record_peak_memory, monkeypatch, n, c, pr
 
 # ---------------------------------------------------------------------------------------------- CUDA
 
+CUDA_B = 32
+CUDA_SHAPES = [(784, 128), (784, 256), (784, 512), (784, 1024), (3136, 128), (3136, 512)]
+TRITON_VARIANTS = {"triton": None, "triton-atomic": "atomic", "triton-bmm": "bmm"}
+
+
+def _cuda_inputs(n, c, dtype, requires_grad):
+    torch.manual_seed(0)
+    f = torch.randn(CUDA_B, n, c, device="cuda") / c ** 0.5
+    g = torch.randn(CUDA_B, n, c, device="cuda")
+    zbar = torch.randn(CUDA_B, n, device="cuda")
+    return [t.to(dtype).requires_grad_(requires_grad) for t in (f, g, zbar)]
+
+
 def _cuda_run(provider, f, g, zbar, backward):
-    """One call's work on CUDA, enqueued without synchronising (conftest.run_cuda_benchmark times it)."""
+    """One call's work on CUDA, enqueued without synchronising (cuda_timing.measure_cuda times it)."""
     if provider == "roofline-cuda":
         return lambda: _roofline(f.detach(), g.detach(), zbar, backward)
     forward = {
         "reference-cuda": lambda: reference.nonlocal_attention_map(f, g, zbar, 1.0),
         "pytorch-best-cuda": lambda: _sdpa_attention_map(f, g, zbar),
-        "triton": lambda: ops.nonlocal_attention_map(f, g, zbar, 1.0, impl="triton"),
-    }[provider]
+    }.get(provider, lambda: ops.nonlocal_attention_map(f, g, zbar, 1.0, impl="triton"))
 
     def run():
         out = forward()
@@ -132,15 +149,27 @@ def _cuda_run(provider, f, g, zbar, backward):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA rows: no CUDA device")
 @pytest.mark.parametrize("dtype", list(CUDA_DTYPES))
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("provider", CUDA_PROVIDERS)
-@pytest.mark.parametrize("n,c", SHAPES, ids=[f"N{n}-C{c}" for n, c in SHAPES])
-def test_nonlocal_attention_cuda(benchmark, run_cuda_benchmark, n, c, provider, mode, dtype):
-    if provider == "triton" and not _triton.TRITON_CUDA_AVAILABLE:
-        pytest.skip("the Triton op needs triton and its CUDA kernels registered")
+@pytest.mark.parametrize("provider", CUDA_PROVIDERS + ["triton-atomic", "triton-bmm"])
+@pytest.mark.parametrize("n,c", CUDA_SHAPES, ids=[f"N{n}-C{c}" for n, c in CUDA_SHAPES])
+def test_nonlocal_attention_cuda(benchmark, record_peak_memory, monkeypatch, n, c, provider, mode, dtype):
+    from cuda_timing import measure_cuda
+
     backward = mode == "forward+backward"
-    f, g, zbar = (t.detach().to(CUDA_DTYPES[dtype]).requires_grad_(backward)
-                  for t in _inputs(n, c, "cuda", requires_grad=False))
-    benchmark.group = f"cuda {dtype} nonlocal-attention B{B} N{n} C'{c} {mode}"
-    benchmark.extra_info.update({"provider": provider, "mode": mode, "dtype": dtype, "B": B, "N": n, "C'": c,
-                                 "device": "cuda"})
-    run_cuda_benchmark(_cuda_run(provider, f, g, zbar, backward))
+    if provider.startswith("triton"):
+        if not _triton.TRITON_CUDA_AVAILABLE:
+            pytest.skip("the Triton op needs triton and its CUDA kernels registered")
+        variant = TRITON_VARIANTS[provider]
+        if variant is not None and not backward:
+            pytest.skip("backward variants: the forward is the same kernel")
+        if variant == "bmm" and c < 384:
+            pytest.skip("the bmm backward is a candidate only for C' >= 384")
+        from wsol_fast.kernels import nonlocal_attention as attention_kernels
+        monkeypatch.setattr(attention_kernels, "FORCE_BACKWARD", variant)
+        if variant is None:
+            benchmark.extra_info["backward_variant"] = attention_kernels.backward_variant(CUDA_DTYPES[dtype], n, c)
+    f, g, zbar = _cuda_inputs(n, c, CUDA_DTYPES[dtype], backward)
+    benchmark.group = f"cuda {dtype} nonlocal-attention B{CUDA_B} N{n} C'{c} {mode}"
+    benchmark.extra_info.update({"provider": provider, "mode": mode, "dtype": dtype, "B": CUDA_B, "N": n, "C'": c,
+                                 "device": "cuda", "op": "nonlocal-attention",
+                                 "float32_matmul_precision": torch.get_float32_matmul_precision()})
+    measure_cuda(benchmark, record_peak_memory, _cuda_run(provider, f, g, zbar, backward))

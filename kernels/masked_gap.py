@@ -11,7 +11,8 @@ Design
   separate reduction kernel and no launch in between. It then streams over N in [BLOCK_C, BLOCK_N]
   tiles of x, building the three masks of the tile from A and accumulating three fp32 sums per
   channel: x is read exactly once, where the literal form reads it three times and writes three
-  masked copies. The programs of channel block 0 also write the counts and the dfg mask.
+  masked copies. The programs of channel block 0 also write the counts and the dfg mask. The N loops
+  are software-pipelined (`tl.range(..., num_stages=NUM_STAGES)`, a config parameter).
 * Backward. dx[b, c, i] = sum_alpha M_alpha,i * grad_pooled[b, alpha, c] / max(count_alpha, 1), with
   the masks recomputed from A (nothing but the counts is saved) and dx written once. No gradient
   flows to the attention (hard masks).
@@ -32,22 +33,25 @@ from triton import knobs
 INTERPRETING = bool(knobs.runtime.interpret)
 
 
-# The autotune space on a GPU (memory bound: wide N tiles), four configs (each is compiled and timed
-# per autotune key). Checked offline with triton 3.6 and 3.8 for sm_90: all compile without register
-# spills; each is run against the reference by tests/test_kernels_triton.py::test_masked_gap_every_gpu_config.
-GPU_CONFIGS = [triton.Config({"BLOCK_C": c, "BLOCK_N": n}, num_warps=w)
-               for c, n, w in ((32, 128, 4), (16, 256, 4), (64, 128, 8), (32, 256, 8))]
+# The autotune space on a GPU: memory bound, so wide tiles along the contiguous N axis (16-byte vector
+# loads of bf16 and fp32), enough programs (B * C / BLOCK_C) to fill every SM, and the N loop
+# software-pipelined with NUM_STAGES loads in flight (tl.range(..., num_stages=NUM_STAGES)). Not measured
+# on a GPU in this version (docs/kernels.md); each config is run against the reference by
+# tests/test_kernels_triton.py::test_masked_gap_every_gpu_config (compiled on CUDA, interpreted on CPU).
+GPU_CONFIGS = [triton.Config({"BLOCK_C": c, "BLOCK_N": n, "NUM_STAGES": stages}, num_warps=w)
+               for c, n, w, stages in ((32, 128, 4, 3), (16, 256, 4, 3), (8, 512, 4, 3), (32, 256, 8, 2),
+                                       (64, 128, 8, 2))]
 # Under the interpreter: BLOCK_C < 16 and BLOCK_N < N in the tests, so several channel blocks and N tiles run.
-_CONFIGS = [triton.Config({"BLOCK_C": 8, "BLOCK_N": 64})] if INTERPRETING else GPU_CONFIGS
+_CONFIGS = [triton.Config({"BLOCK_C": 8, "BLOCK_N": 64, "NUM_STAGES": 2})] if INTERPRETING else GPU_CONFIGS
 _AUTOTUNE_KEY = ["C", "N"]
 
 
 @triton.jit
-def _thresholds(a_ptr, N, gamma_fg, gamma_bg, BLOCK_N: tl.constexpr):
+def _thresholds(a_ptr, N, gamma_fg, gamma_bg, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr):
     """(theta_fg, theta_bg) of one contiguous attention row, in fp32."""
     running_max = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
     running_sum = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for n_start in range(0, N, BLOCK_N):
+    for n_start in tl.range(0, N, BLOCK_N, num_stages=NUM_STAGES):
         offs_n = n_start + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
         a = tl.load(a_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
@@ -72,13 +76,13 @@ def _tile_masks(a_ptr, offs_n, N, theta_fg, theta_bg):
 def _masked_gap_forward_kernel(
     x_ptr, a_ptr, pooled_ptr, counts_ptr, dfg_mask_ptr, C, N, gamma_fg, gamma_bg,
     stride_xb, stride_xc, stride_xn,
-    BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     """a, pooled [B, 3, C], counts [B, 3] and dfg_mask [B, N] are contiguous."""
     batch = tl.program_id(0).to(tl.int64)
     pid_c = tl.program_id(1)
     a_ptr += batch * N
-    theta_fg, theta_bg = _thresholds(a_ptr, N, gamma_fg, gamma_bg, BLOCK_N)
+    theta_fg, theta_bg = _thresholds(a_ptr, N, gamma_fg, gamma_bg, BLOCK_N, NUM_STAGES)
 
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
@@ -89,7 +93,7 @@ def _masked_gap_forward_kernel(
     count_fg = tl.zeros([BLOCK_N], dtype=tl.int32)
     count_dfg = tl.zeros([BLOCK_N], dtype=tl.int32)
     count_bg = tl.zeros([BLOCK_N], dtype=tl.int32)
-    for n_start in range(0, N, BLOCK_N):
+    for n_start in tl.range(0, N, BLOCK_N, num_stages=NUM_STAGES):
         offs_n = n_start + tl.arange(0, BLOCK_N)
         fg, dfg, bg = _tile_masks(a_ptr, offs_n, N, theta_fg, theta_bg)
         x = tl.load(x_rows + offs_n[None, :] * stride_xn, mask=mask_c[:, None] & (offs_n < N)[None, :],
@@ -121,13 +125,13 @@ def _masked_gap_forward_kernel(
 def _masked_gap_backward_kernel(
     grad_ptr, a_ptr, counts_ptr, dx_ptr, C, N, gamma_fg, gamma_bg,
     stride_dxb, stride_dxc, stride_dxn,
-    BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     """grad [B, 3, C], a [B, N] and counts [B, 3] are contiguous; dx may have any strides."""
     batch = tl.program_id(0).to(tl.int64)
     pid_c = tl.program_id(1)
     a_ptr += batch * N
-    theta_fg, theta_bg = _thresholds(a_ptr, N, gamma_fg, gamma_bg, BLOCK_N)
+    theta_fg, theta_bg = _thresholds(a_ptr, N, gamma_fg, gamma_bg, BLOCK_N, NUM_STAGES)
 
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
@@ -142,7 +146,7 @@ def _masked_gap_backward_kernel(
         / tl.maximum(tl.load(counts_row + 2), 1).to(tl.float32)
 
     dx_rows = dx_ptr + batch * stride_dxb + offs_c[:, None] * stride_dxc
-    for n_start in range(0, N, BLOCK_N):
+    for n_start in tl.range(0, N, BLOCK_N, num_stages=NUM_STAGES):
         offs_n = n_start + tl.arange(0, BLOCK_N)
         fg, dfg, bg = _tile_masks(a_ptr, offs_n, N, theta_fg, theta_bg)
         dx = tl.where(fg[None, :], grad_fg[:, None], 0.0) \
@@ -163,7 +167,12 @@ def _grid(batch: int, channels: int):
     return lambda meta: (batch, triton.cdiv(channels, meta["BLOCK_C"]))
 
 
-def masked_gap_forward(x: torch.Tensor, attention: torch.Tensor, gamma_fg: float, gamma_bg: float):
+def _launch(kernel, wrap):
+    """The kernel itself (eager), or wrap_triton(kernel) inside a torch.library.triton_op."""
+    return kernel if wrap is None else wrap(kernel)
+
+
+def masked_gap_forward(x: torch.Tensor, attention: torch.Tensor, gamma_fg: float, gamma_bg: float, wrap=None):
     """(pooled [B, 3, C] in x's dtype, counts [B, 3] int64, dfg_mask [B, N] bool) for x: [B, C, N]."""
     _check_supported(x)
     batch, channels, n = x.shape
@@ -175,26 +184,26 @@ def masked_gap_forward(x: torch.Tensor, attention: torch.Tensor, gamma_fg: float
         return pooled, counts, dfg_mask
     if channels == 0:  # no channel block would run to write the masks and counts
         pooled_unused, counts, dfg_mask = masked_gap_forward(
-            x.new_zeros((batch, 1, n)), attention, gamma_fg, gamma_bg)
+            x.new_zeros((batch, 1, n)), attention, gamma_fg, gamma_bg, wrap)
         return pooled, counts, dfg_mask
     # The mask is written as bytes: a bool tensor viewed as uint8 keeps one byte per element.
-    _masked_gap_forward_kernel[_grid(batch, channels)](
+    _launch(_masked_gap_forward_kernel, wrap)[_grid(batch, channels)](
         x, attention, pooled, counts, dfg_mask.view(torch.uint8), channels, n,
-        float(gamma_fg), float(gamma_bg), *x.stride())
+        float(gamma_fg), float(gamma_bg), x.stride(0), x.stride(1), x.stride(2))
     return pooled, counts, dfg_mask
 
 
 def masked_gap_backward(grad_pooled: torch.Tensor, x: torch.Tensor, attention: torch.Tensor,
-                        counts: torch.Tensor, gamma_fg: float, gamma_bg: float) -> torch.Tensor:
+                        counts: torch.Tensor, gamma_fg: float, gamma_bg: float, wrap=None) -> torch.Tensor:
     """dx (contiguous, x's dtype), written once, with the masks recomputed from the attention."""
     _check_supported(x)
     batch, channels, n = x.shape
     dx = torch.empty((batch, channels, n), dtype=x.dtype, device=x.device)
     if dx.numel() == 0:
         return dx
-    _masked_gap_backward_kernel[_grid(batch, channels)](
+    _launch(_masked_gap_backward_kernel, wrap)[_grid(batch, channels)](
         grad_pooled.contiguous(), attention.contiguous(), counts.contiguous(), dx, channels, n,
-        float(gamma_fg), float(gamma_bg), *dx.stride())
+        float(gamma_fg), float(gamma_bg), dx.stride(0), dx.stride(1), dx.stride(2))
     return dx
 
 

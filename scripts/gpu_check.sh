@@ -1,54 +1,60 @@
 #!/usr/bin/env bash
-# One pass of every check that needs a CUDA GPU, for a single short loan of a GPU machine with no network.
+# Every check that needs a CUDA GPU, in one pass of at most ~5 minutes on one H100/H200 with a fresh
+# install and no network (torch, triton, pytest, pytest-benchmark already installed).
 #
-#   bash scripts/gpu_check.sh            (from the repository root; results under $OUT, default ./gpu_out)
+#   bash scripts/gpu_check.sh            (from the repository root; outputs under $OUT, default ./gpu_out)
 #
-# Steps, each under its own `timeout` and all under one overall deadline (GPU_CHECK_DEADLINE_S, default
-# 560 s), so one hang cannot eat the loan; a failing step does not stop the next:
-#   env      nvidia-smi, python / torch / triton / pytest versions, the GPU
-#   install  wsol_fast + wsol_fast.kernels importable offline: `pip install -e .` without index, build
-#            isolation or the C++ build (its .so is not carried and targets another torch); if that
-#            fails, a shadow package on PYTHONPATH (wsol_fast/* linked, kernels/ linked as wsol_fast/kernels)
-#   smoke    the Triton ops against the reference on one shape (seconds; still informative if pytest hangs)
-#   tests    tests/test_kernels_triton.py compiled on CUDA (TRITON_INTERPRET=0): every dtype incl. bf16,
-#            every autotune config, opcheck, torch.compile(fullgraph=True), an ICL training step in
-#            fp32 and bf16 autocast against the reference
-#   bench-*  the CUDA rows of the two op benchmarks -> $OUT/bench_gap.json, bench_attention.json
-#            (both as markdown in bench_gpu.md, scripts/bench_table.py)
-#   train    the CUDA row of benchmarks/test_bench_train_step.py -> $OUT/bench_train.json (+ .md)
+# Outputs: $OUT/gpu_results.json, the ONE results file (every benchmark row, pytest-benchmark format,
+# plus an "environment" block: GPU, driver, versions, test counts), and $OUT/gpu_log.txt (everything
+# printed). Tables from it:
+#   python scripts/bench_table.py gpu_out/gpu_results.json             # the README's GPU tables
+#   python scripts/bench_table.py --targets gpu_out/gpu_results.json   # issue 15's targets, met / missed
+#   python scripts/bench_table.py --policy gpu_out/gpu_results.json   # attention backward policy
+#
+# Steps, each under its own `timeout` and all under one deadline (GPU_CHECK_DEADLINE_S, default 290 s);
+# a failing step does not stop the next:
+#   env         nvidia-smi, versions, the GPU -> environment block
+#   install     wsol_fast importable offline: `pip install -e .` without index, build isolation or the
+#               C++ build; if that fails, a shadow package on PYTHONPATH
+#   precompile  (in the background, beside the tests) scripts/gpu_precompile.py: every Triton config the
+#               op benchmarks will autotune, compiled in parallel into Triton's cache, and one ICL step
+#               per backbone
+#   tests       tests/test_kernels_triton.py compiled on CUDA (TRITON_INTERPRET=0): fp32/fp16/bf16, every
+#               autotune config, every backward variant, opcheck, torch.compile(fullgraph=True), an ICL
+#               block's training steps against the reference
+#   bench-*     the CUDA rows: masked GAP; attention B=32, N=784 C' 128/256/512/1024 and N=3136 C'
+#               128/512, bf16 and fp32, every backward variant; one training step per backbone (ICL,
+#               plain CAM, ICL on the reference ops)
 # Exit status 1 if any step failed or timed out (all steps still ran).
-# Outputs (7 files, the loan brings back at most 8): gpu_log.txt (everything), tests_junit.xml,
-# bench_gap.json, bench_attention.json, bench_gpu.md, bench_train.json, bench_train.md. The last lines
-# printed are a summary: one line per benchmark group (Triton against each other row), step status,
-# test counts and failures.
 set -o pipefail
 cd "$(dirname "$0")/.." || exit 1
 REPO=$(pwd)
 OUT=${OUT:-$REPO/gpu_out}
 mkdir -p "$OUT"
+WORK=$(mktemp -d /tmp/wsol_fast_gpu.XXXXXX)
 LOG=$OUT/gpu_log.txt
 : >"$LOG"
 exec > >(tee -a "$LOG") 2>&1
 TEE_PID=$!
 
-export PY=${PYTHON:-python3} REPO OUT
-DEADLINE_S=${GPU_CHECK_DEADLINE_S:-560}
+export PY=${PYTHON:-python3} REPO OUT WORK
+DEADLINE_S=${GPU_CHECK_DEADLINE_S:-290}
 export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0 WSOL_FAST_SKIP_CPP=1 WSOL_FAST_DISABLE_CPP=1
-SHADOW_PATH_FILE=/tmp/wsol_fast_shadow_pythonpath
-export SHADOW_PATH_FILE
-rm -f "$SHADOW_PATH_FILE"
+# Autotune decisions persist on disk per kernel, key and config list (a shape tuned by one pytest run is
+# not tuned again by the next); TRITON_PRINT_AUTOTUNING logs each key's chosen config.
+export TRITON_CACHE_AUTOTUNING=1 TRITON_PRINT_AUTOTUNING=1
 START=$(date +%s)
 SUMMARY=()
 FAILED_STEPS=0
 
 elapsed() { echo $(( $(date +%s) - START )); }
 
-# step NAME MAX_SECONDS COMMAND...: run under min(MAX_SECONDS, time left before the deadline - 15 s).
+# step NAME MAX_SECONDS COMMAND...: run under min(MAX_SECONDS, time left before the deadline - 10 s).
 step() {
   local name=$1 max=$2; shift 2
-  local left=$(( DEADLINE_S - $(elapsed) - 15 ))
+  local left=$(( DEADLINE_S - $(elapsed) - 10 ))
   local limit=$(( max < left ? max : left ))
-  if (( limit < 20 )); then
+  if (( limit < 15 )); then
     echo "=== [$name] SKIPPED: only ${left}s left before the ${DEADLINE_S}s deadline"
     SUMMARY+=("$name: skipped (deadline)")
     return
@@ -57,9 +63,9 @@ step() {
   echo "=== [$name] start at $(elapsed)s, limit ${limit}s: $*"
   local t0=$(date +%s) rc
   if declare -F "$1" >/dev/null; then          # a function of this script: run it in a child bash
-    timeout -k 10 "$limit" bash -c "$1"
+    timeout -k 5 "$limit" bash -c "$1"
   else
-    timeout -k 10 "$limit" "$@"
+    timeout -k 5 "$limit" "$@"
   fi
   rc=$?
   local took=$(( $(date +%s) - t0 ))
@@ -73,22 +79,29 @@ step() {
 
 env_info() {
   nvidia-smi || echo "nvidia-smi failed"
-  "$PY" - <<'EOF'
-import importlib, platform, sys
-print("python", sys.version.split()[0], sys.executable, platform.machine())
-for name in ("torch", "triton", "pytest", "pytest_benchmark", "xdist", "pytest_timeout", "setuptools", "numpy"):
+  "$PY" - "$WORK/env.json" <<'EOF'
+import datetime, importlib, json, platform, subprocess, sys
+env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+       "python": sys.version.split()[0], "machine": platform.machine()}
+for name in ("torch", "triton", "pytest", "pytest_benchmark", "xdist", "numpy"):
     try:
-        module = importlib.import_module(name)
-        print(f"{name:17s}", getattr(module, "__version__", "?"))
+        env[name] = getattr(importlib.import_module(name), "__version__", "?")
     except Exception as exc:
-        print(f"{name:17s} MISSING ({type(exc).__name__}: {exc})")
+        env[name] = f"MISSING ({type(exc).__name__})"
 import torch
-print("cuda available", torch.cuda.is_available(), "| torch CUDA", torch.version.cuda)
+env["cuda"] = torch.version.cuda
 if torch.cuda.is_available():
     props = torch.cuda.get_device_properties(0)
-    print("device", props.name, f"sm_{props.major}{props.minor}", props.multi_processor_count, "SMs",
-          f"{props.total_memory / 2**30:.1f} GiB")
-print("float32 matmul precision", torch.get_float32_matmul_precision())
+    env.update(gpu=props.name, sm=f"{props.major}{props.minor}", sm_count=props.multi_processor_count,
+               memory_gib=round(props.total_memory / 2**30, 1))
+try:
+    env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                   capture_output=True, text=True, timeout=20).stdout.strip()
+except Exception:
+    pass
+env["float32_matmul_precision"] = torch.get_float32_matmul_precision()
+print(json.dumps(env, indent=1))
+json.dump(env, open(sys.argv[1], "w"), indent=1)
 EOF
 }
 
@@ -108,86 +121,88 @@ install() {
   "$PY" -m pip install --no-build-isolation --no-deps --no-index --no-cache-dir --disable-pip-version-check -q -e . \
     && importable && return 0
   echo "pip install -e . did not give an importable wsol_fast; falling back to a shadow package on PYTHONPATH"
-  local shadow=/tmp/wsol_fast_shadow
+  local shadow=$WORK/shadow
   rm -rf "$shadow" && mkdir -p "$shadow/wsol_fast"
   for entry in "$REPO"/wsol_fast/*; do
-    case $(basename "$entry") in __pycache__|*.so) continue;; esac
+    case $(basename "$entry") in __pycache__|*.so|kernels) continue;; esac
     ln -s "$entry" "$shadow/wsol_fast/$(basename "$entry")"
   done
   ln -s "$REPO/kernels" "$shadow/wsol_fast/kernels"
-  echo "$shadow" >"$SHADOW_PATH_FILE"
+  echo "$shadow" >"$WORK/shadow_path"
   PYTHONPATH=$shadow${PYTHONPATH:+:$PYTHONPATH} PYTHONSAFEPATH=1 importable
 }
 
-smoke() {
-  "$PY" - <<'EOF'
-import time
-import torch
-import wsol_fast
-from wsol_fast import ops
-from wsol_fast.ops import reference
-print("backends", wsol_fast.backends())
-torch.manual_seed(0)
-for dtype in (torch.float32, torch.bfloat16):
-    t0 = time.time()
-    f, g = (torch.randn(2, 300, 64, device="cuda") / 8).to(dtype), torch.randn(2, 300, 64, device="cuda").to(dtype)
-    zbar = torch.randn(2, 300, device="cuda").to(dtype)
-    a = ops.nonlocal_attention_map(f, g, zbar, impl="triton")
-    a_ref = reference.nonlocal_attention_map(f.double(), g.double(), zbar.double())
-    x = torch.randn(2, 96, 300, device="cuda").to(dtype)
-    pooled, counts, mask = ops.masked_gap(x, a, 0.72, 1.2, impl="triton")
-    p_ref, c_ref, m_ref = reference.masked_gap(x.double(), a, 0.72, 1.2)
-    torch.cuda.synchronize()
-    print(f"{dtype}: attention max|err| {(a.double() - a_ref).abs().max().item():.2e}, masked GAP max|err| "
-          f"{(pooled.double() - p_ref).abs().max().item():.2e}, counts equal {torch.equal(counts, c_ref)}, "
-          f"masks equal {torch.equal(mask, m_ref)} ({time.time() - t0:.1f}s incl. autotuning)")
-EOF
-}
-
-export -f env_info importable install smoke
-step env 90 env_info
-step install 150 install
-if [[ -f $SHADOW_PATH_FILE ]]; then   # the fallback: no current directory on sys.path, so ./wsol_fast cannot shadow it
-  export PYTHONPATH=$(cat "$SHADOW_PATH_FILE")${PYTHONPATH:+:$PYTHONPATH} PYTHONSAFEPATH=1
+export -f env_info importable install
+step env 40 env_info
+step install 60 install
+if [[ -f $WORK/shadow_path ]]; then   # no current directory on sys.path, so ./wsol_fast cannot shadow it
+  export PYTHONPATH=$(cat "$WORK/shadow_path")${PYTHONPATH:+:$PYTHONPATH} PYTHONSAFEPATH=1
 fi
-step smoke 120 smoke
+
+# Compiles beside the tests: both are CPU-bound compilation, the GPU is nearly idle.
+PRECOMPILE_S=$(( DEADLINE_S / 2 ))
+echo "=== [precompile] background, deadline ${PRECOMPILE_S}s"
+timeout -k 5 $(( PRECOMPILE_S + 10 )) "$PY" scripts/gpu_precompile.py --steps --workers 8 --deadline "$PRECOMPILE_S" \
+  >"$WORK/precompile.log" 2>&1 &
+PRECOMPILE_PID=$!
 
 PARALLEL=()
-"$PY" -c "import xdist" 2>/dev/null && PARALLEL=(-n 6)     # compilation dominates: spread it over cores
+"$PY" -c "import xdist" 2>/dev/null && PARALLEL=(-n 6)
 TEST_TIMEOUT=()
-"$PY" -c "import pytest_timeout" 2>/dev/null && TEST_TIMEOUT=(--timeout 200)
-step tests 200 "$PY" -m pytest -q -rfEs -p no:cacheprovider "${PARALLEL[@]}" "${TEST_TIMEOUT[@]}" \
-  --durations=12 --junitxml "$OUT/tests_junit.xml" tests/test_kernels_triton.py
+"$PY" -c "import pytest_timeout" 2>/dev/null && TEST_TIMEOUT=(--timeout 120)
+# Stop the session (reports and junit still written) before the step's own timeout kills it.
+"$PY" -m pytest --help 2>/dev/null | grep -q -- "--session-timeout" && TEST_TIMEOUT+=(--session-timeout 130)
+step tests 140 "$PY" -m pytest -q -rfEs -p no:cacheprovider "${PARALLEL[@]}" "${TEST_TIMEOUT[@]}" \
+  --durations=8 --junitxml "$WORK/tests_junit.xml" tests/test_kernels_triton.py
 
-# One pytest run per benchmark file: pytest-benchmark writes its JSON only at the end of a run, so a
-# timeout loses that run's rows and no other's. TRITON_PRINT_AUTOTUNING logs each key's chosen config.
-BENCH=(-m pytest -q -p no:cacheprovider --benchmark-only --benchmark-columns=median,iqr,rounds --benchmark-sort=name)
-step bench-gap 120 env TRITON_PRINT_AUTOTUNING=1 "$PY" "${BENCH[@]}" -k "cuda or triton" \
-  --benchmark-json "$OUT/bench_gap.json" benchmarks/test_bench_masked_gap.py
-step bench-attention 240 env TRITON_PRINT_AUTOTUNING=1 "$PY" "${BENCH[@]}" -k "cuda or triton" \
-  --benchmark-json "$OUT/bench_attention.json" benchmarks/test_bench_nonlocal_attention.py
-if [[ -f benchmarks/test_bench_train_step.py ]]; then
-  step train 150 "$PY" "${BENCH[@]}" -k cuda --benchmark-json "$OUT/bench_train.json" benchmarks/test_bench_train_step.py
-else
-  SUMMARY+=("train: skipped (no benchmarks/test_bench_train_step.py)")
-fi
+wait "$PRECOMPILE_PID"
+echo "=== [precompile] rc=$? after $(elapsed)s"
+cat "$WORK/precompile.log"
+
+# One pytest run per group of rows: pytest-benchmark writes its JSON only at the end of a run, so a
+# timeout loses that run's rows and no other's.
+BENCH=(-m pytest -q -p no:cacheprovider --benchmark-only --benchmark-columns=median,rounds --benchmark-sort=name)
+step bench-gap 40 "$PY" "${BENCH[@]}" -k cuda --benchmark-json "$WORK/bench_gap.json" benchmarks/test_bench_masked_gap.py
+step bench-attention-bf16 70 "$PY" "${BENCH[@]}" -k "cuda and bf16" --benchmark-json "$WORK/bench_attention_bf16.json" \
+  benchmarks/test_bench_nonlocal_attention.py
+step bench-attention-fp32 50 "$PY" "${BENCH[@]}" -k "cuda and fp32" --benchmark-json "$WORK/bench_attention_fp32.json" \
+  benchmarks/test_bench_nonlocal_attention.py
+step bench-step 60 "$PY" "${BENCH[@]}" --benchmark-json "$WORK/bench_step.json" benchmarks/test_bench_icl_step_cuda.py
 
 echo
-echo "=== tables (full: $OUT/bench_gpu.md, $OUT/bench_train.md)"
-OP_JSONS=()
-for json in "$OUT/bench_gap.json" "$OUT/bench_attention.json"; do [[ -s $json ]] && OP_JSONS+=("$json"); done
-if (( ${#OP_JSONS[@]} )); then
-  "$PY" scripts/bench_table.py "${OP_JSONS[@]}" -o "$OUT/bench_gpu.md" >/dev/null
-  "$PY" scripts/bench_table.py --summary "${OP_JSONS[@]}"
+"$PY" - "$WORK/env.json" "$WORK/tests_junit.xml" <<'EOF'
+import json, os, sys
+import xml.etree.ElementTree as ET
+env_path, junit = sys.argv[1], sys.argv[2]
+env = json.load(open(env_path)) if os.path.exists(env_path) else {}
+if os.path.exists(junit):
+    suite = ET.parse(junit).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    env["tests"] = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    env["tests"]["failed"] = [f"{c.get('classname')}::{c.get('name')}" for c in suite.iter("testcase")
+                              if c.find("failure") is not None or c.find("error") is not None][:40]
+json.dump(env, open(env_path, "w"), indent=1)
+EOF
+JSONS=()
+for json in "$WORK"/bench_*.json; do [[ -s $json ]] && JSONS+=("$json"); done
+if (( ${#JSONS[@]} )); then
+  ENV_ARG=()
+  [[ -s $WORK/env.json ]] && ENV_ARG=(--env "$WORK/env.json")
+  "$PY" scripts/bench_table.py --merge "$OUT/gpu_results.json" "${ENV_ARG[@]}" "${JSONS[@]}"
+  echo
+  echo "=== tables"
+  "$PY" scripts/bench_table.py "$OUT/gpu_results.json"
+  echo "=== targets"
+  "$PY" scripts/bench_table.py --targets "$OUT/gpu_results.json"
+  echo "=== attention backward policy the rows support"
+  "$PY" scripts/bench_table.py --policy "$OUT/gpu_results.json"
+else
+  echo "no benchmark rows"
 fi
-[[ -s $OUT/bench_train.json ]] && "$PY" scripts/bench_table.py "$OUT/bench_train.json" -o "$OUT/bench_train.md"
 echo
 echo "=== summary after $(elapsed)s"
 for line in "${SUMMARY[@]}"; do echo "  $line"; done
-grep -h -o 'tests="[0-9]*"\|failures="[0-9]*"\|errors="[0-9]*"\|skipped="[0-9]*"' "$OUT/tests_junit.xml" 2>/dev/null \
-  | head -4 | tr '\n' ' ' | sed 's/^/  junit: /'
-echo
-grep -E '^(FAILED|ERROR) ' "$LOG" | sort -u | head -40
+"$PY" -c "import json; print('  tests:', json.load(open('$WORK/env.json')).get('tests'))" 2>/dev/null
 exec 1>&- 2>&-
 wait "$TEE_PID" 2>/dev/null   # let tee write the last lines before the caller reads the output
-exit $(( FAILED_STEPS > 0 ? 1 : 0 ))   # 1 if any step failed or timed out
+exit $(( FAILED_STEPS > 0 ? 1 : 0 ))

@@ -1,16 +1,22 @@
 """Triton kernels (kernels/) against the literal reference: values and every gradient.
 
 Without a GPU the kernels run in Triton's interpreter on CPU tensors: TRITON_INTERPRET=1 must be set
-before the kernel modules are imported (conftest does it; so does this module, for a lone run).
+before the kernel modules are imported (conftest does it; so does this module, for a lone run). There:
+fp32 and fp16, odd N, C' in {1, 8, 24, 72, 144, 512, 600}, B <= 2, every backward variant (fused,
+atomic, bmm), the split-C' fallback, large logits, both host paths (the eager autograd.Function and the
+triton_op of torch.compile) and the fp32 precision policy. The interpreter multiplies exactly whatever
+tl.dot is told, so the precision policy is tested on what the launchers pass.
 With a GPU and TRITON_INTERPRET=0 the same tests run compiled on CUDA, bf16 included, plus the
-CUDA-only ones at the end: opcheck of the four ops, torch.compile(fullgraph=True) through them, and
-an ICL block's training steps against the reference (fp32 and bf16 autocast). scripts/gpu_check.sh
-runs them on a GPU machine.
+CUDA-only ones at the end: opcheck of the ops (the C++-declared ones with their CUDA kernels and the
+triton_op versions), torch.compile(fullgraph=True) through them, and an ICL block's training steps
+against the reference (fp32 and bf16 autocast). scripts/gpu_check.sh runs them on a GPU machine.
 
 Tolerance rule (flash-attention): max |fused - ref64| <= 2 * max |ref_dtype - ref64| + atol
 + rtol * max |ref64|, where ref64 is the reference in fp64 on the same (rounded) inputs and ref_dtype
 the reference run in the tested dtype; rtol is about the dtype's unit roundoff (the rounding of the
-output itself), atol a floor for outputs near zero.
+output itself), atol a floor for outputs near zero. Two named extra terms: the recomputation of P from
+the fp32 lse (lse_recompute_rtol) and, compiled on CUDA only, fp32 tiles multiplied as "tf32x3"
+(tf32x3_rtol).
 """
 import os
 
@@ -43,9 +49,9 @@ needs_cuda = pytest.mark.skipif(DEVICE != "cuda", reason="compiled Triton on a C
 # autotune config for every shape (minutes); test_*_every_gpu_config runs each config instead.
 # WSOL_FAST_TEST_AUTOTUNE=1 keeps the full autotuning everywhere. The interpreter has one config anyway.
 PINNED_CONFIGS = {
-    attention_kernels._attention_forward_kernel: attention_kernels.FORWARD_GPU_CONFIGS[2],          # 64 x 32
-    attention_kernels._attention_backward_query_kernel: attention_kernels.BACKWARD_GPU_CONFIGS[2],  # 32 x 64
-    attention_kernels._attention_backward_key_kernel: attention_kernels.BACKWARD_GPU_CONFIGS[2],
+    attention_kernels._attention_forward_kernel: attention_kernels.FORWARD_GPU_CONFIGS[2],          # 64 x 64
+    attention_kernels._attention_backward_kernel: attention_kernels.BACKWARD_GPU_CONFIGS[0],        # 64 x 64
+    attention_kernels._attention_softmax_grad_kernel: attention_kernels.SOFTMAX_GRAD_GPU_CONFIGS[0],
     gap_kernels._masked_gap_forward_kernel: gap_kernels.GPU_CONFIGS[0],
     gap_kernels._masked_gap_backward_kernel: gap_kernels.GPU_CONFIGS[0],
 }
@@ -105,55 +111,186 @@ def lse_recompute_rtol(f, g, scale):
     return 4 * 2.0 ** -24 * s_max
 
 
-def check_attention(f, g, zbar, scale, atol, rtol):
+def tf32x3_rtol(f, g, scale):
+    """Relative error of P (and absolute error of lse) from fp32 tiles multiplied as "tf32x3" on a GPU.
+
+    Three TF32 products drop the low x low term and round the low parts to TF32: about 2^-21 of
+    |f_i| . |g_j| per score, against the 2^-24 of an fp32 FMA. The interpreter multiplies exactly (0).
+    """
+    if DEVICE != "cuda" or f.dtype != torch.float32 or attention_kernels.input_precision(f.dtype) != "tf32x3":
+        return 0.0
+    s_abs = (torch.bmm(f.double().abs(), g.double().abs().transpose(1, 2)) * abs(scale)).max().item()
+    return 4 * 2.0 ** -21 * s_abs
+
+
+def check_attention(f, g, zbar, scale, atol, rtol, variant=None):
     """Forward and backward launchers against the reference in fp64 and in the inputs' dtype."""
     a, lse = attention_kernels.nonlocal_attention_forward(f, g, zbar, scale)
     grad_a = torch.randn(a.shape).to(DEVICE, f.dtype)
-    fused = (a, *attention_kernels.nonlocal_attention_backward(grad_a, f, g, zbar, a, lse, scale))
+    grads = attention_kernels.nonlocal_attention_backward(grad_a, f, g, zbar, a, lse, scale, variant=variant)
+    fused = (a, *grads)
     ref_same = attention_reference(f, g, zbar, scale, grad_a)
     ref64 = attention_reference(f.double(), g.double(), zbar.double(), scale, grad_a)
-    backward_rtol = lse_recompute_rtol(f, g, scale)
+    matmul_rtol = tf32x3_rtol(f, g, scale)
+    backward_rtol = lse_recompute_rtol(f, g, scale) + matmul_rtol
     for name, out, same, exact in zip(("A", "df", "dg", "dzbar"), fused, ref_same, ref64):
         assert out.dtype == f.dtype and out.shape == exact.shape, name
-        assert_close_to_reference(name, out, same, exact, atol, rtol, 0.0 if name == "A" else backward_rtol)
+        assert_close_to_reference(name, out, same, exact, atol, rtol,
+                                  matmul_rtol if name == "A" else backward_rtol)
     # lse is fp32 for every input dtype (the reference's too): held to fp32 tolerances.
     assert lse.dtype == torch.float32
     lse64 = reference.nonlocal_attention_lse(f.double(), g.double(), scale)
-    assert_close_to_reference("lse", lse, reference.nonlocal_attention_lse(f, g, scale), lse64, 1e-6, 1e-6)
+    assert_close_to_reference("lse", lse, reference.nonlocal_attention_lse(f, g, scale), lse64, 1e-6 + matmul_rtol,
+                              1e-6)
 
 
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPE_TOLERANCES)
-@pytest.mark.parametrize("batch, height, width, head_dim, scale", [
-    (1, 1, 1, 1, 1.0),         # N = 1: one key, P = 1, A = zbar, df = dg = 0
-    (2, 5, 7, 1, 1.0),         # C' = 1 (padded to 16 for tl.dot); N = 35 between the two block sizes
-    (2, 13, 17, 24, 0.2),      # N = 221 a multiple of no block; C' = 24: two head-dim chunks, the last partial
-    (1, 28, 28, 8, 0.35),      # N = 784, the ICL map size: 25 key blocks for the online softmax
+@pytest.mark.parametrize("batch, n, head_dim, scale", [
+    (1, 1, 1, 1.0),        # N = 1: one key, P = 1, A = zbar, df = dg = 0
+    (2, 35, 1, 1.0),       # C' = 1 (padded to 16 for tl.dot); N = 35: full key blocks and a partial last one
+    (2, 37, 144, 0.08),    # odd N; C' = 144: several forward chunks (the last partial), 256-wide backward tiles
+    (1, 21, 512, 0.045),   # C' = 512: the widest full-C' backward accumulator; small N, the interpreter is slow
+    (1, 130, 8, 0.35),     # N = 10 x 13: many key blocks for the online softmax, many owned blocks backward
 ])
-def test_attention_matches_reference(batch, height, width, head_dim, scale, dtype, atol, rtol):
-    check_attention(*attention_inputs(batch, height * width, head_dim, dtype), scale, atol, rtol)
+def test_attention_matches_reference(batch, n, head_dim, scale, dtype, atol, rtol):
+    check_attention(*attention_inputs(batch, n, head_dim, dtype), scale, atol, rtol)
 
 
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPE_TOLERANCES)
-def test_attention_large_logits(dtype, atol, rtol):
+@pytest.mark.parametrize("variant, n, head_dim", [
+    ("atomic", 37, 144),   # df by fp32 atomics from the key-side programs (owned rows past N masked out)
+    ("bmm", 37, 144),      # cuBLAS-style S, df, dg (forced below its C' >= 384 policy floor) + Triton dS
+    ("bmm", 21, 512),
+])
+def test_attention_backward_variants(variant, n, head_dim, dtype, atol, rtol):
+    check_attention(*attention_inputs(2, n, head_dim, dtype), 1.0 / head_dim ** 0.5, atol, rtol, variant=variant)
+
+
+@pytest.mark.parametrize("variant", ["fused", "atomic"])
+@pytest.mark.parametrize("max_full_d, head_dim", [(32, 72), (attention_kernels.MAX_FULL_D, 600)])
+def test_attention_split_head_dim_fallback(variant, max_full_d, head_dim, monkeypatch):
+    # Past MAX_FULL_D the backward splits the output columns over programs (chunks of SPLIT_BLOCK_DO),
+    # each recomputing the scores over the full C'. Lowering the limit runs the same code on a small C'
+    # (72 = 64 + a partial chunk of 8); C' = 600 is the real case, on a small N.
+    monkeypatch.setattr(attention_kernels, "MAX_FULL_D", max_full_d)
+    monkeypatch.setattr(attention_kernels, "SPLIT_BLOCK_DO", 64 if max_full_d < 64 else 128)
+    assert attention_kernels._backward_blocks(head_dim)[2], "the split path must be the one under test"
+    check_attention(*attention_inputs(1, 19, head_dim, torch.float32), 0.05, 1e-6, 1e-6, variant=variant)
+
+
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPE_TOLERANCES)
+@pytest.mark.parametrize("variant", ["fused", "atomic", "bmm"])
+def test_attention_large_logits(variant, dtype, atol, rtol):
     # |S| up to ~3e3: a naive exp overflows in fp32 (and fp16); the running max must keep it finite.
     f, g, zbar = attention_inputs(1, 9 * 11, 8, dtype, logit_scale=11.0)
     s_max = torch.bmm(f.double(), g.double().transpose(1, 2)).abs().max().item()
     assert s_max > 1e3
-    check_attention(f, g, zbar, 1.0, atol, rtol)
+    check_attention(f, g, zbar, 1.0, atol, rtol, variant=variant)
 
 
 @pytest.mark.parametrize("dtype, atol, rtol", [DTYPE_TOLERANCES[0], DTYPE_TOLERANCES[2]])
 @pytest.mark.parametrize("config", range(len(attention_kernels.FORWARD_GPU_CONFIGS)))
 def test_attention_every_gpu_config(config, dtype, atol, rtol, monkeypatch):
     # Every block shape the autotuner may pick on a GPU (forward config i with backward config i), with
-    # a partial last block for each. Compiled: N = 221 and C' = 160, two head-dim chunks of 128, the
-    # second partial. Interpreted (slow, chunks of 16): N = 99 and C' = 24, a partial second chunk.
+    # a partial last block for each. Compiled: N = 221, C' = 160 (two forward chunks of 128, the second
+    # partial; a 256-wide backward accumulator). Interpreted (slow): N = 99, C' = 24.
     kernels = attention_kernels
     monkeypatch.setattr(kernels._attention_forward_kernel, "configs", [kernels.FORWARD_GPU_CONFIGS[config]])
-    for kernel in (kernels._attention_backward_query_kernel, kernels._attention_backward_key_kernel):
-        monkeypatch.setattr(kernel, "configs", [kernels.BACKWARD_GPU_CONFIGS[config]])
+    monkeypatch.setattr(kernels._attention_backward_kernel, "configs", [kernels.BACKWARD_GPU_CONFIGS[config]])
     n, head_dim = (13 * 17, 160) if DEVICE == "cuda" else (9 * 11, 24)
     check_attention(*attention_inputs(2, n, head_dim, dtype), 2.0 / head_dim ** 0.5, atol, rtol)
+
+
+@pytest.mark.parametrize("config", range(len(attention_kernels.SOFTMAX_GRAD_GPU_CONFIGS)))
+def test_attention_bmm_variant_every_gpu_config(config, monkeypatch):
+    monkeypatch.setattr(attention_kernels._attention_softmax_grad_kernel, "configs",
+                        [attention_kernels.SOFTMAX_GRAD_GPU_CONFIGS[config]])
+    n = 13 * 17 if DEVICE == "cuda" else 9 * 11    # a partial block of every config; the interpreter is slow
+    check_attention(*attention_inputs(2, n, 24, torch.float32), 0.4, 1e-6, 1e-6, variant="bmm")
+
+
+@pytest.mark.parametrize("policy, expected", [("highest", "tf32x3"), ("high", "tf32"), ("medium", "tf32")])
+def test_fp32_dot_precision_follows_torch_policy(policy, expected, monkeypatch):
+    """fp32 tiles: TF32 where torch's float32 matmul policy allows it, else tf32x3, never "ieee"; the
+    launchers pass that choice to every kernel as the INPUT_PRECISION constexpr."""
+    assert attention_kernels.input_precision(torch.float32, policy) == expected
+    seen = []
+
+    class Spy:   # stands for a kernel: records the constexpr, then launches the real kernel
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                seen.append(kwargs["INPUT_PRECISION"])
+                return self.kernel[grid](*args, **kwargs)
+            return launch
+
+    for name in ("_attention_forward_kernel", "_attention_backward_kernel"):
+        monkeypatch.setattr(attention_kernels, name, Spy(getattr(attention_kernels, name)))
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(policy)
+    try:
+        f, g, zbar = attention_inputs(1, 20, 8, torch.float32)
+        a, lse = attention_kernels.nonlocal_attention_forward(f, g, zbar, 0.5)
+        attention_kernels.nonlocal_attention_backward(torch.ones_like(a), f, g, zbar, a, lse, 0.5, variant="fused")
+        attention_kernels.nonlocal_attention_forward(f.half(), g.half(), zbar.half(), 0.5)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert seen == [expected, expected, "tf32"]   # half tiles: their own dtype, the argument is moot
+
+
+def test_backward_variant_policy(monkeypatch):
+    choose = attention_kernels.backward_variant
+    monkeypatch.setattr(attention_kernels, "FORCE_BACKWARD", None)
+    monkeypatch.setattr(attention_kernels, "BACKWARD_POLICY", {("bfloat16", 784, 512): "bmm",
+                                                              ("bfloat16", 784, 128): "bmm",
+                                                              ("float32", 784, 128): "atomic"})
+    assert choose(torch.float16, 784, 512) == "fused"           # not in the table: the default
+    assert choose(torch.bfloat16, 784, 512) == "bmm"
+    assert choose(torch.bfloat16, 784, 128) == "fused"          # bmm only from C' = BMM_MIN_HEAD_DIM on
+    assert choose(torch.float32, 784, 128) == "atomic"
+    assert choose(torch.float32, 784, 128, force="bmm") == "bmm"
+    monkeypatch.setattr(attention_kernels, "FORCE_BACKWARD", "fused")
+    assert choose(torch.bfloat16, 784, 512) == "fused"
+    with pytest.raises(ValueError, match="WSOL_FAST_ATTENTION_BACKWARD"):
+        choose(torch.float32, 10, 8, force="flash")
+
+
+# Shared memory per block of forward configs, read off offline compiles for sm_90 (triton 3.8,
+# triton.compile with a GPUTarget; no device): (dtype, C', static chunks, (BLOCK_M, BLOCK_N, warps, stages)).
+SM90_FORWARD_SHARED_BYTES = {
+    ("bfloat16", 512, True, (128, 64, 8, 3)): 147456, ("bfloat16", 512, True, (128, 128, 8, 2)): 163840,
+    ("bfloat16", 512, True, (64, 64, 4, 3)): 81920, ("bfloat16", 512, True, (64, 128, 4, 3)): 98304,
+    ("float32", 128, True, (128, 64, 8, 3)): 262144, ("float32", 128, True, (128, 128, 8, 2)): 327680,
+    ("float32", 128, True, (64, 64, 4, 3)): 196608, ("float32", 128, True, (64, 128, 4, 3)): 327680,
+    ("float32", 512, False, (64, 64, 4, 3)): 229376,
+}
+SM90_MAX_SHARED = 232448   # 227 KiB per block
+
+
+def test_forward_pruning_keeps_no_config_measured_too_large():
+    """Every config the pruner keeps fits in sm_90's shared memory where an offline compile measured it,
+    and the ones measured too large are dropped (the estimate may be conservative, never optimistic)."""
+    for (dtype_name, head_dim, static, blocks), measured in SM90_FORWARD_SHARED_BYTES.items():
+        probe = torch.empty(1, dtype=getattr(torch, dtype_name))
+        kept = attention_kernels._prune_forward(
+            attention_kernels.FORWARD_GPU_CONFIGS, {"f_ptr": probe}, D=head_dim, BLOCK_D=128, STATIC_CHUNKS=static)
+        kept = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in kept}
+        assert kept, (dtype_name, head_dim)
+        if measured > SM90_MAX_SHARED:
+            assert blocks not in kept, (dtype_name, head_dim, blocks, measured)
+
+
+def test_eager_path_is_one_autograd_function():
+    # No dispatcher op and no second autograd layer between wsol_fast.ops and the launchers in eager mode.
+    f, g, zbar = (t.requires_grad_() for t in attention_inputs(1, 20, 8, torch.float32))
+    a = ops.nonlocal_attention_map(f, g, zbar, 0.5, impl="triton")
+    assert type(a.grad_fn).__name__ == "NonlocalAttentionMapFunctionBackward"
+    assert {type(n[0]).__name__ for n in a.grad_fn.next_functions} == {"AccumulateGrad"}
+    x = torch.randn(1, 4, 20, device=DEVICE, requires_grad=True)
+    pooled = ops.masked_gap(x, a.detach(), GAMMA_FG, GAMMA_BG, impl="triton")[0]
+    assert type(pooled.grad_fn).__name__ == "MaskedGapFunctionBackward"
 
 
 def test_attention_strided_inputs_need_no_copy():
@@ -165,23 +302,42 @@ def test_attention_strided_inputs_need_no_copy():
     a_t, lse_t = attention_kernels.nonlocal_attention_forward(f_t, g_t, zbar, 0.5)
     assert torch.equal(a, a_t) and torch.equal(lse, lse_t)
     grad_a = torch.randn(a.shape, device=DEVICE)
-    grads = attention_kernels.nonlocal_attention_backward(grad_a, f, g, zbar, a, lse, 0.5)
-    grads_t = attention_kernels.nonlocal_attention_backward(grad_a, f_t, g_t, zbar, a, lse, 0.5)
-    for grad, grad_t in zip(grads, grads_t):
-        assert torch.equal(grad, grad_t)
+    for variant in attention_kernels.BACKWARD_VARIANTS:
+        grads = attention_kernels.nonlocal_attention_backward(grad_a, f, g, zbar, a, lse, 0.5, variant=variant)
+        grads_t = attention_kernels.nonlocal_attention_backward(grad_a, f_t, g_t, zbar, a, lse, 0.5, variant=variant)
+        for grad, grad_t, like in zip(grads, grads_t, (f_t, g_t, zbar)):
+            assert grad_t.stride() == torch.empty_like(like).stride(), variant   # as the fake kernel declares
+            if variant == "atomic":   # fp32 atomics add in any order: equal to rounding, not to the bit
+                torch.testing.assert_close(grad_t, grad, rtol=1e-6, atol=1e-7)
+            else:
+                assert torch.equal(grad, grad_t), variant
+
+
+def _check_attention_autograd(a, f, g, zbar, scale, grad_a):
+    a.backward(grad_a)
+    ref64 = attention_reference(f.detach().double(), g.detach().double(), zbar.detach().double(), scale, grad_a)
+    ref32 = attention_reference(f.detach(), g.detach(), zbar.detach(), scale, grad_a)
+    extra = tf32x3_rtol(f.detach(), g.detach(), scale)
+    for name, out, same, exact in zip(("A", "df", "dg", "dzbar"), (a.detach(), f.grad, g.grad, zbar.grad),
+                                      ref32, ref64):
+        assert_close_to_reference(name, out, same, exact, 1e-6, 1e-6, extra)
 
 
 def test_attention_public_op_with_autograd():
+    # Eager: wsol_fast.ops -> one autograd.Function -> the launchers.
     assert "triton" in ops.available_impls(DEVICE)
     f, g, zbar = (t.requires_grad_() for t in attention_inputs(2, 6 * 5, 12, torch.float32))
     a = ops.nonlocal_attention_map(f, g, zbar, 0.5, impl="triton")
-    grad_a = torch.randn(a.shape, device=DEVICE)
-    a.backward(grad_a)
-    ref64 = attention_reference(f.detach().double(), g.detach().double(), zbar.detach().double(), 0.5, grad_a)
-    ref32 = attention_reference(f.detach(), g.detach(), zbar.detach(), 0.5, grad_a)
-    for name, out, same, exact in zip(("A", "df", "dg", "dzbar"), (a.detach(), f.grad, g.grad, zbar.grad),
-                                      ref32, ref64):
-        assert_close_to_reference(name, out, same, exact, 1e-6, 1e-6)
+    _check_attention_autograd(a, f, g, zbar, 0.5, torch.randn(a.shape, device=DEVICE))
+
+
+def test_attention_triton_op_with_autograd():
+    # The torch.compile path's op (torch.library.triton_op), called eagerly: same launchers, its own autograd.
+    assert _triton.triton_ops()
+    f, g, zbar = (t.requires_grad_() for t in attention_inputs(2, 6 * 5, 12, torch.float32))
+    a, lse = torch.ops.wsol_fast.nonlocal_attention_map_triton(f, g, zbar, 0.5)
+    assert not lse.requires_grad
+    _check_attention_autograd(a, f, g, zbar, 0.5, torch.randn(a.shape, device=DEVICE))
 
 
 # ------------------------------------------------------------------------------------- masked GAP
@@ -213,7 +369,7 @@ def check_masked_gap(x, attention, atol, rtol):
 @pytest.mark.parametrize("batch, channels, height, width, signed", [
     (1, 1, 1, 1, False),      # N = 1, C = 1: the single position is below theta_bg = 1.2 A
     (2, 5, 13, 17, True),     # C = 5 < BLOCK_C, N = 221 a multiple of no tile; signed A (mean may be < 0)
-    (2, 16, 28, 28, False),   # the ICL map size; two channel blocks, 13 N tiles
+    (2, 9, 28, 28, False),    # the ICL map size; two channel blocks (the second partial), 13 N tiles
 ])
 def test_masked_gap_matches_reference(batch, channels, height, width, signed, dtype, atol, rtol):
     n = height * width
@@ -240,13 +396,14 @@ def test_masked_gap_constant_attention(value, expected_counts, dtype, atol, rtol
 @pytest.mark.parametrize("dtype, atol, rtol", [DTYPE_TOLERANCES[0], DTYPE_TOLERANCES[2]])
 @pytest.mark.parametrize("config", range(len(gap_kernels.GPU_CONFIGS)))
 def test_masked_gap_every_gpu_config(config, dtype, atol, rtol, monkeypatch):
-    # Every tile shape the autotuner may pick on a GPU: C = 80 (a partial channel block for each),
-    # N = 1000 (a partial N tile for each).
+    # Every tile shape the autotuner may pick on a GPU, with a partial channel block and a partial last N
+    # tile for each: compiled C = 80, N = 1000; interpreted (slow) C = 40, N = 520.
     for kernel in (gap_kernels._masked_gap_forward_kernel, gap_kernels._masked_gap_backward_kernel):
         monkeypatch.setattr(kernel, "configs", [gap_kernels.GPU_CONFIGS[config]])
-    x = torch.randn(2, 80, 1000).to(DEVICE, dtype)
-    counts = check_masked_gap(x, torch.rand(2, 1000).to(DEVICE, dtype), atol, rtol)
-    assert (counts > 0).all() and (counts < 1000).all()
+    channels, n = (80, 1000) if DEVICE == "cuda" else (40, 520)
+    x = torch.randn(2, channels, n).to(DEVICE, dtype)
+    counts = check_masked_gap(x, torch.rand(2, n).to(DEVICE, dtype), atol, rtol)
+    assert (counts > 0).all() and (counts < n).all()
 
 
 def test_masked_gap_channels_last_input():
@@ -257,11 +414,16 @@ def test_masked_gap_channels_last_input():
     check_masked_gap(x, torch.rand(2, 35, device=DEVICE), 1e-6, 1e-6)
 
 
-def test_masked_gap_public_op_with_autograd():
-    assert "triton" in ops.available_impls(DEVICE)
+@pytest.mark.parametrize("path", ["eager", "triton_op"])
+def test_masked_gap_public_op_with_autograd(path):
+    # eager: wsol_fast.ops -> one autograd.Function -> the launchers; triton_op: the torch.compile path's op.
+    assert "triton" in ops.available_impls(DEVICE) and _triton.triton_ops()
     x = torch.randn(2, 9, 50, device=DEVICE, requires_grad=True)
     attention = torch.rand(2, 50, device=DEVICE, requires_grad=True)
-    pooled, counts, dfg_mask = ops.masked_gap(x, attention, GAMMA_FG, GAMMA_BG, impl="triton")
+    if path == "eager":
+        pooled, counts, dfg_mask = ops.masked_gap(x, attention, GAMMA_FG, GAMMA_BG, impl="triton")
+    else:
+        pooled, counts, dfg_mask = torch.ops.wsol_fast.masked_gap_triton(x, attention, GAMMA_FG, GAMMA_BG)
     grad_pooled = torch.randn(pooled.shape, device=DEVICE)
     pooled.backward(grad_pooled)
     assert attention.grad is None   # hard masks: no gradient reaches the attention
@@ -336,12 +498,25 @@ def _opcheck_samples(device):
     counts = torch.ops.wsol_fast.masked_gap(x, att, GAMMA_FG, GAMMA_BG)[1]
     samples["gap-backward-op"] = (torch.ops.wsol_fast.masked_gap_backward.default,
                                   [torch.randn(2, 3, 5, device=device), x, att, counts, GAMMA_FG, GAMMA_BG])
+    # The triton_op versions (the torch.compile path), defined by wsol_fast.ops._triton.
+    if _triton.triton_ops():
+        triton_attention = torch.ops.wsol_fast.nonlocal_attention_map_triton.default
+        triton_gap = torch.ops.wsol_fast.masked_gap_triton.default
+        samples["triton-op-attention-fp32-grad"] = (triton_attention, attention(2, 37, 24, torch.float32, True, 0.5))
+        samples["triton-op-attention-bf16-grad"] = (triton_attention, attention(2, 40, 144, torch.bfloat16, True))
+        samples["triton-op-attention-noncontiguous-grad"] = (triton_attention, [
+            torch.randn(2, 8, 12, device=device).transpose(1, 2).requires_grad_(),
+            torch.randn(2, 12, 8, device=device), torch.randn(2, 24, device=device)[:, ::2], 1.0])
+        samples["triton-op-gap-fp32-grad"] = (triton_gap, gap(2, 5, 70, torch.float32, True))
+        samples["triton-op-gap-bf16-grad"] = (triton_gap, gap(2, 6, 33, torch.bfloat16, True))
     return samples
 
 
 OPCHECK_SAMPLES = ["attention-fp32-grad", "attention-bf16", "attention-fp64-grad", "attention-noncontiguous-grad",
                    "attention-fp64-noncontiguous-grad", "gap-fp32-grad", "gap-bf16", "gap-fp64-grad",
-                   "gap-noncontiguous-empty-masks", "attention-backward-op", "gap-backward-op"]
+                   "gap-noncontiguous-empty-masks", "attention-backward-op", "gap-backward-op",
+                   "triton-op-attention-fp32-grad", "triton-op-attention-bf16-grad",
+                   "triton-op-attention-noncontiguous-grad", "triton-op-gap-fp32-grad", "triton-op-gap-bf16-grad"]
 
 
 @needs_cuda

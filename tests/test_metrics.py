@@ -143,7 +143,205 @@ def test_best_iou_and_boxes_at_threshold_match_literal():
         for t in (0.0, 0.13, 0.5, 0.77, 0.999):
             assert M.boxes_at_threshold(m, t).tolist() == _literal_boxes(m, t, True)
             assert M.boxes_at_threshold(m, t, multi_contour=False).tolist() == _literal_boxes(m, t, False)
-            assert M.best_iou_at_threshold(m, gt, t) == _literal_best_ious(m, gt, [t], True)[0]
+            assert M.best_iou_at_threshold(m, gt, t) == _literal_best_ious(m, gt, [t], False)[0]
+            assert M.best_iou_at_threshold(m, gt, t, multi_contour=True) == \
+                _literal_best_ious(m, gt, [t], True)[0]
+
+
+# ------------------------------------------------------------------ hard maps: texture, holes, adversarial
+
+def _textured(rng, size=(224, 224), amplitude=0.1):
+    """Sums of Gaussians plus uniform pixel noise of `amplitude`, then min-max normalised (issue 13's
+    textured maps: thousands of specks and pinholes at the low thresholds)."""
+    m = np.zeros(size)
+    for _ in range(rng.integers(1, 4)):
+        m += rng.uniform(0.3, 1) * _gauss(size, *(rng.uniform(0, 1, 2) * size[::-1]),
+                                          *(rng.uniform(0.03, 0.3, 2) * size[::-1]))
+    return M.normalize_scoremap(m + amplitude * rng.random(size))
+
+
+def _rings(rng, size=(224, 224)):
+    """Nested square rings (1 to 9 pixels thick, 1-pixel-wide ones included) with islands in their
+    holes, rings cut by the image border (their 'holes' open to the outside are no holes), and
+    diagonal-only contacts: holes that touch only at a corner are two holes (background is
+    4-connected), blobs that touch only at a corner are one component (foreground is 8-connected)."""
+    m = np.zeros(size)
+    h, w = size
+    for _ in range(int(rng.integers(3, 7))):
+        x0, y0 = int(rng.integers(-20, w - 10)), int(rng.integers(-20, h - 10))
+        side = int(rng.integers(8, 90))
+        thick = int(rng.integers(1, 10))
+        v = rng.uniform(0.2, 1.0)
+        ys, xs = slice(max(y0, 0), max(y0 + side, 0)), slice(max(x0, 0), max(x0 + side, 0))
+        inner_y = slice(max(y0 + thick, 0), max(y0 + side - thick, 0))
+        inner_x = slice(max(x0 + thick, 0), max(x0 + side - thick, 0))
+        ring = np.zeros(size, bool)
+        ring[ys, xs] = True
+        ring[inner_y, inner_x] = False
+        m[ring] = np.maximum(m[ring], v)
+        if side > 6 * thick:                                  # an island inside the hole
+            c = (y0 + side // 2, x0 + side // 2)
+            if 0 <= c[0] < h and 0 <= c[1] < w:
+                m[c[0]:c[0] + 2, c[1]:c[1] + 3] = rng.uniform(0.2, 1.0)
+    # corner contacts: two pixels touching diagonally, two background pinholes touching diagonally
+    m[5, 5] = m[6, 6] = 0.9
+    m[40:44, w - 44:w - 40] = 0.8
+    m[41, w - 43] = m[42, w - 42] = 0.0
+    return M.normalize_scoremap(m + 0.001 * rng.random(size))
+
+
+def _adversarial(rng, kind):
+    if kind == "checker":            # every pixel a corner contact: 8- vs 4-connectivity everywhere
+        yy, xx = np.mgrid[:22, :26]
+        m = ((xx + yy) % 2) * rng.uniform(0.5, 1, (22, 26)) + 0.2 * ((xx // 3 + yy // 5) % 2)
+    elif kind == "lines":            # 1-pixel lines and diagonals: zero-area contours, spurs
+        m = np.zeros((64, 64))
+        for _ in range(12):
+            x, y = rng.integers(0, 64, 2)
+            dx, dy = rng.integers(-1, 2, 2)
+            for _ in range(int(rng.integers(3, 40))):
+                if 0 <= x < 64 and 0 <= y < 64:
+                    m[y, x] = max(m[y, x], rng.uniform(0.1, 1))
+                x, y = x + dx, y + dy
+    elif kind == "noise":            # every uint8 level, no structure at all
+        m = rng.random((24, 32))
+    elif kind == "levels":           # few levels: big plateaus with holes of several depths
+        m = np.round(_textured(rng, (64, 56), 0.6) * 3) / 3
+    else:                            # strips: 1-pixel-thin maps (1 x n, n x 1)
+        m = rng.random((1, 37)) if kind == "row" else rng.random((29, 1))
+    return M.normalize_scoremap(m)
+
+
+def _hard_cases(seed, full_size=True):
+    """(map, GT boxes) pairs: textured, rings with holes, adversarial; GT boxes random, plus one
+    equal to a hole's box at some threshold, so that a hole can hold the best IoU. `full_size`
+    False: the textured and ring maps at 64 x 64 and 80 x 72 instead of 224 x 224 and 96 x 80 (the
+    literal loop in pure Python over thousands of specks at 1,000 thresholds takes minutes)."""
+    rng = np.random.default_rng(seed)
+    big, small = ((224, 224), (96, 80)) if full_size else ((64, 64), (48, 40))
+    maps = [_textured(rng, big), _textured(rng, small, 0.3), _rings(rng, big if full_size else (80, 72)),
+            _rings(rng, (120, 100) if full_size else (60, 52))]
+    maps += [_adversarial(rng, k) for k in ("checker", "lines", "noise", "levels", "row", "col")]
+    cases = []
+    for m in maps:
+        h, w = m.shape
+        k = int(rng.integers(1, 4))
+        x0, y0 = rng.integers(0, w, k), rng.integers(0, h, k)
+        gt = np.stack([x0, y0, np.minimum(w - 1, x0 + rng.integers(0, w, k)),
+                       np.minimum(h - 1, y0 + rng.integers(0, h, k))], axis=1)
+        cases.append((m, gt))
+    ring = _block((224, 224), 60, 60, 139, 139, value=0.0, base=_block((224, 224), 20, 20, 179, 179))
+    cases.append((M.normalize_scoremap(ring + 0.05 * _textured(rng)), np.array([[59, 59, 141, 141]])))
+    return cases
+
+
+def _contour_boxes_at(img, k):
+    """findContours(RETR_TREE) + boundingRect of every contour of img > k, as a sorted list."""
+    height, width = img.shape
+    _, binary = cv2.threshold(img, k, 255, cv2.THRESH_BINARY)
+    boxes = []
+    for contour in cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]:
+        x, y, w, h = cv2.boundingRect(contour)
+        boxes.append((x, y, min(x + w, width - 1), min(y + h, height - 1)))
+    return sorted(boxes)
+
+
+needs_tree = pytest.mark.skipif(M._threshold_boxes_op() is None,
+                                reason="wsol_fast._C (threshold_boxes) is not built")
+
+
+@needs_tree
+def test_component_trees_give_findcontours_boxes_at_every_threshold():
+    """The tree rows active at k are, as a multiset, exactly the boxes of findContours(RETR_TREE) on
+    img > k (outer contours of 8-connected components, hole contours of 4-connected background
+    components away from the border), at every k below the map's maximum."""
+    maps = [m for m, _ in _hard_cases(21)] + [_textured(np.random.default_rng(22), (128, 128), a)
+                                             for a in (0.02, 1.0)]
+    import torch
+    for m in maps:
+        img = M.quantize_scoremap(m)
+        rows = M._threshold_boxes_op()(torch.from_numpy(img)).numpy()
+        assert rows.dtype == np.int32 and rows.shape[1] == 6
+        for k in range(int(img.max())):
+            active = (rows[:, 0] <= k) & (k < rows[:, 1])
+            assert sorted(map(tuple, rows[active, 2:].tolist())) == _contour_boxes_at(img, k), (m.shape, k)
+
+
+@needs_tree
+def test_threshold_boxes_op_checks_its_input():
+    import torch
+    op = M._threshold_boxes_op()
+    with pytest.raises(ValueError, match="image must be uint8"):
+        op(torch.zeros(4, 4, dtype=torch.float32))
+    with pytest.raises(ValueError, match="image must be 2D"):
+        op(torch.zeros(2, 4, 4, dtype=torch.uint8))
+    img = torch.from_numpy(M.quantize_scoremap(_textured(np.random.default_rng(2), (30, 40), 0.3)))
+    assert torch.equal(op(img.t()), op(img.t().contiguous()))             # a strided view is read as such
+    one = torch.full((1, 1), 7, dtype=torch.uint8)
+    assert op(one).tolist() == [[0, 7, 0, 0, 0, 0]]    # one pixel: the whole image for 0 <= k < 7, clipped box
+
+
+@pytest.mark.parametrize("multi_contour", [True, False], ids=["multi", "largest"])
+@pytest.mark.parametrize("interval", [0.01, 0.001])
+def test_hard_maps_equal_literal_loop(interval, multi_contour):
+    """MaxBoxAccV2 (all contours) and V1 (largest contour) on textured, hole and adversarial maps:
+    every path (component trees where built, the contour search otherwise, and always the contour
+    search itself) equals wsolevaluation's literal loop, bit for bit, and so do the accuracies."""
+    thresholds = np.arange(0, 1, interval)
+    cases = _hard_cases(int(interval * 1e4) + 3 * multi_contour, full_size=interval >= 0.01)
+    ev = M.BoxEvaluator(interval, multi_contour=multi_contour)
+    literal = []
+    for m, gt in cases:
+        literal.append(_literal_best_ious(m, gt, thresholds, multi_contour))
+        np.testing.assert_array_equal(ev.accumulate(m, gt), literal[-1])
+        contour_path = M._ThresholdBoxes(M.quantize_scoremap(m), thresholds, multi_contour)
+        np.testing.assert_array_equal(contour_path.best_ious(gt), literal[-1])
+    want = _literal_maxboxacc(literal, thresholds)
+    assert [ev.compute()["maxboxacc"][i] for i in IOUS] == want
+
+
+@needs_tree
+def test_a_hole_can_hold_the_best_iou():
+    # The ring of test_hole_contours_are_boxes_too under texture: at the thresholds where the ring is
+    # whole, the best box is the hole's (59, 59, 141, 141) (IoU 1), never the outer (20, 20, 180, 180).
+    m, gt = _hard_cases(5)[-1]
+    tree = M._TreeBoxes(M.quantize_scoremap(m), M.cam_thresholds(0.01), M._threshold_boxes_op())
+    best = tree.best_ious(gt)
+    assert best.max() == 1.0
+    assert [59, 59, 141, 141] in tree.boxes.tolist()
+
+
+def test_contour_areas_equal_cv2_contour_area():
+    rng = np.random.default_rng(8)
+    contours = []
+    for m in [_textured(rng, (64, 64), 0.3), _adversarial(rng, "lines"), _adversarial(rng, "checker")]:
+        img = M.quantize_scoremap(m)
+        for k in (0, 40, 120, 200):
+            contours += list(cv2.findContours((img > k).astype(np.uint8), cv2.RETR_TREE,
+                                              cv2.CHAIN_APPROX_SIMPLE)[-2])
+    assert len(contours) > 100 and min(map(len, contours)) == 1        # single points included
+    np.testing.assert_array_equal(M._contour_areas(contours), [cv2.contourArea(c) for c in contours])
+    assert M._largest(contours)[0] is max(contours, key=cv2.contourArea)
+    # ties at the maximum: Python's max keeps the first, so must _largest
+    big = max(contours, key=cv2.contourArea)
+    small = min(contours, key=cv2.contourArea)
+    tied = [small, big.copy(), big, big[::-1].copy()]
+    assert M._largest(tied)[0] is tied[1] and max(tied, key=cv2.contourArea) is tied[1]
+    zeros = [c for c in contours if cv2.contourArea(c) == 0][:5]
+    assert len(zeros) == 5 and M._largest(zeros)[0] is zeros[0]
+
+
+def test_interval_max_equals_brute_force():
+    rng = np.random.default_rng(9)
+    lo = rng.integers(0, 255, 500)
+    hi = np.minimum(256, lo + rng.integers(1, 257, 500))
+    values = rng.random(500)
+    want = np.full(256, -np.inf)
+    for a, b, v in zip(lo, hi, values):
+        want[a:b] = np.maximum(want[a:b], v)
+    np.testing.assert_array_equal(M._interval_max(lo, hi, values), want)
+    np.testing.assert_array_equal(M._interval_max(np.array([0]), np.array([256]), np.array([0.5])),
+                                  np.full(256, 0.5))
 
 
 # ------------------------------------------------------------------ hand-worked maps
@@ -260,7 +458,33 @@ def test_multi_contour_vs_largest_contour():
     assert M.BoxEvaluator(0.01).best_ious(m, gt)[0] == 1.0
     assert M.BoxEvaluator(0.01, multi_contour=False).best_ious(m, gt)[0] == 0.0
     # several GT boxes: the best pair counts
-    assert M.best_iou_at_threshold(m, np.array([[0, 0, 5, 5], [150, 150, 190, 190]]), 0.2) == 1.0
+    gts = np.array([[0, 0, 5, 5], [150, 150, 190, 190]])
+    assert M.best_iou_at_threshold(m, gts, 0.2, multi_contour=True) == 1.0
+    # one box per image (the largest contour, (0, 0, 120, 120)): 6 x 6 = 36 of 121 x 121 = 14641
+    assert M.best_iou_at_threshold(m, gts, 0.2) == 36 / 14641
+
+
+def test_top1_loc_and_gt_known_use_the_largest_contour_only():
+    """wsolevaluation's compute_bboxes_from_scoremaps(multi_contour_eval=False), its default and the
+    conventional top-1 loc / GT-known metric: ONE box per image, that of the contour of largest
+    cv2.contourArea; MaxBoxAccV2 (multi_contour_eval=True) keeps every contour. The all-contour
+    number is never lower, and here it is strictly higher: a small blob matches the GT box, the
+    larger blob next to it does not."""
+    gt = np.array([[150, 150, 190, 190]])
+    m = _block((224, 224), 150, 150, 189, 189, value=0.8, base=_block((224, 224), 0, 0, 119, 119))
+    for t in (0.0, 0.3, 0.79):
+        largest = M.best_iou_at_threshold(m, gt, t)
+        assert largest == _literal_best_ious(m, gt, [t], False)[0] == 0.0
+        assert M.best_iou_at_threshold(m, gt, t, multi_contour=True) == 1.0
+    assert M.best_iou_at_threshold(m, gt, 0.85) == 0.0      # uint8 203 <= int(0.85 * 255) = 216: big blob only
+    # random maps: the largest-contour IoU equals the literal V1 loop's and never exceeds the all-contour one
+    rng = np.random.default_rng(12)
+    for i in range(8):
+        m, gt = _random_case(rng, KINDS[i % len(KINDS)])
+        for t in (0.1, 0.45, 0.8):
+            largest = M.best_iou_at_threshold(m, gt, t)
+            assert largest == _literal_best_ious(m, gt, [t], False)[0]
+            assert largest <= M.best_iou_at_threshold(m, gt, t, multi_contour=True)
 
 
 # ------------------------------------------------------------------ evaluator plumbing

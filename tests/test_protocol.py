@@ -85,3 +85,18 @@ def test_real_data_fc_norm_default_is_the_one_that_does_not_diverge():
     cfg = TrainConfig()
     cfg.data.dataset = "CUB"
     assert resolve(cfg, "cpu").optim.fc_norm == "minmax"
+
+
+def test_box_coverage_hand_computed():
+    """The largest-component box of a 20 x 50 blob is wsolevaluation's (x, y, x + w, y + h) = (60, 50, 80, 100);
+    with the +1 pixel convention it has 21 x 51 = 1,071 pixels, 1,050 of them inside the 80 x 50 GT box."""
+    import numpy as np
+
+    from wsol_fast.evaluate import box_coverage
+
+    m = np.zeros((224, 224), np.float32)
+    m[50:100, 60:80] = 1.0
+    cov, prec, ratio = box_coverage(m, np.array([[40, 50, 119, 99]]), 0.5)
+    assert cov == pytest.approx(1050 / 4000) and prec == pytest.approx(1050 / 1071)
+    assert ratio == pytest.approx(1071 / 4000)
+    assert box_coverage(np.zeros((224, 224), np.float32), np.array([[0, 0, 9, 9]]), 0.5)[0] <= 1 / 100

@@ -149,7 +149,7 @@ class TrainConfig:
 
 def resolve(cfg: TrainConfig, device_type: str) -> TrainConfig:
     """Fill the None fields from the dataset and device. Returns the same object, resolved."""
-    builtin = cfg.data.dataset == "builtin"
+    builtin = cfg.data.dataset in ("builtin", "builtin-parts")
     profile = BUILTIN_PROFILE if builtin else PAPER_PROFILE
     schedule = BUILTIN_PROFILE if builtin else DATASET_SCHEDULES.get(cfg.data.dataset, {"epochs": 10,
                                                                                          "lr_decay_every": 3})

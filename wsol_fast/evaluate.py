@@ -65,6 +65,7 @@ def evaluate_model(model, loader, meta, device, autocast, cfg, info=None, loc_th
                 pred_map = gt_map if pred == label else _scoremap(cam_pred[k].numpy())
                 rec["iou_gt"] = metrics.best_iou_at_threshold(gt_map, gt_boxes, loc_threshold)
                 rec["iou_pred"] = metrics.best_iou_at_threshold(pred_map, gt_boxes, loc_threshold)
+                rec["coverage"] = box_coverage(gt_map, gt_boxes, loc_threshold)
             per_image.append(rec)
             if len(samples) < overlays:
                 samples.append((image_id, gt_map, gt_boxes))
@@ -96,10 +97,28 @@ def evaluate_model(model, loader, meta, device, autocast, cfg, info=None, loc_th
         out["loc_threshold"] = loc_threshold
         out["top1_loc"] = 100.0 * sum(r["label"] == r["pred"] and r["iou_pred"] >= 0.5 for r in per_image) / n
         out["gt_known_loc"] = 100.0 * sum(r["iou_gt"] >= 0.5 for r in per_image) / n
+        # How much of the object the (GT-class, largest-component) box covers, and how much of the box is
+        # object: a CAM that fires on a discriminative part only has high precision and low coverage.
+        out["box_coverage"] = 100.0 * float(np.mean([r["coverage"][0] for r in per_image]))
+        out["box_precision"] = 100.0 * float(np.mean([r["coverage"][1] for r in per_image]))
+        out["box_area_ratio"] = float(np.median([r["coverage"][2] for r in per_image]))
     if with_baseline:
         out["baselines"] = {"centre_prior": centre_prior(meta, interval)}
     out["_samples"] = samples if info.is_main else []
     return out
+
+
+def box_coverage(scoremap, gt_boxes, threshold: float) -> tuple[float, float, float]:
+    """(|B ∩ G| / |G|, |B ∩ G| / |B|, |B| / |G|) of the largest-component box B at `threshold` and the GT
+    box G it overlaps most (pixel areas with the +1 convention); (0, 0, 0) without a box."""
+    box = metrics.boxes_at_threshold(scoremap, threshold, multi_contour=False)[0]
+    area = lambda b: max(0, b[2] - b[0] + 1) * max(0, b[3] - b[1] + 1)  # noqa: E731
+    best = (0.0, 0.0, 0.0)
+    for g in np.asarray(gt_boxes):
+        inter = area((max(box[0], g[0]), max(box[1], g[1]), min(box[2], g[2]), min(box[3], g[3])))
+        if area(box) and inter / area(g) >= best[0]:
+            best = (inter / area(g), inter / area(box), area(box) / area(g))
+    return best
 
 
 def centre_prior(meta, interval: float) -> dict:
@@ -222,7 +241,12 @@ def _evaluate_checkpoint(a) -> int:
     if cfg.runtime.channels_last:
         model.to(memory_format=torch.channels_last)
     autocast = runtime.autocast_context(device, runtime.resolve_amp(cfg.runtime.amp, device))
-    threshold = (state.get("best") or {}).get("threshold")
+    # The CAM threshold chosen on val at this checkpoint's own epoch (last.pt: the last epoch's; best.pt: the
+    # best epoch's); older checkpoints without it store the best epoch's in "best".
+    threshold = next((h.get("val_threshold") for h in reversed(state.get("history") or [])
+                      if h.get("epoch") == state["epoch"]), None)
+    if threshold is None and state["epoch"] == (state.get("best") or {}).get("epoch"):
+        threshold = state["best"].get("threshold")
     if threshold is None or cfg.runtime.cam_curve_interval != state["config"]["runtime"]["cam_curve_interval"]:
         # Choose the CAM threshold on val (train-fullsup), as the protocol prescribes.
         val = evaluate_model(model, data.val_loader, data.val_meta, device, autocast, cfg, info)

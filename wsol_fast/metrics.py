@@ -52,14 +52,23 @@ wsolevaluation details this module reproduces (checked against clovaai/wsolevalu
   the foreground; GT masks are read with INTER_NEAREST resizing and `> 0.5`.
 
 Speed. wsolevaluation thresholds and runs findContours once per t (1,000 times per image at the
-paper's interval 0.001). Here the binary image depends only on `k = int(t * max)` and, further, only
-on which uint8 values present in the map exceed k: thresholds are grouped by that binarisation
-(at most 256 groups, one per distinct value present), findContours runs once per group, the
-bounding rectangles and IoUs are computed for all groups at once in numpy, and the best IoU is
-scattered back to every t of its group. The result is bit-identical to the literal loop
-(`BoxEvaluator(reference=True)`, `reference_best_ious`), which the tests check on random and
-structured maps. findContours itself (~10 us per 224 x 224 binarisation) is what remains: at the
-interval 0.001 a normalised map has ~255 distinct binarisations instead of 1,000 thresholds.
+paper's interval 0.001). Here the binary image depends only on `k = int(t * max)`, and the best IoU
+is computed once per k (at most 256 values) and scattered back to every t. Two ways to get the boxes
+of every k, both bit-identical to the literal loop (`BoxEvaluator(reference=True)`,
+`reference_best_ious`, which the tests check on smooth, textured, hole-containing and adversarial maps):
+
+* MaxBoxAccV2 (all contours), when the C++ library is built: `threshold_boxes` (csrc/) builds the
+  max-tree (8-connected components of img > k, for all k) and the min-tree (4-connected components
+  of img <= k) in one pass each. At threshold k, findContours(RETR_TREE) returns exactly one outer
+  contour per 8-connected foreground component (boundingRect = the component's extent) and one hole
+  contour per 4-connected background component that does not touch the image border (the contour
+  runs over the foreground pixels 4-adjacent to the hole: the hole's extent grown by one pixel).
+  Every tree node is one box over an interval of k; its IoU is computed once (numpy, the same
+  `multiple_iou`) and `_interval_max` takes the best per k. A few ms per map whatever its texture.
+* Otherwise, and for V1 (whose largest contour is chosen by polygon area, which the trees do not
+  give): findContours once per distinct binarisation (at most 256), boxes and IoUs vectorised,
+  V1's cv2.contourArea as one vectorised shoelace sum (exact on integer points).
+
 A BoxEvaluator also keeps the boxes of the last map it scored: when the same map comes again
 (the centre prior is one map for every image) only the IoUs are recomputed; the cache is keyed on
 the map's uint8 image itself (compared in full), so it never changes a result.
@@ -67,6 +76,7 @@ the map's uint8 image itself (compared in full), so it never changes a result.
 from __future__ import annotations
 
 import math
+import os
 
 import cv2
 import numpy as np
@@ -209,9 +219,24 @@ def _contour_boxes(contours, width: int, height: int) -> np.ndarray:
     return boxes
 
 
+def _contour_areas(contours) -> np.ndarray:
+    """cv2.contourArea of each contour, as one vectorised shoelace sum: on integer points OpenCV's
+    double sum of x_prev * y - y_prev * x is exact, so this int64 sum, halved, is the same number."""
+    lengths = np.fromiter(map(len, contours), np.int64, len(contours))
+    points = np.concatenate(contours).reshape(-1, 2).astype(np.int64)
+    starts = np.zeros(len(contours), np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    prev = np.roll(points, 1, axis=0)
+    prev[starts] = points[starts + lengths - 1]                  # each contour closes on itself
+    cross = prev[:, 0] * points[:, 1] - prev[:, 1] * points[:, 0]
+    return np.abs(np.add.reduceat(cross, starts)) * 0.5
+
+
 def _largest(contours):
     """V1's single contour: the first of maximal cv2.contourArea, as Python's max(...) picks it."""
-    return [max(contours, key=cv2.contourArea)]
+    if len(contours) == 1:
+        return list(contours)
+    return [contours[int(np.argmax(_contour_areas(contours)))]]
 
 
 def _boxes_of_binary(binary: np.ndarray, multi_contour: bool) -> np.ndarray:
@@ -231,9 +256,12 @@ def boxes_at_threshold(scoremap, threshold: float, multi_contour: bool = True) -
     return _boxes_of_binary(binary, multi_contour)
 
 
-def best_iou_at_threshold(scoremap, gt_boxes, threshold: float, multi_contour: bool = True) -> float:
-    """Best IoU over (predicted boxes at `threshold`) x (GT boxes), as the protocol scores one t
-    (top-1 / GT-known localization at the threshold chosen on val)."""
+def best_iou_at_threshold(scoremap, gt_boxes, threshold: float, multi_contour: bool = False) -> float:
+    """Best IoU over (predicted boxes at `threshold`) x (GT boxes) at one t: top-1 localization and
+    GT-known at the threshold chosen on val. By default ONE box per image, the largest contour's
+    (wsolevaluation's compute_bboxes_from_scoremaps with its default multi_contour_eval=False, the
+    conventional metric); `multi_contour=True` takes the best over all contours, as MaxBoxAccV2 does,
+    which can only raise the number."""
     gt = check_box_convention(gt_boxes, "gt_boxes")
     return float(multiple_iou(boxes_at_threshold(scoremap, threshold, multi_contour), gt).max())
 
@@ -280,6 +308,75 @@ class _ThresholdBoxes:
         return best[self.inverse]
 
 
+_TREE_OP = []   # [op or None], resolved on first use
+
+
+def _threshold_boxes_op():
+    """torch.ops.wsol_fast_metrics.threshold_boxes (csrc/threshold_boxes.cpp) or None when the C++
+    library is not built, is an older build without it, or WSOL_FAST_DISABLE_CPP=1."""
+    if not _TREE_OP:
+        op = None
+        if os.environ.get("WSOL_FAST_DISABLE_CPP", "0") != "1":
+            try:
+                import torch
+                from . import _C  # noqa: F401  (its static initialisers register the op)
+                op = torch.ops.wsol_fast_metrics.threshold_boxes
+            except (ImportError, AttributeError, RuntimeError):
+                op = None
+        _TREE_OP.append(op)
+    return _TREE_OP[0]
+
+
+def _interval_max(lo: np.ndarray, hi: np.ndarray, values: np.ndarray, size: int = 256) -> np.ndarray:
+    """out[k] = max(values[i] for every i with lo[i] <= k < hi[i]) for k < size (-inf where none).
+    Each interval is covered by two blocks of length 2^j (j = floor(log2(hi - lo))), written to
+    level j of a table; the levels are then pushed down, each block into its two halves."""
+    levels = max(int(size - 1).bit_length(), 1) + 1
+    j = np.frexp((hi - lo).astype(np.float64))[1] - 1           # exact floor(log2) of an integer
+    table = np.full(levels * size, -np.inf)
+    base = j * size
+    np.maximum.at(table, np.concatenate([base + lo, base + hi - (1 << j)]), np.concatenate([values, values]))
+    table = table.reshape(levels, size)
+    for level in range(levels - 1, 0, -1):
+        half = 1 << (level - 1)
+        np.maximum(table[level - 1], table[level], out=table[level - 1])
+        np.maximum(table[level - 1, half:], table[level, :-half], out=table[level - 1, half:])
+    return table[0]
+
+
+class _TreeBoxes:
+    """All contours' boxes of one uint8 map at every threshold, from its component trees: `rows`
+    [n, 6] (lo, hi, x0, y0, x1, y1), each box found by findContours(RETR_TREE) at every k with
+    lo <= k < hi (see the module docstring). Same interface as _ThresholdBoxes (multi-contour)."""
+
+    def __init__(self, img: np.ndarray, thresholds: np.ndarray, op):
+        import torch
+        self.img = img
+        max_value = int(img.max())
+        self.k = _integer_thresholds(thresholds, max_value)      # cv2's integer threshold per t
+        self.no_contour = max_value == 0       # img > 0 is empty: the (0, 0, 0, 0) box at every t
+        if not self.no_contour:
+            rows = op(torch.from_numpy(np.ascontiguousarray(img))).numpy().astype(np.int64)
+            self.lo, self.hi, self.boxes = rows[:, 0], rows[:, 1], rows[:, 2:]
+            self.num_contour_boxes = len(rows)
+
+    def best_ious(self, gt: np.ndarray) -> np.ndarray:
+        if self.no_contour:
+            return np.full(len(self.k), multiple_iou(np.zeros((1, 4), np.int64), gt).max())
+        per_box = multiple_iou(self.boxes, gt).max(axis=1)
+        # every k < max has a foreground component (the maximal pixels), so every k used is covered
+        return _interval_max(self.lo, self.hi, per_box)[self.k]
+
+
+def _threshold_boxes(img: np.ndarray, thresholds: np.ndarray, multi_contour: bool):
+    """The boxes of `img` at every threshold: the component-tree path where it is exact (all
+    contours) and built, else one contour search per distinct binarisation."""
+    op = _threshold_boxes_op() if multi_contour else None
+    if op is not None and max(img.shape) <= 32767:          # the op keeps coordinates in int16
+        return _TreeBoxes(img, thresholds, op)
+    return _ThresholdBoxes(img, thresholds, multi_contour)
+
+
 def reference_best_ious(scoremap, gt_boxes, thresholds, multi_contour: bool = True) -> np.ndarray:
     """The literal per-threshold loop of wsolevaluation (threshold, findContours, boundingRect per
     contour, IoU), kept as the reference the fast path is tested and benchmarked against."""
@@ -294,7 +391,7 @@ def reference_best_ious(scoremap, gt_boxes, thresholds, multi_contour: bool = Tr
             boxes = np.asarray([[0, 0, 0, 0]])
         else:
             if not multi_contour:
-                contours = _largest(contours)
+                contours = [max(contours, key=cv2.contourArea)]
             rows = []
             for contour in contours:
                 x, y, w, h = cv2.boundingRect(contour)
@@ -340,7 +437,7 @@ class BoxEvaluator:
         gt = check_box_convention(gt_boxes, "gt_boxes")
         cached = self._cache
         if cached is None or cached.img.shape != img.shape or not np.array_equal(cached.img, img):
-            cached = self._cache = _ThresholdBoxes(img, self.thresholds, self.multi_contour)
+            cached = self._cache = _threshold_boxes(img, self.thresholds, self.multi_contour)
         return cached.best_ious(gt)
 
     def accumulate(self, scoremap, gt_boxes) -> np.ndarray:

@@ -70,7 +70,9 @@ def parse_args(argv=None) -> TrainConfig:
                         "default)")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default=None,
-                   help="dataset name under the metadata root (CUB, ILSVRC, OpenImages); default: builtin")
+                   help="dataset name under the metadata root (CUB, ILSVRC, OpenImages), or a generated one: "
+                        "builtin (digits) or builtin-parts (a small discriminative head on a weakly "
+                        "informative body); default: builtin")
     d.add_argument("--data-root", default=None, help="images at DATA_ROOT/DATASET/<image_id>")
     d.add_argument("--metadata-root", default=None, help="metadata at METADATA_ROOT/DATASET/<split>/")
     d.add_argument("--resize-size", type=int, default=None, help="train resize (default 256; built-in profile 73)")
@@ -144,7 +146,7 @@ def parse_args(argv=None) -> TrainConfig:
                 "give one of them")
 
     dataset = a.dataset or ("builtin" if a.data_root is None and a.metadata_root is None else "CUB")
-    if dataset != "builtin" and (a.data_root is None or a.metadata_root is None):
+    if dataset not in ("builtin", "builtin-parts") and (a.data_root is None or a.metadata_root is None):
         p.error(f"--dataset {dataset} needs both --data-root and --metadata-root")
     pretrained = None if a.pretrained in (None,) else a.pretrained
     cfg = TrainConfig(

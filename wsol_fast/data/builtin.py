@@ -71,9 +71,22 @@ CONTRAST = (0.12, 0.3)        # background contrast kept (x the photo's); versio
 LEVEL = (25.0, 60.0)          # background mean brightness (0..255)
 
 
-def default_root() -> str:
-    """`$WSOL_FAST_CACHE/builtin`, else `./.wsol_fast_cache/builtin`."""
-    return os.path.join(os.environ.get("WSOL_FAST_CACHE") or ".wsol_fast_cache", "builtin")
+def default_root(dataset: str = DATASET) -> str:
+    """`$WSOL_FAST_CACHE/<dataset>`, else `./.wsol_fast_cache/<dataset>`."""
+    return os.path.join(os.environ.get("WSOL_FAST_CACHE") or ".wsol_fast_cache", dataset)
+
+
+def _kind(dataset: str):
+    """(version, render function) of a built-in dataset: this module's digits, or builtin_parts'."""
+    if dataset == DATASET:
+        return VERSION, _render
+    if dataset == "builtin-parts":
+        from . import builtin_parts
+        return builtin_parts.VERSION, builtin_parts.render
+    raise ValueError(f"unknown built-in dataset {dataset!r}; known: {list(DATASETS)}")
+
+
+DATASETS = (DATASET, "builtin-parts")
 
 
 def data_root(root: str) -> str:
@@ -86,52 +99,56 @@ def metadata_root(root: str) -> str:
     return os.path.join(root, "metadata")
 
 
-def is_complete(root: str, seed: int = 0, **sizes) -> bool:
+def is_complete(root: str, seed: int = 0, dataset: str = DATASET, **sizes) -> bool:
     """True when `root` holds a finished dataset with exactly these parameters."""
     try:
         with open(os.path.join(root, MANIFEST)) as fh:
             manifest = json.load(fh)
     except (OSError, ValueError):
         return False
-    files = [os.path.join(metadata_root(root), DATASET, s, "image_ids.txt") for s in SPLITS]
-    return manifest.get("params") == _params(seed, sizes) and all(os.path.isfile(f) for f in files)
+    files = [os.path.join(metadata_root(root), dataset, s, "image_ids.txt") for s in SPLITS]
+    return manifest.get("params") == _params(seed, sizes, dataset) and all(os.path.isfile(f) for f in files)
 
 
-def generate(root: str | None = None, seed: int = 0, progress: bool = True, **sizes) -> str:
-    """Generate the dataset under `root` (default `default_root()`) unless it is already there; returns
-    the metadata root. `sizes` overrides DEFAULTS: num_train, num_val, num_test, min_size, max_size,
-    quality."""
-    root = os.path.abspath(root or default_root())
+def generate(root: str | None = None, seed: int = 0, progress: bool = True, dataset: str = DATASET,
+             **sizes) -> str:
+    """Generate the dataset under `root` (default `default_root(dataset)`) unless it is already there;
+    returns the metadata root. `dataset`: "builtin" (digits) or "builtin-parts" (data/builtin_parts.py).
+    `sizes` overrides DEFAULTS: num_train, num_val, num_test, min_size, max_size, quality."""
+    _kind(dataset)
+    root = os.path.abspath(root or default_root(dataset))
     unknown = set(sizes) - set(DEFAULTS)
     if unknown:
         raise TypeError(f"unknown builtin dataset parameters: {sorted(unknown)}")
-    if is_complete(root, seed, **sizes):
+    if is_complete(root, seed, dataset, **sizes):
         return metadata_root(root)
     os.makedirs(root, exist_ok=True)
     with _lock(root):
-        if is_complete(root, seed, **sizes):  # another process finished it while we waited
+        if is_complete(root, seed, dataset, **sizes):  # another process finished it while we waited
             return metadata_root(root)
-        params = _params(seed, sizes)
+        params = _params(seed, sizes, dataset)
         build = os.path.join(root, f".building-{os.getpid()}")
         shutil.rmtree(build, ignore_errors=True)
-        counts = _build(build, params, progress)
+        counts = _build(build, params, progress, dataset)
         # Swap in: manifest gone first (so a crash in between reads as incomplete), then the folders.
         _remove(os.path.join(root, MANIFEST))
         for sub in (data_root(""), metadata_root("")):
-            target = os.path.join(root, sub, DATASET)
+            target = os.path.join(root, sub, dataset)
             shutil.rmtree(target, ignore_errors=True)
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            os.replace(os.path.join(build, sub, DATASET), target)
+            os.replace(os.path.join(build, sub, dataset), target)
         shutil.rmtree(build, ignore_errors=True)
         _write_atomic(os.path.join(root, MANIFEST),
-                      json.dumps({"version": VERSION, "params": params, "counts": counts}, indent=2))
+                      json.dumps({"version": params["version"], "params": params, "counts": counts}, indent=2))
     return metadata_root(root)
 
 
 # ----------------------------------------------------------------------------------- generation
 
-def _params(seed: int, sizes: dict) -> dict:
-    p = {**DEFAULTS, **sizes, "seed": int(seed), "version": VERSION}
+def _params(seed: int, sizes: dict, dataset: str = DATASET) -> dict:
+    p = {**DEFAULTS, **sizes, "seed": int(seed), "version": _kind(dataset)[0]}
+    if dataset != DATASET:
+        p["dataset"] = dataset
     if not 16 <= p["min_size"] <= p["max_size"]:
         raise ValueError(f"need 16 <= min_size <= max_size, got {p['min_size']}..{p['max_size']}")
     if min(p["num_train"], p["num_val"], p["num_test"]) < 1:
@@ -139,32 +156,33 @@ def _params(seed: int, sizes: dict) -> dict:
     return p
 
 
-def _build(folder: str, p: dict, progress: bool) -> dict:
+def _build(folder: str, p: dict, progress: bool, dataset: str = DATASET) -> dict:
     import cv2
     from tqdm.auto import tqdm
 
     cv2.setNumThreads(1)  # small images: threads cost more than they give, and keep the output exact
     masks, pools = _digit_masks(p["seed"])
     backgrounds = _backgrounds()
+    version, render = _kind(dataset)
     counts = {}
     total = sum(p[f"num_{s}"] for s in SPLITS)
     pending = []
     # JPEG encoding and file writes (GIL released) overlap with drawing the next image.
     with ThreadPoolExecutor(max_workers=1) as writer, \
-            tqdm(total=total, desc="generating built-in dataset", unit="img", disable=not progress,
+            tqdm(total=total, desc=f"generating {dataset} dataset", unit="img", disable=not progress,
                  file=sys.stderr, dynamic_ncols=True) as bar:
         for split_no, split in enumerate(SPLITS):
             n = p[f"num_{split}"]
-            labels = np.random.default_rng([p["seed"], split_no, VERSION]).permutation(n) % NUM_CLASSES
+            labels = np.random.default_rng([p["seed"], split_no, version]).permutation(n) % NUM_CLASSES
             lines = {k: [] for k in ("image_ids", "class_labels", "image_sizes", "localization")}
             for d in range(NUM_CLASSES):
-                os.makedirs(os.path.join(folder, "images", DATASET, split, str(d)), exist_ok=True)
+                os.makedirs(os.path.join(folder, "images", dataset, split, str(d)), exist_ok=True)
             for i in range(n):
-                rng = np.random.default_rng([p["seed"], split_no, i, VERSION])
+                rng = np.random.default_rng([p["seed"], split_no, i, version])
                 label = int(labels[i])
-                image, box = _render(rng, p, label, masks, pools[split], backgrounds)
+                image, box = render(rng, p, label, masks, pools[split], backgrounds)
                 image_id = f"{split}/{label}/{split}_{i:05d}.jpg"
-                pending.append(writer.submit(_write_jpeg, image, os.path.join(folder, "images", DATASET, image_id),
+                pending.append(writer.submit(_write_jpeg, image, os.path.join(folder, "images", dataset, image_id),
                                              p["quality"]))
                 h, w = image.shape[:2]
                 lines["image_ids"].append(image_id)
@@ -172,7 +190,7 @@ def _build(folder: str, p: dict, progress: bool) -> dict:
                 lines["image_sizes"].append(f"{image_id},{w},{h}")
                 lines["localization"].append(f"{image_id},{box[0]},{box[1]},{box[2]},{box[3]}")
                 bar.update(1)
-            meta = os.path.join(folder, "metadata", DATASET, split)
+            meta = os.path.join(folder, "metadata", dataset, split)
             os.makedirs(meta, exist_ok=True)
             for name, rows in lines.items():
                 with open(os.path.join(meta, f"{name}.txt"), "w") as fh:

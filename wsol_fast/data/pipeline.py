@@ -70,10 +70,10 @@ def resolve_roots(cfg, info: runtime.DistInfo) -> tuple[str, str]:
     """(metadata_root, data_root). The built-in dataset is generated on first use under data_root (its
     cache root; default `builtin.default_root()`) unless a metadata root is given too."""
     d = cfg.data
-    if d.dataset == builtin.DATASET and not d.metadata_root:  # both roots given: a generated copy, as is
-        root = os.path.abspath(d.data_root or builtin.default_root())
+    if d.dataset in builtin.DATASETS and not d.metadata_root:  # both roots given: a generated copy, as is
+        root = os.path.abspath(d.data_root or builtin.default_root(d.dataset))
         if info.local_rank == 0:  # one generator per node; a shared file system is serialised by a lock
-            builtin.generate(root, seed=d.builtin_seed, progress=info.is_main)
+            builtin.generate(root, seed=d.builtin_seed, progress=info.is_main, dataset=d.dataset)
         runtime.barrier(info)
         return builtin.metadata_root(root), builtin.data_root(root)
     if not d.metadata_root or not d.data_root:

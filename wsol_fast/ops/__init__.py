@@ -59,8 +59,8 @@ def nonlocal_attention_map(f: Tensor, g: Tensor, zbar: Tensor, scale: float = 1.
         # Autocast would cast the reference's bmm back to half precision; keep fp32 accumulation.
         with torch.autocast(f.device.type, enabled=False):
             return reference.nonlocal_attention_map(f, g, zbar, float(scale), upcast=True)
-    if impl == "triton" and f.device.type == "cpu":
-        return _triton.nonlocal_attention_map_interpreted(f, g, zbar, float(scale))
+    if impl == "triton":   # eager: one autograd.Function to the launchers; compiled: the triton_op
+        return _triton.nonlocal_attention_map(f, g, zbar, float(scale))
     return torch.ops.wsol_fast.nonlocal_attention_map(f, g, zbar, float(scale))[0]
 
 
@@ -75,6 +75,6 @@ def masked_gap(x: Tensor, attention: Tensor, gamma_fg: float, gamma_bg: float,
     impl = resolve_impl(impl, x.device)
     if impl == "reference":
         return reference.masked_gap(x, attention, float(gamma_fg), float(gamma_bg))
-    if impl == "triton" and x.device.type == "cpu":
-        return _triton.masked_gap_interpreted(x, attention, float(gamma_fg), float(gamma_bg))
+    if impl == "triton":
+        return _triton.masked_gap(x, attention, float(gamma_fg), float(gamma_bg))
     return torch.ops.wsol_fast.masked_gap(x, attention, float(gamma_fg), float(gamma_bg))

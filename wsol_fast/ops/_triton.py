@@ -1,10 +1,15 @@
-"""Triton (kernels/) implementations of the `wsol_fast` ops.
+"""Triton (kernels/) implementations of the `wsol_fast` ops, and the host path to them.
 
-* On CUDA: the launchers of `wsol_fast.kernels` are registered as the "cuda" kernels of the four
-  torch.library ops (schemas, fake kernels and autograd come from `_library`, imported first), so
-  `torch.ops.wsol_fast.*` and `torch.compile` reach them like any other device kernel.
-* On CPU under Triton's interpreter (TRITON_INTERPRET=1, for tests without a GPU): the same
-  launchers behind torch.autograd.Function wrappers, called directly by `wsol_fast.ops`.
+Three ways in, one set of launchers (`wsol_fast.kernels.*_forward` / `*_backward`):
+
+* Eager (`nonlocal_attention_map`, `masked_gap` here; what `wsol_fast.ops` calls for impl="triton"):
+  one torch.autograd.Function straight to the launchers, no dispatcher round trips. On CUDA, and on
+  CPU tensors under Triton's interpreter (TRITON_INTERPRET=1, for tests without a GPU).
+* Under torch.compile (CUDA): the `*_triton` ops below, defined with torch.library.triton_op and
+  launching through wrap_triton, so Inductor sees the Triton kernels themselves (not an opaque op)
+  and their fake kernels come from tracing the launchers. Autograd is registered on them.
+* `torch.ops.wsol_fast.<op>` on CUDA tensors (the four ops of `_library`, declared in C++ with CPU
+  kernels): the same launchers registered as their "cuda" kernels, fp64 through plain PyTorch forms.
 
 Nothing here fails at import: without triton, without CUDA, or if the ops are not defined, the
 Triton path is simply reported unavailable (`TRITON_CUDA_AVAILABLE`, `triton_interpreter_active()`).
@@ -56,24 +61,127 @@ def _kernels():
     return importlib.import_module(_ATTENTION_MODULE), importlib.import_module(_MASKED_GAP_MODULE)
 
 
-# ---------------------------------------------------------------- CPU tensors, Triton interpreter
+# --------------------------------------------------------------------------------- the eager path
 
-def nonlocal_attention_map_interpreted(f, g, zbar, scale: float):
-    """A [B, N] (differentiable in f, g, zbar) through the interpreted Triton kernels."""
-    if not triton_interpreter_active():
+def _require_runnable(t) -> None:
+    if t.device.type == "cpu" and not triton_interpreter_active():
         raise RuntimeError("the Triton interpreter is not active: set TRITON_INTERPRET=1 before "
                            "wsol_fast.kernels is first imported")
+
+
+def nonlocal_attention_map(f, g, zbar, scale: float):
+    """A [B, N], differentiable in f, g, zbar, through the Triton kernels (impl="triton").
+
+    Eager: one autograd.Function straight to the launchers. Under torch.compile on CUDA: the triton_op
+    (Inductor sees the kernels). fp64 on CUDA: the registered op (plain PyTorch forms).
+    """
+    _require_runnable(f)
+    if f.is_cuda and (f.dtype == torch.float64 or torch.compiler.is_compiling()):
+        if f.dtype != torch.float64 and _TRITON_OPS_DEFINED:
+            return torch.ops.wsol_fast.nonlocal_attention_map_triton(f, g, zbar, float(scale))[0]
+        return torch.ops.wsol_fast.nonlocal_attention_map(f, g, zbar, float(scale))[0]
     attention, _ = _kernels()
     return attention.nonlocal_attention_map(f, g, zbar, float(scale))
 
 
-def masked_gap_interpreted(x, attention_map, gamma_fg: float, gamma_bg: float):
-    """(pooled, counts, dfg_mask), differentiable in x, through the interpreted Triton kernels."""
-    if not triton_interpreter_active():
-        raise RuntimeError("the Triton interpreter is not active: set TRITON_INTERPRET=1 before "
-                           "wsol_fast.kernels is first imported")
-    _, masked_gap = _kernels()
-    return masked_gap.masked_gap(x, attention_map, float(gamma_fg), float(gamma_bg))
+def masked_gap(x, attention_map, gamma_fg: float, gamma_bg: float):
+    """(pooled, counts, dfg_mask), differentiable in x, through the Triton kernels (impl="triton")."""
+    _require_runnable(x)
+    if x.is_cuda and (x.dtype == torch.float64 or torch.compiler.is_compiling()):
+        if x.dtype != torch.float64 and _TRITON_OPS_DEFINED:
+            return torch.ops.wsol_fast.masked_gap_triton(x, attention_map, float(gamma_fg), float(gamma_bg))
+        return torch.ops.wsol_fast.masked_gap(x, attention_map, float(gamma_fg), float(gamma_bg))
+    _, gap = _kernels()
+    return gap.masked_gap(x, attention_map, float(gamma_fg), float(gamma_bg))
+
+
+# Names kept for callers of the earlier interpreter-only entry points.
+nonlocal_attention_map_interpreted = nonlocal_attention_map
+masked_gap_interpreted = masked_gap
+
+
+# ------------------------------------------------------------ the compile path: torch.library.triton_op
+
+TRITON_OPS = ("nonlocal_attention_map_triton", "nonlocal_attention_map_backward_triton",
+              "masked_gap_triton", "masked_gap_backward_triton")
+
+
+_TRITON_OPS_DEFINED: bool | None = None   # None: not tried yet
+
+
+def triton_ops() -> bool:
+    """Define the four `wsol_fast::*_triton` ops (once); False, with a warning, where that fails.
+
+    On CUDA machines this runs at import, so a torch.compile trace only reads the flag (a plain global,
+    not a cached call that Dynamo would trace into)."""
+    global _TRITON_OPS_DEFINED
+    if _TRITON_OPS_DEFINED is None:
+        try:
+            _define_triton_ops()
+            _TRITON_OPS_DEFINED = True
+        except Exception as exc:  # no triton_op in this torch, no triton, a kernel module that cannot load
+            warnings.warn(f"wsol_fast: triton_op versions of the ops not defined ({type(exc).__name__}: {exc}); "
+                          "torch.compile falls back to the opaque ops")
+            _TRITON_OPS_DEFINED = False
+    return _TRITON_OPS_DEFINED
+
+
+def _define_triton_ops() -> None:
+    from torch.library import triton_op, wrap_triton
+
+    attention, gap = _kernels()
+
+    # Explicit schemas: this module has `from __future__ import annotations`, which infer_schema cannot read.
+    @triton_op("wsol_fast::nonlocal_attention_map_triton", mutates_args=(),
+               schema="(Tensor f, Tensor g, Tensor zbar, float scale) -> (Tensor, Tensor)")
+    def attention_forward(f, g, zbar, scale):
+        if f.dtype == torch.float64:
+            return attention_forward_fp64(f, g, zbar, scale)
+        return attention.nonlocal_attention_forward(f, g, zbar, scale, wrap=wrap_triton)
+
+    @triton_op("wsol_fast::nonlocal_attention_map_backward_triton", mutates_args=(),
+               schema="(Tensor grad_a, Tensor f, Tensor g, Tensor zbar, Tensor a, Tensor lse, float scale) "
+                      "-> (Tensor, Tensor, Tensor)")
+    def attention_backward(grad_a, f, g, zbar, a, lse, scale):
+        if f.dtype == torch.float64:
+            return attention_backward_fp64(grad_a, f, g, zbar, a, lse, scale)
+        return attention.nonlocal_attention_backward(grad_a, f, g, zbar, a, lse, scale, wrap=wrap_triton)
+
+    @triton_op("wsol_fast::masked_gap_triton", mutates_args=(),
+               schema="(Tensor x, Tensor attention, float gamma_fg, float gamma_bg) -> (Tensor, Tensor, Tensor)")
+    def gap_forward(x, attention_map, gamma_fg, gamma_bg):
+        return gap.masked_gap_forward(x, attention_map, gamma_fg, gamma_bg, wrap=wrap_triton)
+
+    @triton_op("wsol_fast::masked_gap_backward_triton", mutates_args=(),
+               schema="(Tensor grad_pooled, Tensor x, Tensor attention, Tensor counts, float gamma_fg, "
+                      "float gamma_bg) -> Tensor")
+    def gap_backward(grad_pooled, x, attention_map, counts, gamma_fg, gamma_bg):
+        return gap.masked_gap_backward(grad_pooled, x, attention_map, counts, gamma_fg, gamma_bg, wrap=wrap_triton)
+
+    def attention_setup(ctx, inputs, output):
+        f, g, zbar, scale = inputs
+        a, lse = output
+        ctx.mark_non_differentiable(lse)
+        ctx.save_for_backward(f, g, zbar, a, lse)
+        ctx.scale = scale
+
+    def attention_grad(ctx, grad_a, _grad_lse):
+        f, g, zbar, a, lse = ctx.saved_tensors
+        return (*torch.ops.wsol_fast.nonlocal_attention_map_backward_triton(grad_a, f, g, zbar, a, lse, ctx.scale),
+                None)
+
+    def gap_setup(ctx, inputs, output):
+        x, attention_map, gamma_fg, gamma_bg = inputs
+        ctx.save_for_backward(x, attention_map, output[1])
+        ctx.gammas = (gamma_fg, gamma_bg)
+
+    def gap_grad(ctx, grad_pooled, _grad_counts, _grad_mask):
+        x, attention_map, counts = ctx.saved_tensors
+        dx = torch.ops.wsol_fast.masked_gap_backward_triton(grad_pooled, x, attention_map, counts, *ctx.gammas)
+        return dx, None, None, None
+
+    attention_forward.register_autograd(attention_grad, setup_context=attention_setup)
+    gap_forward.register_autograd(gap_grad, setup_context=gap_setup)
 
 
 # ------------------------------------------------------------------- CUDA tensors, torch.library
@@ -149,3 +257,5 @@ def _register_cuda_kernels() -> bool:
 
 # triton importable, a GPU present, and the kernels registered with the ops.
 TRITON_CUDA_AVAILABLE = bool(torch.cuda.is_available() and _triton_importable() and _register_cuda_kernels())
+if TRITON_CUDA_AVAILABLE:
+    triton_ops()   # defined now, not inside the first torch.compile trace

@@ -1,0 +1,221 @@
+"""python -m wsol_fast.ablate --backbone inceptionv3 --dataset builtin-parts --seeds 3
+
+The paper's Table 2 in one command: CAM, ADL, ICL (full) and ICL without each of its parts, for one
+backbone, over several seeds, as a table of mean +- std with each row's difference to the full method.
+
+On a built-in dataset each seed trains one shared CAM warm-up (`--warmup-epochs`, the stand-in for the
+ImageNet pre-training that cannot be downloaded here) and forks every row from it (`train --init-from
+--fork-weights-only`: the warm-up's weights, fresh optimizer momentum, fresh block parameters), so the rows
+differ only in what the method does in the last `--epochs - --warmup-epochs` epochs. On real data every row
+starts from the pretrained weights (`--pretrained`, default imagenet) and trains the whole schedule.
+
+Every run is a `python -m wsol_fast.train` run in its own folder, OUTPUT/seed<S>/<row>; the job is
+resumable: a row with results.json is not rerun, an interrupted one is resumed from its last.pt. Test
+numbers are of the last epoch's checkpoint (wsolevaluation's default) and the CAM threshold is chosen on
+val; val MaxBoxAccV2 is reported beside them, for choosing options. Outputs: ablation.json, ablation.csv and
+ablation.md (the table) in OUTPUT. Options the ablation does not know (e.g. --batch-size, --crop-size,
+--amp) are passed to every train run.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+
+from . import train
+
+# Row name -> (label in the table, train flags). Table 2 of the paper, plus the literal paper form of the
+# attention map (for measuring the project's choice of form on val).
+ROWS = {
+    "cam": ("CAM", ["--method", "cam"]),
+    "adl": ("ADL", ["--method", "adl"]),
+    "icl": ("ICL (full)", ["--method", "icl"]),
+    "no_ca": ("w/o L_ca", ["--method", "icl", "--no-contrastive"]),
+    "no_fc": ("w/o L_fc", ["--method", "icl", "--no-fc"]),
+    "no_nonlocal": ("w/o non-local", ["--method", "icl", "--no-nonlocal"]),
+    "no_dfg": ("w/o M_dfg", ["--method", "icl", "--no-dfg-mask"]),
+    "icl_paper": ("ICL, paper's literal map", ["--method", "icl", "--attention-form", "paper", "--mask-norm",
+                                               "none", "--attention-scale", "1"]),
+}
+TABLE2 = ("cam", "adl", "icl", "no_ca", "no_fc", "no_nonlocal", "no_dfg")
+METRICS = (("maxboxacc_30", "MaxBoxAcc@30"), ("maxboxacc_50", "@50"), ("maxboxacc_70", "@70"),
+           ("maxboxacc_v2", "MaxBoxAccV2"), ("top1_cls", "top-1 cls"), ("val_maxboxacc_v2", "val MaxBoxAccV2"))
+BUILTIN = ("builtin", "builtin-parts")
+
+
+def parse_args(argv=None):
+    # No abbreviations: a train flag passed through (e.g. --seed) must never be read as one of ours (--seeds).
+    p = argparse.ArgumentParser(prog="python -m wsol_fast.ablate", description=__doc__.split("\n\n")[1],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+    p.add_argument("--backbone", default="inceptionv3", choices=["vgg16", "inceptionv3", "resnet50"])
+    p.add_argument("--dataset", default="builtin",
+                   help="builtin, builtin-parts, or a real dataset (CUB, ILSVRC, OpenImages: give --data-root "
+                        "and --metadata-root, passed to train)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
+    p.add_argument("--rows", nargs="+", default=list(TABLE2), choices=list(ROWS),
+                   help="which rows (default: the paper's Table 2)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs of each row in all, warm-up included (default: the dataset profile's)")
+    p.add_argument("--warmup-epochs", type=int, default=None,
+                   help="built-in data: epochs of the shared CAM warm-up (default: the profile's block warm-up)")
+    p.add_argument("--shared-warmup", action="store_true",
+                   help="built-in data: one warm-up (seed 0) for all seeds, so the seeds vary only the forked "
+                        "epochs (block init, data order, drop draws); cheaper, and says so in the table")
+    p.add_argument("--row-steps-per-epoch", type=int, default=None,
+                   help="cap each forked row's steps per epoch (the warm-up trains whole epochs)")
+    p.add_argument("--output", default=None, help="default runs/ablate-<backbone>-<dataset>")
+    a, passthrough = p.parse_known_args(argv)
+    if a.seeds < 1:
+        p.error(f"--seeds must be >= 1, got {a.seeds}")
+    for flag in ("--method", "--seed", "--output", "--init-from", "--resume", "--backbone", "--dataset"):
+        if any(x == flag or x.startswith(flag + "=") for x in passthrough):
+            p.error(f"{flag} is set by the ablation for each run; remove it")
+    return a, passthrough
+
+
+def _profile(a) -> tuple[int, int]:
+    """(epochs, warm-up epochs) of the job, from the flags or the train profile of the dataset."""
+    from .config import TrainConfig, resolve
+
+    cfg = TrainConfig()
+    cfg.data.dataset = a.dataset
+    cfg.model.backbone = a.backbone
+    resolve(cfg, "cpu")
+    epochs = a.epochs if a.epochs is not None else cfg.optim.epochs
+    warmup = 0 if a.dataset not in BUILTIN else (
+        a.warmup_epochs if a.warmup_epochs is not None else cfg.optim.block_warmup_epochs)
+    if a.dataset in BUILTIN and not 0 < warmup < epochs:
+        raise SystemExit(f"error: need 0 < --warmup-epochs ({warmup}) < --epochs ({epochs})")
+    return epochs, warmup
+
+
+def _run(argv: list[str], folder: str) -> None:
+    """One train run in `folder`: skipped when finished, resumed when interrupted."""
+    if os.path.isfile(os.path.join(folder, "results.json")):
+        return
+    last = os.path.join(folder, "last.pt")
+    rc = train.main(["--resume", last] if os.path.isfile(last) else argv)
+    if rc != 0:
+        raise SystemExit(f"error: the run in {folder} failed (exit {rc}); rerun the same command to resume")
+
+
+def _row_numbers(folder: str) -> dict:
+    with open(os.path.join(folder, "results.json")) as fh:
+        r = json.load(fh)
+    with open(os.path.join(folder, "metrics.csv")) as fh:
+        last = list(csv.DictReader(fh))[-1]
+    out = {f"maxboxacc_{k}": float(v) for k, v in r["maxboxacc"].items()}
+    out.update(maxboxacc_v2=float(r["maxboxacc_v2"]), top1_cls=float(r["top1_cls"]),
+               top1_loc=float(r["top1_loc"]), gt_known_loc=float(r["gt_known_loc"]),
+               val_maxboxacc_v2=float(last["val_maxboxacc_v2"]))
+    return out
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    m = sum(values) / len(values)
+    s = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return m, s
+
+
+def summarise(per_seed: dict, rows: list[str]) -> dict:
+    """{row: {metric: {"mean", "std", "values", "diff_to_icl"}}} from {row: [numbers per seed]}."""
+    table = {}
+    for row in rows:
+        runs = per_seed[row]
+        table[row] = {}
+        for key in runs[0]:
+            m, s = _mean_std([r[key] for r in runs])
+            table[row][key] = {"mean": m, "std": s, "values": [r[key] for r in runs]}
+    if "icl" in table:
+        for row in rows:
+            for key in table[row]:
+                table[row][key]["diff_to_icl"] = table[row][key]["mean"] - table["icl"][key]["mean"]
+    return table
+
+
+def render_table(table: dict, rows: list[str], seeds: int) -> str:
+    head = "| method | " + " | ".join(label for _, label in METRICS) + " | Δ MaxBoxAccV2 vs ICL |"
+    lines = [head, "|" + "---|" * (len(METRICS) + 2)]
+    for row in rows:
+        cells = [f"{table[row][k]['mean']:.1f} ± {table[row][k]['std']:.1f}" for k, _ in METRICS]
+        diff = table[row]["maxboxacc_v2"].get("diff_to_icl")
+        lines.append(f"| {ROWS[row][0]} | " + " | ".join(cells) + " | " +
+                     ("—" if diff is None or row == "icl" else f"{diff:+.1f}") + " |")
+    lines.append(f"\nmean ± std over {seeds} seed(s); test split (last epoch, CAM threshold chosen on val) except "
+                 "the val column.")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    a, passthrough = parse_args(argv)
+    out = a.output or os.path.join("runs", f"ablate-{a.backbone}-{a.dataset}")
+    epochs, warmup = _profile(a)
+    os.makedirs(out, exist_ok=True)
+    common = ["--backbone", a.backbone, "--dataset", a.dataset, *passthrough]
+    from tqdm.auto import tqdm
+
+    builtin = a.dataset in BUILTIN
+    jobs = []   # (description, folder, argv)
+    for seed in range(a.seeds):
+        base = os.path.join(out, f"seed{seed}")
+        wfolder = os.path.join(out, "seed0" if a.shared_warmup else f"seed{seed}", "warmup")
+        if builtin and (seed == 0 or not a.shared_warmup):
+            jobs.append((f"seed {seed} CAM warm-up", wfolder,
+                         [*common, "--method", "cam", "--epochs", str(warmup), "--seed", str(seed),
+                          "--output", wfolder, "--num-overlays", "0"]))
+        for row in a.rows:
+            folder = os.path.join(base, row)
+            argv_row = [*common, *ROWS[row][1], "--epochs", str(epochs), "--seed", str(seed), "--output", folder]
+            if builtin:
+                argv_row += ["--init-from", os.path.join(wfolder, "last.pt"), "--fork-weights-only",
+                             "--block-warmup-epochs", "0"]
+            if a.row_steps_per_epoch:
+                argv_row += ["--max-steps-per-epoch", str(a.row_steps_per_epoch)]
+            jobs.append((f"seed {seed} {ROWS[row][0]}", folder, argv_row))
+    t0 = time.perf_counter()
+    done = sum(os.path.isfile(os.path.join(f, "results.json")) for _, f, _ in jobs)
+    with tqdm(total=len(jobs), initial=done, desc="ablation", unit="run", file=sys.stderr,
+              dynamic_ncols=True) as bar:
+        for desc, folder, argv_run in jobs:
+            if os.path.isfile(os.path.join(folder, "results.json")):
+                continue
+            bar.set_postfix_str(desc)
+            print(f"\n== {desc}: python -m wsol_fast.train {' '.join(argv_run)}", file=sys.stderr)
+            _run(argv_run, folder)
+            bar.update(1)
+    per_seed = {row: [_row_numbers(os.path.join(out, f"seed{s}", row)) for s in range(a.seeds)] for row in a.rows}
+    table = summarise(per_seed, a.rows)
+    text = render_table(table, a.rows, a.seeds)
+    if a.shared_warmup:
+        text += " One shared CAM warm-up (seed 0): the spread covers the forked epochs only."
+    meta = {"backbone": a.backbone, "dataset": a.dataset, "seeds": a.seeds, "epochs": epochs,
+            "warmup_epochs": warmup, "rows": a.rows, "train_args": passthrough,
+            "shared_warmup": a.shared_warmup, "row_steps_per_epoch": a.row_steps_per_epoch,
+            "wall_seconds_this_call": time.perf_counter() - t0}
+    _write(os.path.join(out, "ablation.json"), json.dumps({"meta": meta, "table": table, "per_seed": per_seed},
+                                                          indent=2))
+    fields = ["row", "label", *(f"{k}_{s}" for k, _ in METRICS for s in ("mean", "std")), "diff_v2_to_icl"]
+    lines = [",".join(fields)]
+    for row in a.rows:
+        vals = [f"{table[row][k][s]:.4f}" for k, _ in METRICS for s in ("mean", "std")]
+        diff = table[row]["maxboxacc_v2"].get("diff_to_icl")
+        lines.append(",".join([row, f'"{ROWS[row][0]}"', *vals, "" if diff is None else f"{diff:.4f}"]))
+    _write(os.path.join(out, "ablation.csv"), "\n".join(lines) + "\n")
+    _write(os.path.join(out, "ablation.md"), f"{a.backbone} on {a.dataset}\n\n{text}\n")
+    print(f"\n{a.backbone} on {a.dataset}\n\n{text}\n\nwritten: {out}/ablation.json, ablation.csv, ablation.md")
+    return 0
+
+
+def _write(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
