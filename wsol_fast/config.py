@@ -133,6 +133,7 @@ class RuntimeConfig:
     max_steps_per_epoch: int | None = None
     log_every: int = 10
     save_scoremaps: str | None = None   # the final test's GT-class CAMs as <dir>/<image_id>.npy
+    tensorboard: bool = True   # TensorBoard events in the run folder (rank 0)
 
 
 @dataclass

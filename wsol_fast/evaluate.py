@@ -143,6 +143,10 @@ def evaluate_model(model, loader, meta, device, autocast, cfg, info=None, loc_th
         "maxboxacc_v2": box["maxboxacc_v2"],
         "best_threshold": box["best_threshold"],
         "best_threshold_iou50": box["best_threshold"][50] if 50 in box["best_threshold"] else None,
+        # The curves behind the maxima (wsol_fast.plot draws them): box accuracy (%) at every CAM threshold.
+        "cam_thresholds": box_eval.thresholds.tolist(),
+        "box_acc_curve": {iou: (box_eval.num_correct[r] * 100.0 / box_eval.cnt).tolist()
+                          for r, iou in enumerate(box_eval.iou_thresholds)},
     })
     if len(expected) < len(meta.image_ids):
         out["num_skipped"] = len(meta.image_ids) - len(expected)

@@ -23,12 +23,14 @@ import time
 import torch
 import torch.nn as nn
 
-from . import diagnostics, guard, runtime
+from . import diagnostics, guard, plot, runtime
 from .config import DataConfig, ModelConfig, OptimConfig, RuntimeConfig, TrainConfig, resolve
+from .config_file import ConfigFileError, apply_to_parser, output_in_use
 from .data.pipeline import RunData, prepare_data, make_train_loader
 from .evaluate import evaluate_model, localization_score, print_table, write_outputs
 from .losses import WSOLLoss
 from .models import create_model, list_models
+from .tblog import TensorBoardLog
 
 
 class NonFiniteLoss(RuntimeError):
@@ -147,8 +149,22 @@ def parse_args(argv=None) -> TrainConfig:
     r.add_argument("--save-scoremaps", default=None, metavar="DIR",
                    help="write the final test's GT-class CAMs as DIR/<image_id>.npy (224 x 224 float64, min-max "
                         "normalised: wsolevaluation's layout, for `evaluate --scoremap-root` or its evaluate_wsol)")
+    r.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
+                   help="no TensorBoard events in the run folder (without this flag: tensorboard=%(default)s)")
+    r.add_argument("--config", default=None, metavar="FILE",
+                   help="settings from a JSON or YAML file (a run's config.json reruns it); flags given on "
+                        "the command line override them")
+    # --config: the file's values become the defaults, then the command line is parsed again over them.
+    config_file, without_flag = p.parse_known_args(argv)[0].config, {}
+    if config_file:
+        try:
+            without_flag = apply_to_parser(p, config_file)
+        except ConfigFileError as exc:
+            p.error(str(exc))
     a = p.parse_args(argv)
     guard.check_crop(p, a.backbone, a.crop_size, a.resize_size)
+    if config_file and a.output == p.get_default("output") and output_in_use(a.output):
+        p.error(f"--config {config_file}: its output folder {a.output} already holds a run; give --output")
     if a.resume and a.init_from:
         p.error("--resume continues a run with its own settings, --init-from forks it with new ones: "
                 "give one of them")
@@ -176,8 +192,11 @@ def parse_args(argv=None) -> TrainConfig:
                       compile=a.compile, sync_bn=a.sync_bn, resume=a.resume, init_from=a.init_from,
                       fork_weights_only=a.fork_weights_only, eval_checkpoint=a.eval_checkpoint,
                       cam_curve_interval=a.cam_curve_interval, num_overlays=a.num_overlays,
-                      max_steps_per_epoch=a.max_steps_per_epoch, save_scoremaps=a.save_scoremaps),
+                      max_steps_per_epoch=a.max_steps_per_epoch, save_scoremaps=a.save_scoremaps,
+                      tensorboard=a.tensorboard),
     )
+    for (section, name), value in without_flag.items():   # e.g. optim.momentum: no flag, only the file
+        setattr(getattr(cfg, section), name, value)
     # How the command was given (not part of the run's settings): flags written, --overwrite, --debug.
     cfg.cli = {"given": guard.given_dests(p, argv), "overwrite": a.overwrite, "debug": a.debug}
     return cfg
@@ -285,6 +304,8 @@ class Trainer:
                 "would run; lower --batch-size or pass --allow-partial-batches")
         self._signals = guard.StopSignals(enabled=False)
         self._progress = (self.start_epoch, self.start_step, None)   # (epoch, steps done, non-finite flag)
+        self.tb = TensorBoardLog(self.out, c, self.info.is_main and c.runtime.tensorboard, self.data,
+                                 self.autocast)
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self, epoch: int, step: int) -> dict:
@@ -422,6 +443,8 @@ class Trainer:
                                 img_s=f"{n_img * self.info.world_size / el:.1f}",
                                 **({} if diag is None else {"fg": "/".join(
                                     f"{v:.2f}" for v in (diag[:, 0] / (i + 1)).tolist())}))
+                self.tb.train_step(epoch * len(loader) + step, epoch, i + 1, avg,
+                                   self.optimizer.param_groups[0]["lr"], n_img * self.info.world_size / el)
             bar.update(1)
             if self._signals.stop:   # a signal arrived: this step is done, its weights are saved next
                 bar.close()
@@ -474,6 +497,7 @@ class Trainer:
                 self.save("last.pt", epoch + 1, 0)
                 if self.info.is_main:
                     self._write_metrics_csv()
+                    self.tb.epoch(stats, self.raw_model, threshold)
                     print(f"epoch {epoch + 1}: loss {stats['loss']:.3f}  {stats['images_per_s']:.1f} img/s  "
                           f"data wait {100 * stats['data_wait_frac']:.0f}%  val top-1 {val['top1_cls']:.1f}  "
                           f"val {'PxAP' if key == 'pxap' else 'MaxBoxAccV2'} {score:.1f}")
@@ -481,6 +505,7 @@ class Trainer:
                         print(f"  {diagnostics.summary(self.epoch_diag)}")
                 if self._signals.stop:   # arrived during validation or the save: the epoch-end save stands
                     self._exit_stopped(f"end of epoch {epoch + 1}")
+        self.tb.close()
         # The test pass writes nothing until results.json (atomically): a signal there just stops it.
         with guard.StopSignals(enabled=self.info.is_main, immediate=True):
             try:
@@ -585,6 +610,7 @@ class Trainer:
         results["eval_checkpoint"] = c.runtime.eval_checkpoint
         if self.info.is_main:
             write_outputs(results, self.out, self.data, c)
+            plot.plot_run(self.out, quiet=True)   # the protocol's figures as PNGs in the run folder
             print_table(results, f"{c.model.backbone} / {c.model.method} on {c.data.dataset} (test split)")
             print(f"throughput {summary['images_per_s']:.1f} img/s, step {summary['step_time_s']:.2f} s, "
                   f"data wait {100 * summary['data_wait_frac']:.0f}%, peak memory {summary['peak_mem_mb']:.0f} MiB, "

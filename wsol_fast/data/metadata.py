@@ -31,7 +31,6 @@ that reach the right/bottom edge pass).
 """
 from __future__ import annotations
 
-import itertools
 import os
 import warnings
 from dataclasses import dataclass, field

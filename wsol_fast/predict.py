@@ -1,0 +1,366 @@
+"""python -m wsol_fast.predict --checkpoint RUN/best.pt PATH [PATH ...]
+
+Localize objects in your own images with a trained checkpoint: per image the top-k classes with their
+probabilities and the box(es) of each at the CAM threshold chosen on val (stored in the checkpoint;
+`--threshold` overrides it). Writes OUTPUT/predictions.jsonl (one JSON object per image, boxes in the
+original image's pixels), OUTPUT/overlays/<id>.png (heatmap, box, class name and probability) and, with
+`--save-scoremaps DIR`, DIR/<id>.npy (the 224 x 224 min-max normalised score map of the top-1 class,
+float32, the layout wsolevaluation writes: <image id>.npy).
+
+PATHs are image files, folders (searched recursively for .jpg/.jpeg/.png) or glob patterns. An image
+<id> is its path relative to the deepest folder holding all inputs.
+
+Images go through the evaluation's path exactly: the data pipeline's decoder (`read_image_rgb`: any size,
+grayscale, RGBA, CMYK), its eval resize to the checkpoint's crop size and ImageNet normalisation, the
+model's class maps without the attention blocks, then `evaluate._scoremap` (bicubic resize to 224 x 224,
+min-max normalisation) and `metrics.boxes_at_threshold` (one box per contour, as MaxBoxAccV2 scores
+them). Boxes are mapped back with `metrics.rescale_boxes`, the protocol's box scaling, from 224 x 224 to
+the image's size. An unreadable image is skipped, named and counted; every file is written atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+
+import cv2
+import numpy as np
+import torch
+
+from . import metrics, runtime
+from .data import loaders
+from .data.dali import IMAGENET_MEAN, IMAGENET_STD
+from .data.transforms import eval_resize
+from .evaluate import CAM_SIZE, _scoremap
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+class PredictError(ValueError):
+    pass
+
+
+# ------------------------------------------------------------------------------------- inputs
+
+def expand_inputs(paths) -> list[str]:
+    """Image files of PATH arguments, in order, without duplicates: files as given, folders walked
+    recursively (sorted), globs expanded (recursive `**` allowed). An argument that names nothing, or a
+    folder or glob without a JPEG/PNG, is an error naming it."""
+    out, seen = [], set()
+
+    def add(path):
+        key = os.path.abspath(path)
+        if key not in seen:
+            seen.add(key)
+            out.append(path)
+
+    def walk(folder):
+        found = []
+        for root, dirs, files in os.walk(folder):
+            dirs.sort()
+            found += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        return found
+
+    for arg in paths:
+        if os.path.isfile(arg):
+            found = [arg]
+        elif os.path.isdir(arg):
+            found = walk(arg)
+        elif glob.has_magic(arg):
+            found = []
+            for match in sorted(glob.glob(arg, recursive=True)):
+                if os.path.isdir(match):
+                    found += walk(match)
+                elif match.lower().endswith(IMAGE_EXTENSIONS):
+                    found.append(match)
+        else:
+            raise PredictError(f"{arg}: no such file or folder")
+        if not found:
+            raise PredictError(f"{arg}: no .jpg/.jpeg/.png image found")
+        for path in found:
+            add(path)
+    return out
+
+
+def image_ids(paths) -> list[str]:
+    """Each path relative to the deepest folder holding all of them ('/'-separated)."""
+    absolute = [os.path.abspath(p) for p in paths]
+    common = os.path.commonpath([os.path.dirname(p) for p in absolute])
+    return [os.path.relpath(p, common).replace(os.sep, "/") for p in absolute]
+
+
+def read_class_names(path: str, num_classes: int) -> list[str]:
+    """One name per line (label k on line k + 1), or CUB's classes.txt (`<id> <name>`, ids from 1; the
+    'NNN.' numbering of CUB names is dropped). Blank lines are ignored."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = [(n, line.strip()) for n, line in enumerate(fh, 1) if line.strip()]
+    except OSError as exc:
+        raise PredictError(f"--class-names {path}: cannot read it: {exc.strerror or exc}") from None
+    numbered = [re.match(r"^(\d+)\s+(\S.*)$", text) for _, text in lines]
+    if lines and all(numbered):
+        ids = [int(m.group(1)) for m in numbered]
+        if sorted(ids) != list(range(min(ids), min(ids) + len(ids))):
+            raise PredictError(f"--class-names {path}: the ids of an 'id name' file must be consecutive "
+                               f"and distinct, got {sorted(ids)[:5]}...")
+        names = [re.sub(r"^\d+\.", "", m.group(2)) for _, m in sorted(zip(ids, numbered))]
+    else:
+        names = [text for _, text in lines]
+    if len(names) != num_classes:
+        raise PredictError(f"--class-names {path}: {len(names)} names for a model of {num_classes} classes")
+    return names
+
+
+# ------------------------------------------------------------------------------------- model input
+
+class _Images(torch.utils.data.Dataset):
+    """k -> (k, uint8 size x size x 3 RGB or None, (width, height), error message or None)."""
+
+    def __init__(self, paths, size: int):
+        self.paths, self.size = paths, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, k):
+        try:
+            image = loaders.read_image_rgb(self.paths[k])
+        except loaders.BadImageError as exc:
+            return k, None, None, str(exc)
+        h, w = image.shape[:2]
+        return k, eval_resize(image, self.size), (w, h), None
+
+
+def _collate(items):
+    good = [it for it in items if it[1] is not None]
+    batch = torch.from_numpy(np.stack([it[1] for it in good])) if good else None
+    return batch, [it[0] for it in good], [it[2] for it in good], [(it[0], it[3]) for it in items if it[1] is None]
+
+
+def normalise(batch: torch.Tensor, device, channels_last: bool) -> torch.Tensor:
+    """uint8 N x H x W x 3 -> float32 N x 3 x H x W, normalised by the loaders' arithmetic (x - 255 mean)
+    * 1 / (255 std), in the memory format the evaluation runs the model in."""
+    mean = (torch.tensor(IMAGENET_MEAN) * 255).view(1, 3, 1, 1).to(device)
+    scale = (1.0 / (torch.tensor(IMAGENET_STD) * 255)).view(1, 3, 1, 1).to(device)
+    x = batch.to(device).permute(0, 3, 1, 2).to(torch.float32).sub_(mean).mul_(scale)
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+@torch.no_grad()
+def class_scoremaps(model, images: torch.Tensor, autocast, top_k: int):
+    """(probabilities [N, k], classes [N, k], score maps [N][k] of 224 x 224 float64): the evaluation's
+    CAM path (blocks bypassed, class maps of the same features) for the k most probable classes."""
+    with autocast:
+        features, _ = model.forward_features(images, use_blocks=False)
+        logits = model.logits(features)
+    probs, classes = torch.softmax(logits.float(), dim=1).topk(top_k, dim=1)
+    maps = []
+    with autocast:
+        cams = [model.class_map(features, classes[:, j]).float().cpu() for j in range(top_k)]
+    for i in range(images.shape[0]):
+        maps.append([_scoremap(cams[j][i].numpy()) for j in range(top_k)])
+    return probs.cpu(), classes.cpu(), maps
+
+
+@torch.no_grad()
+def label_scoremaps(model, images: torch.Tensor, autocast, labels: torch.Tensor) -> list[np.ndarray]:
+    """224 x 224 score maps (float64) of the given class of each image, by the same path."""
+    with autocast:
+        features, _ = model.forward_features(images, use_blocks=False)
+        cams = model.class_map(features, labels).float().cpu()
+    return [_scoremap(cam.numpy()) for cam in cams]
+
+
+# ------------------------------------------------------------------------------------- outputs
+
+def _atomic_bytes(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def save_scoremap(path: str, scoremap: np.ndarray) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, scoremap.astype(np.float32))
+    _atomic_bytes(path, buf.getvalue())
+
+
+def overlay(image_rgb: np.ndarray, scoremap: np.ndarray, boxes, label: str, min_side: int = 320,
+            max_side: int = 1024) -> np.ndarray:
+    """BGR picture: the score map as a JET heatmap over the image, the boxes in green, `label` on the
+    largest box. Drawn at the image's size, scaled so that its longer side lies in [min_side, max_side]
+    (a small image is enlarged so that the label stays legible)."""
+    h, w = image_rgb.shape[:2]
+    scale = min(max(1.0, min_side / max(h, w)), max_side / max(h, w))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    image = image_rgb if scale == 1 else cv2.resize(
+        image_rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    heat = cv2.resize(scoremap.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
+    heat = cv2.applyColorMap(np.clip(heat * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
+    canvas = cv2.addWeighted(image, 0.5, heat, 0.5, 0)
+    thick = max(1, round(max(size) / 200))
+    font = max(0.4, max(size) / 700)
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    largest = int(np.argmax((boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)))
+    for n, (x0, y0, x1, y1) in enumerate(boxes * scale):
+        p0, p1 = (int(x0), int(y0)), (int(x1), int(y1))
+        cv2.rectangle(canvas, p0, p1, (0, 255, 0), thick)
+        if n == largest and label:
+            (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font, max(1, thick // 2))
+            ty = p0[1] - base - 2 if p0[1] - th - base - 2 >= 0 else p0[1] + th + 2
+            tx = min(p0[0], max(0, size[0] - tw))
+            cv2.rectangle(canvas, (tx, ty - th - 1), (tx + tw, ty + base), (0, 255, 0), -1)
+            cv2.putText(canvas, label, (tx, ty), cv2.FONT_HERSHEY_SIMPLEX, font, (0, 0, 0), max(1, thick // 2),
+                        cv2.LINE_AA)
+    return canvas
+
+
+# ------------------------------------------------------------------------------------- the command
+
+def load_model(checkpoint: str, device):
+    """(model in eval mode on device, checkpoint state, resolved TrainConfig)."""
+    from .config import TrainConfig, resolve
+    from .models import create_model
+
+    state = runtime.load_checkpoint(checkpoint)
+    cfg = resolve(TrainConfig.from_dict(state["config"]), device.type)
+    model = create_model(cfg.model.backbone, state["num_classes"], method=cfg.model.method, pretrained=None,
+                         **cfg.model.overrides())
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    if cfg.runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model, state, cfg
+
+
+def checkpoint_threshold(state: dict, checkpoint: str) -> float:
+    """The CAM threshold chosen on val for the checkpoint's epoch: best["threshold"] for best.pt, the
+    epoch's `val_threshold` in the history for a last.pt of a later epoch."""
+    best = state.get("best") or {}
+    if best.get("epoch") == state.get("epoch") and best.get("threshold") is not None:
+        return float(best["threshold"])
+    for row in state.get("history") or []:
+        if row.get("epoch") == state.get("epoch") and row.get("val_threshold") is not None:
+            return float(row["val_threshold"])
+    raise PredictError(f"{checkpoint} holds no CAM threshold chosen on val for its epoch "
+                       f"({state.get('epoch')}); give --threshold")
+
+
+def predict(a) -> int:
+    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    paths = expand_inputs(a.paths)
+    model, state, cfg = load_model(a.checkpoint, device)
+    threshold = a.threshold if a.threshold is not None else checkpoint_threshold(state, a.checkpoint)
+    if not 0 <= threshold < 1:
+        raise PredictError(f"--threshold must lie in [0, 1), got {threshold}")
+    num_classes = state["num_classes"]
+    names = read_class_names(a.class_names, num_classes) if a.class_names else [str(k) for k in range(num_classes)]
+    top_k = max(1, min(a.top_k, num_classes))
+    ids = image_ids(paths)
+    autocast = runtime.autocast_context(device, runtime.resolve_amp(cfg.runtime.amp, device))
+    loader = torch.utils.data.DataLoader(_Images(paths, cfg.data.crop_size), batch_size=a.batch_size,
+                                         num_workers=a.workers, collate_fn=_collate,
+                                         worker_init_fn=loaders._worker_init if a.workers else None)
+    os.makedirs(a.output, exist_ok=True)
+    jsonl = os.path.join(a.output, "predictions.jsonl")
+    tmp = f"{jsonl}.tmp-{os.getpid()}"
+    skipped, done = [], 0
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(paths), desc="predict", unit="img", dynamic_ncols=True, file=sys.stderr)
+    try:
+        with open(tmp, "w") as out:
+            if a.workers:   # workers forked with OpenCV at one thread (see loaders._cv2_single_threaded)
+                with loaders._cv2_single_threaded():
+                    batches = iter(loader)
+            else:
+                batches = iter(loader)
+            for batch, index, sizes, bad in batches:
+                for k, message in bad:
+                    skipped.append(paths[k])
+                    bar.write(f"skipped unreadable image {paths[k]}: {message}", file=sys.stderr)
+                if batch is not None:
+                    x = normalise(batch, device, bool(cfg.runtime.channels_last))
+                    probs, classes, maps = class_scoremaps(model, x, autocast, top_k)
+                    for i, k in enumerate(index):
+                        record = _record(paths[k], ids[k], sizes[i], probs[i], classes[i], maps[i], names,
+                                         threshold)
+                        if a.save_scoremaps:
+                            record["scoremap"] = os.path.join(a.save_scoremaps, ids[k] + ".npy")
+                            save_scoremap(record["scoremap"], maps[i][0])
+                        if not a.no_overlays:
+                            record["overlay"] = os.path.join(a.output, "overlays", ids[k] + ".png")
+                            _write_overlay(record, maps[i][0])
+                        out.write(json.dumps(record) + "\n")
+                        done += 1
+                bar.update(len(index) + len(bad))
+        os.replace(tmp, jsonl)
+    finally:
+        bar.close()
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    print(f"{done} image(s) predicted, {len(skipped)} skipped (unreadable) -> {jsonl}"
+          + ("" if a.no_overlays else f", overlays in {os.path.join(a.output, 'overlays')}"))
+    return 0 if done else 1
+
+
+def _record(path, image_id, size, probs, classes, maps, names, threshold) -> dict:
+    w, h = size
+    top = []
+    for j in range(len(classes)):
+        boxes = metrics.rescale_boxes(metrics.boxes_at_threshold(maps[j], threshold), CAM_SIZE, (w, h))
+        c = int(classes[j])
+        top.append({"class": c, "name": names[c], "prob": float(probs[j]), "boxes": boxes.tolist()})
+    first = top[0]
+    return {"path": path, "id": image_id, "width": w, "height": h, "threshold": threshold,
+            "class": first["class"], "name": first["name"], "prob": first["prob"], "boxes": first["boxes"],
+            "top_k": top}
+
+
+def _write_overlay(record: dict, scoremap: np.ndarray) -> None:
+    image = loaders.read_image_rgb(record["path"])
+    canvas = overlay(image, scoremap, record["boxes"], f"{record['name']} {record['prob']:.2f}")
+    ok, png = cv2.imencode(".png", canvas, [cv2.IMWRITE_PNG_COMPRESSION, 6])
+    if not ok:
+        raise RuntimeError(f"could not encode the overlay of {record['path']}")
+    _atomic_bytes(record["overlay"], png.tobytes())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m wsol_fast.predict", description=__doc__.split("\n\n")[1],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or glob patterns")
+    p.add_argument("--checkpoint", required=True, help="a best.pt (or last.pt) written by wsol_fast.train")
+    p.add_argument("--output", default="predictions", help="folder for predictions.jsonl and overlays/")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="CAM threshold in [0, 1) (default: the one chosen on val, stored in the checkpoint)")
+    p.add_argument("--top-k", type=int, default=5, help="classes reported per image, each with its boxes")
+    p.add_argument("--class-names", default=None, metavar="FILE",
+                   help="one class name per line, or CUB's classes.txt ('id name'); default: the label index")
+    p.add_argument("--save-scoremaps", default=None, metavar="DIR",
+                   help="write each image's top-1 score map to DIR/<id>.npy (224 x 224 float32, min-max "
+                        "normalised)")
+    p.add_argument("--no-overlays", action="store_true", help="no overlay PNGs")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="image decoding processes")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    a = p.parse_args(argv)
+    if a.batch_size < 1 or a.workers < 0:
+        p.error("--batch-size must be >= 1 and --workers >= 0")
+    try:
+        return predict(a)
+    except (PredictError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
