@@ -8,6 +8,8 @@ flag's choices is an error naming the key.
 """
 from __future__ import annotations
 
+import argparse
+
 import json
 import os
 from dataclasses import fields
@@ -84,7 +86,7 @@ def _checked(action, key: str, value, path: str):
     """The value a flag's default may take: strings converted by the flag's type, choices enforced."""
     if value is None:
         return value
-    kind = action.type
+    kind = getattr(action.type, "base_type", action.type)   # guard's range-checked types: int or float
     if kind in (int, float):
         if isinstance(value, str):
             try:
@@ -95,6 +97,11 @@ def _checked(action, key: str, value, path: str):
                 kind is int and isinstance(value, float) and not value.is_integer()):
             raise ConfigFileError(f"--config {path}: {key} must be {kind.__name__}, got {value!r}")
         value = kind(value)
+        if action.type is not kind:   # the flag's own range check (e.g. > 0), as on the command line
+            try:
+                action.type(str(value))
+            except argparse.ArgumentTypeError as exc:
+                raise ConfigFileError(f"--config {path}: {key} {exc}") from None
     if action.choices is not None and value not in action.choices:
         raise ConfigFileError(f"--config {path}: {key} must be one of {', '.join(map(str, action.choices))}, "
                               f"got {value!r}")

@@ -87,6 +87,12 @@ def open_interval(text: str) -> float:
     return v
 
 
+# The plain type each range-checked flag type converts to (the --config reader checks file values with it).
+for _fn, _base in ((positive_int, int), (nonneg_int, int), (nonneg_float, float), (positive_float, float),
+                   (unit_interval, float), (open_interval, float)):
+    _fn.base_type = _base
+
+
 def check_crop(parser: argparse.ArgumentParser, backbone: str, crop: int | None, resize: int | None) -> None:
     low = MIN_CROP.get(backbone, 1)
     if crop is not None and crop < low:

@@ -74,13 +74,23 @@ class TensorBoardLog:
         from .predict import normalise
 
         meta = self.data.val_meta
-        ids = list(meta.image_ids)[:GRID_IMAGES]
-        images = [read_image_rgb(f"{self.data.image_root}/{i}") for i in ids]
+        ids, images = [], []
+        for i in meta.image_ids:   # the first GRID_IMAGES that decode (a bad one is the loaders' to report)
+            try:
+                images.append(read_image_rgb(f"{self.data.image_root}/{i}"))
+            except Exception:
+                continue
+            ids.append(i)
+            if len(ids) == GRID_IMAGES:
+                break
         batch = torch.from_numpy(np.stack([eval_resize(im, self.cfg.data.crop_size) for im in images]))
         x = normalise(batch, device, bool(self.cfg.runtime.channels_last))
         pictures = [cv2.resize(im, CAM_SIZE, interpolation=cv2.INTER_LINEAR) for im in images]
         labels = torch.tensor([meta.class_labels[i] for i in ids], device=device)
-        return x, pictures, labels, [_boxes_224(meta, i) for i in ids]
+        # Mask datasets (OpenImages' layout) have no boxes and no image sizes: no GT box is drawn there.
+        boxes = [_boxes_224(meta, i) if i in (meta.boxes or {}) and i in (meta.sizes or {}) else np.zeros((0, 4))
+                 for i in ids]
+        return x, pictures, labels, boxes
 
     @torch.no_grad()
     def cam_grid(self, model, threshold: float | None) -> np.ndarray:

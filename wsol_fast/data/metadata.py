@@ -158,8 +158,9 @@ def _bulk_columns(path: str, count: int, paths: bool = False):
         raw = raw.replace(b"\r\n", b"\n")
     if raw.endswith(b"\n"):
         raw = raw[:-1]
-    if not raw or any(c in raw for c in (b" ", b"\t", b"\r", b"\v", b"\f", b"\n\n", b"\x1c", b"\x1d", b"\x1e")):
-        return None
+    if not raw or raw.startswith(b"\xef\xbb\xbf") or any(
+            c in raw for c in (b" ", b"\t", b"\r", b"\v", b"\f", b"\n\n", b"\x1c", b"\x1d", b"\x1e")):
+        return None   # a BOM (dropped) or odd whitespace: the line-by-line reader handles and names it
     # The separators, in order, must read (count - 1) commas then a newline, line after line.
     codes = np.frombuffer(raw, np.uint8)
     seps = codes[np.flatnonzero((codes == 10) | (codes == 44))]
@@ -168,7 +169,10 @@ def _bulk_columns(path: str, count: int, paths: bool = False):
     seps = np.append(seps, 10).reshape(-1, count)
     if not ((seps[:, :-1] == 44).all() and (seps[:, -1] == 10).all()):
         return None
-    text = raw.decode("utf-8")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None   # the line-by-line reader names the file and line
     if any(c in text for c in ("\x85", "\u2028", "\u2029", "\xa0")):   # other line breaks or spaces
         return None
     if paths and not _plain_paths(text):
