@@ -64,7 +64,8 @@ def parse_args(argv=None):
                    help="built-in data: epochs of the shared CAM warm-up (default: the profile's block warm-up)")
     p.add_argument("--shared-warmup", action="store_true",
                    help="built-in data: one warm-up (seed 0) for all seeds, so the seeds vary only the forked "
-                        "epochs (block init, data order, drop draws); cheaper, and says so in the table")
+                        "epochs (block init, data order; the drop draws follow the warm-up's saved RNG "
+                        "state); cheaper, and says so in the table")
     p.add_argument("--row-steps-per-epoch", type=int, default=None,
                    help="cap each forked row's steps per epoch (the warm-up trains whole epochs)")
     p.add_argument("--only-seeds", type=int, nargs="+", default=None, metavar="S",
