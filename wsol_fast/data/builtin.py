@@ -101,13 +101,7 @@ def metadata_root(root: str) -> str:
 
 def is_complete(root: str, seed: int = 0, dataset: str = DATASET, **sizes) -> bool:
     """True when `root` holds a finished dataset with exactly these parameters."""
-    try:
-        with open(os.path.join(root, MANIFEST)) as fh:
-            manifest = json.load(fh)
-    except (OSError, ValueError):
-        return False
-    files = [os.path.join(metadata_root(root), dataset, s, "image_ids.txt") for s in SPLITS]
-    return manifest.get("params") == _params(seed, sizes, dataset) and all(os.path.isfile(f) for f in files)
+    return _complete(root, dataset, _params(seed, sizes, dataset), MANIFEST)
 
 
 def generate(root: str | None = None, seed: int = 0, progress: bool = True, dataset: str = DATASET,
@@ -116,29 +110,46 @@ def generate(root: str | None = None, seed: int = 0, progress: bool = True, data
     returns the metadata root. `dataset`: "builtin" (digits) or "builtin-parts" (data/builtin_parts.py).
     `sizes` overrides DEFAULTS: num_train, num_val, num_test, min_size, max_size, quality."""
     _kind(dataset)
-    root = os.path.abspath(root or default_root(dataset))
     unknown = set(sizes) - set(DEFAULTS)
     if unknown:
         raise TypeError(f"unknown builtin dataset parameters: {sorted(unknown)}")
-    if is_complete(root, seed, dataset, **sizes):
+    return _generate(root or default_root(dataset), dataset, _params(seed, sizes, dataset), MANIFEST,
+                     lambda folder, p, show: _build(folder, p, show, dataset), progress)
+
+
+def _complete(root: str, dataset: str, params: dict, manifest_name: str) -> bool:
+    """A finished generation with exactly `params`: its manifest matches and every split is there."""
+    try:
+        with open(os.path.join(root, manifest_name)) as fh:
+            manifest = json.load(fh)
+    except (OSError, ValueError):
+        return False
+    files = [os.path.join(metadata_root(root), dataset, s, "image_ids.txt") for s in SPLITS]
+    return manifest.get("params") == params and all(os.path.isfile(f) for f in files)
+
+
+def _generate(root: str, dataset: str, params: dict, manifest_name: str, build, progress: bool) -> str:
+    """The generated datasets' shared life cycle: unless `root` already holds this generation, build it with
+    `build(folder, params, progress) -> counts` in a temporary folder under a lock, then swap it in (the
+    manifest removed first, so a crash in between reads as incomplete, and written last)."""
+    root = os.path.abspath(root)
+    if _complete(root, dataset, params, manifest_name):
         return metadata_root(root)
     os.makedirs(root, exist_ok=True)
     with _lock(root):
-        if is_complete(root, seed, dataset, **sizes):  # another process finished it while we waited
+        if _complete(root, dataset, params, manifest_name):  # another process finished it while we waited
             return metadata_root(root)
-        params = _params(seed, sizes, dataset)
-        build = os.path.join(root, f".building-{os.getpid()}")
-        shutil.rmtree(build, ignore_errors=True)
-        counts = _build(build, params, progress, dataset)
-        # Swap in: manifest gone first (so a crash in between reads as incomplete), then the folders.
-        _remove(os.path.join(root, MANIFEST))
+        folder = os.path.join(root, f".building-{os.getpid()}")
+        shutil.rmtree(folder, ignore_errors=True)
+        counts = build(folder, params, progress)
+        _remove(os.path.join(root, manifest_name))
         for sub in (data_root(""), metadata_root("")):
             target = os.path.join(root, sub, dataset)
             shutil.rmtree(target, ignore_errors=True)
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            os.replace(os.path.join(build, sub, dataset), target)
-        shutil.rmtree(build, ignore_errors=True)
-        _write_atomic(os.path.join(root, MANIFEST),
+            os.replace(os.path.join(folder, sub, dataset), target)
+        shutil.rmtree(folder, ignore_errors=True)
+        _write_atomic(os.path.join(root, manifest_name),
                       json.dumps({"version": params["version"], "params": params, "counts": counts}, indent=2))
     return metadata_root(root)
 

@@ -28,17 +28,15 @@ What differs from `builtin` (the backgrounds, digits, colours and clutter are bu
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from . import builtin
-from .builtin import _background, _backgrounds, _blend, _clutter, _digit_masks, _lock, _object_colour, \
-    _place_mask, _remove, _write_atomic, _write_jpeg
+from .builtin import _background, _backgrounds, _blend, _clutter, _digit_masks, _object_colour, _place_mask, \
+    _write_jpeg
 
 VERSION = 1
 DATASET = "builtin-masks"
@@ -61,42 +59,16 @@ mask_root = builtin.data_root           # masks beside the images
 
 
 def is_complete(root: str, seed: int = 0, **sizes) -> bool:
-    try:
-        with open(os.path.join(root, MANIFEST)) as fh:
-            manifest = json.load(fh)
-    except (OSError, ValueError):
-        return False
-    files = [os.path.join(metadata_root(root), DATASET, s, "image_ids.txt") for s in SPLITS]
-    return manifest.get("params") == _params(seed, sizes) and all(os.path.isfile(f) for f in files)
+    return builtin._complete(root, DATASET, _params(seed, sizes), MANIFEST)
 
 
 def generate(root: str | None = None, seed: int = 0, progress: bool = True, **sizes) -> str:
     """Generate the dataset under `root` unless it is there; returns the metadata root. `sizes`
     overrides DEFAULTS (num_train, num_val, num_test, min_size, max_size, quality)."""
-    root = os.path.abspath(root or default_root())
     unknown = set(sizes) - set(DEFAULTS)
     if unknown:
         raise TypeError(f"unknown builtin-masks dataset parameters: {sorted(unknown)}")
-    if is_complete(root, seed, **sizes):
-        return metadata_root(root)
-    os.makedirs(root, exist_ok=True)
-    with _lock(root):
-        if is_complete(root, seed, **sizes):
-            return metadata_root(root)
-        params = _params(seed, sizes)
-        build = os.path.join(root, f".building-{os.getpid()}")
-        shutil.rmtree(build, ignore_errors=True)
-        counts = _build(build, params, progress)
-        _remove(os.path.join(root, MANIFEST))
-        for sub in (data_root(""), metadata_root("")):
-            target = os.path.join(root, sub, DATASET)
-            shutil.rmtree(target, ignore_errors=True)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            os.replace(os.path.join(build, sub, DATASET), target)
-        shutil.rmtree(build, ignore_errors=True)
-        _write_atomic(os.path.join(root, MANIFEST),
-                      json.dumps({"version": VERSION, "params": params, "counts": counts}, indent=2))
-    return metadata_root(root)
+    return builtin._generate(root or default_root(), DATASET, _params(seed, sizes), MANIFEST, _build, progress)
 
 
 def _params(seed: int, sizes: dict) -> dict:
