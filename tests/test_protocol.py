@@ -93,10 +93,13 @@ def test_box_coverage_hand_computed():
     import numpy as np
 
     from wsol_fast.evaluate import box_coverage
+    from wsol_fast.metrics import boxes_at_threshold
 
     m = np.zeros((224, 224), np.float32)
     m[50:100, 60:80] = 1.0
-    cov, prec, ratio = box_coverage(m, np.array([[40, 50, 119, 99]]), 0.5)
+    box = boxes_at_threshold(m, 0.5, multi_contour=False)[0]
+    cov, prec, ratio = box_coverage(box, np.array([[40, 50, 119, 99]]))
     assert cov == pytest.approx(1050 / 4000) and prec == pytest.approx(1050 / 1071)
     assert ratio == pytest.approx(1071 / 4000)
-    assert box_coverage(np.zeros((224, 224), np.float32), np.array([[0, 0, 9, 9]]), 0.5)[0] <= 1 / 100
+    empty = boxes_at_threshold(np.zeros((224, 224), np.float32), 0.5, multi_contour=False)[0]
+    assert box_coverage(empty, np.array([[0, 0, 9, 9]]))[0] <= 1 / 100

@@ -96,10 +96,13 @@ def evaluate_model(model, loader, meta, device, autocast, cfg, info=None, loc_th
                 gt = _boxes_224(meta, image_id)
                 box_eval.accumulate(gt_map, gt)
                 if loc_threshold is not None:
-                    pred_map = gt_map if pred == label else _scoremap(cam_pred[k].numpy())
-                    rec["iou_gt"] = metrics.best_iou_at_threshold(gt_map, gt, loc_threshold)
-                    rec["iou_pred"] = metrics.best_iou_at_threshold(pred_map, gt, loc_threshold)
-                    rec["coverage"] = box_coverage(gt_map, gt, loc_threshold)
+                    # One largest-component box of the GT-class map serves GT-known and the coverage
+                    # numbers; a correct prediction's map is the same map, so top-1 loc reuses its IoU.
+                    box = metrics.boxes_at_threshold(gt_map, loc_threshold, multi_contour=False)
+                    rec["iou_gt"] = float(metrics.multiple_iou(box, metrics.check_box_convention(gt)).max())
+                    rec["iou_pred"] = rec["iou_gt"] if pred == label else metrics.best_iou_at_threshold(
+                        _scoremap(cam_pred[k].numpy()), gt, loc_threshold)
+                    rec["coverage"] = box_coverage(box[0], gt)
             per_image.append(rec)
             if len(samples) < overlays:
                 samples.append((image_id, gt_map, gt))
@@ -174,10 +177,10 @@ def localization_score(results: dict) -> tuple[str, float, float | None]:
     return "maxboxacc_v2", results["maxboxacc_v2"], results.get("best_threshold_iou50")
 
 
-def box_coverage(scoremap, gt_boxes, threshold: float) -> tuple[float, float, float]:
-    """(|B ∩ G| / |G|, |B ∩ G| / |B|, |B| / |G|) of the largest-component box B at `threshold` and the GT
-    box G it overlaps most (pixel areas with the +1 convention); (0, 0, 0) without a box."""
-    box = metrics.boxes_at_threshold(scoremap, threshold, multi_contour=False)[0]
+def box_coverage(box, gt_boxes) -> tuple[float, float, float]:
+    """(|B ∩ G| / |G|, |B ∩ G| / |B|, |B| / |G|) of a predicted box B (x0, y0, x1, y1; the largest
+    component's at the val threshold) and the GT box G it covers most (pixel areas with the +1
+    convention; the no-contour box (0, 0, 0, 0) counts as the one pixel it spans)."""
     area = lambda b: max(0, b[2] - b[0] + 1) * max(0, b[3] - b[1] + 1)  # noqa: E731
     best = (0.0, 0.0, 0.0)
     for g in np.asarray(gt_boxes):
