@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .conv import use_im2col_wgrad
 from .base import ALL_OPTIONS, METHODS, BlockRecord, WSOLModel, WSOLOutput, resolve_config
 from .pretrained import PretrainedMismatchError, PretrainedReport, load_pretrained
 
@@ -56,10 +57,12 @@ def _check_backbone(backbone: str) -> None:
 
 
 def create_model(backbone: str, num_classes: int, method: str = "icl", pretrained=None,
-                 keep_classifier: bool = False, **overrides) -> WSOLModel:
+                 keep_classifier: bool = False, im2col_wgrad: bool = True, **overrides) -> WSOLModel:
     """Build a WSOL model. `pretrained`: None/False (from scratch), True (torchvision's hub cache file)
     or a path to a torchvision ImageNet state dict. The load report is kept as `model.pretrained_report`.
-    keep_classifier: load the ImageNet classifier too where it fits (training on ILSVRC itself)."""
+    keep_classifier: load the ImageNet classifier too where it fits (training on ILSVRC itself).
+    im2col_wgrad: the convolutions' weight gradient on the CPU as one GEMM (`models/conv.py`; same
+    parameters and numbers up to rounding); False keeps oneDNN's."""
     _check_backbone(backbone)
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -70,6 +73,7 @@ def create_model(backbone: str, num_classes: int, method: str = "icl", pretraine
     if pretrained is not None and pretrained is not False:
         model.pretrained_report = load_pretrained(model, pretrained, keep_classifier=keep_classifier)
     model.config["pretrained"] = model.pretrained_report.path if model.pretrained_report else None
+    use_im2col_wgrad(model, im2col_wgrad)
     return model
 
 
