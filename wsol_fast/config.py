@@ -23,7 +23,7 @@ BUILTIN_PROFILE = {
     # took about 8 minutes there. On the 2-core Intel Xeon of 2026-11-30 a step took 1.0-1.6 s (about 17
     # minutes in all); a 48 x 48, 5-epoch profile took 10 min 22 s there but stayed below the centre prior
     # (MaxBoxAccV2 21.9 vs 24.3), so it was not kept (README).
-    "epochs": 8,
+    "epochs": 6,
     "resize_size": 73,
     "crop_size": 64,
     # The first 5 epochs train the plain classifier (ICL blocks off, CE only), the last 3 turn ICL's
