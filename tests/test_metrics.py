@@ -267,6 +267,33 @@ def test_component_trees_give_findcontours_boxes_at_every_threshold():
             assert sorted(map(tuple, rows[active, 2:].tolist())) == _contour_boxes_at(img, k), (m.shape, k)
 
 
+
+@needs_tree
+def test_component_trees_on_many_tiny_maps():
+    """The same multiset equality on 400 tiny maps (1 to 12 pixels a side; plateaus of 2 to 6 levels,
+    all 256 levels, stripes, inverted maps), where every corner case of the flood (a descent at the
+    first pixel, a level reached from several components, 1-pixel strips) occurs many times."""
+    import torch
+    rng = np.random.default_rng(41)
+    op = M._threshold_boxes_op()
+    for trial in range(400):
+        h, w = (int(v) for v in rng.integers(1, 13, 2))
+        levels = int(rng.choice([2, 3, 6, 256]))
+        if trial % 3 == 0:
+            img = rng.integers(0, levels, (h, w))
+        else:
+            yy, xx = np.mgrid[:h, :w]
+            img = (xx * int(rng.integers(0, 4)) + yy * int(rng.integers(0, 4))) % levels
+            img = np.where(rng.random((h, w)) < 0.3, rng.integers(0, levels, (h, w)), img)
+        img = (img * (255 // max(levels - 1, 1))).astype(np.uint8)
+        if trial % 4 == 1:
+            img = 255 - img
+        rows = op(torch.from_numpy(img)).numpy()
+        for k in range(int(img.max())):
+            active = (rows[:, 0] <= k) & (k < rows[:, 1])
+            assert sorted(map(tuple, rows[active, 2:].tolist())) == _contour_boxes_at(img, k), (trial, k)
+
+
 @needs_tree
 def test_threshold_boxes_op_checks_its_input():
     import torch

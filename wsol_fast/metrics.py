@@ -372,7 +372,7 @@ def _threshold_boxes(img: np.ndarray, thresholds: np.ndarray, multi_contour: boo
     """The boxes of `img` at every threshold: the component-tree path where it is exact (all
     contours) and built, else one contour search per distinct binarisation."""
     op = _threshold_boxes_op() if multi_contour else None
-    if op is not None and max(img.shape) <= 32767:          # the op keeps coordinates in int16
+    if op is not None and max(img.shape) <= 32767:          # the op's limit on the image sides
         return _TreeBoxes(img, thresholds, op)
     return _ThresholdBoxes(img, thresholds, multi_contour)
 
