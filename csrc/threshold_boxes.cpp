@@ -36,6 +36,14 @@
 // wsolevaluation's form (x + w, y + h clipped to width - 1 / height - 1), is one of findContours'
 // boxes at every threshold k with lo <= k < hi. tests/test_metrics.py checks the result against
 // the literal findContours loop.
+//
+// level_best_ious(rows, gt_boxes): float64 [256], entry k the best IoU of a row active at k (lo <= k <
+// hi) against any GT box, -inf where no row is active: the per-threshold scores of MaxBoxAccV2 at
+// every integer threshold, with wsolevaluation's IoU (calculate_multiple_iou: inclusive pixel boxes,
+// side = x1 - x0 + 1, integer areas, one float64 division, 0 where the union is not positive), in
+// int64 arithmetic that wraps as numpy's does, so each IoU is the very double metrics.multiple_iou
+// gives. The max over rows per level uses two power-of-two blocks per interval, pushed down
+// level by level (as metrics._interval_max).
 
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -43,6 +51,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 namespace wsol_fast {
@@ -227,15 +236,70 @@ at::Tensor threshold_boxes_cpu(const at::Tensor& image) {
   return out;
 }
 
+// int64 arithmetic that wraps on overflow, as numpy's int64 does (signed overflow is undefined in C++)
+inline int64_t add64(int64_t a, int64_t b) { return static_cast<int64_t>(static_cast<uint64_t>(a) + static_cast<uint64_t>(b)); }
+inline int64_t sub64(int64_t a, int64_t b) { return static_cast<int64_t>(static_cast<uint64_t>(a) - static_cast<uint64_t>(b)); }
+inline int64_t mul64(int64_t a, int64_t b) { return static_cast<int64_t>(static_cast<uint64_t>(a) * static_cast<uint64_t>(b)); }
+
+// metrics.multiple_iou for one pair, operation for operation
+inline double box_iou(int64_t ax0, int64_t ay0, int64_t ax1, int64_t ay1, const int64_t* b) {
+  const int64_t iw = std::max<int64_t>(0, add64(sub64(std::min(ax1, b[2]), std::max(ax0, b[0])), 1));
+  const int64_t ih = std::max<int64_t>(0, add64(sub64(std::min(ay1, b[3]), std::max(ay0, b[1])), 1));
+  const int64_t inter = mul64(iw, ih);
+  const int64_t area_a = mul64(add64(sub64(ax1, ax0), 1), add64(sub64(ay1, ay0), 1));
+  const int64_t area_b = mul64(add64(sub64(b[2], b[0]), 1), add64(sub64(b[3], b[1]), 1));
+  const int64_t uni = sub64(add64(area_a, area_b), inter);
+  return uni <= 0 ? 0.0 : static_cast<double>(inter) / static_cast<double>(uni);
+}
+
+at::Tensor level_best_ious_cpu(const at::Tensor& rows_in, const at::Tensor& gt_in) {
+  TORCH_CHECK_VALUE(rows_in.dim() == 2 && rows_in.size(1) == 6, "rows must be [n, 6], got shape ", rows_in.sizes());
+  TORCH_CHECK_VALUE(rows_in.scalar_type() == at::kInt, "rows must be int32, got ", rows_in.scalar_type());
+  TORCH_CHECK_VALUE(gt_in.dim() == 2 && gt_in.size(1) == 4, "gt_boxes must be [m, 4], got shape ", gt_in.sizes());
+  TORCH_CHECK_VALUE(gt_in.scalar_type() == at::kLong, "gt_boxes must be int64, got ", gt_in.scalar_type());
+  TORCH_CHECK_VALUE(gt_in.size(0) >= 1, "gt_boxes must hold at least one box");
+  const at::Tensor rows = rows_in.contiguous(), gt = gt_in.contiguous();
+  const int32_t* r = rows.data_ptr<int32_t>();
+  const int64_t* g = gt.data_ptr<int64_t>();
+  const int64_t n = rows.size(0), m = gt.size(0);
+  constexpr int kLevels = 256, kLog = 9;  // blocks of 2^j levels, j = 0..8
+  constexpr double kNone = -std::numeric_limits<double>::infinity();
+  double table[kLog][kLevels];
+  std::fill_n(&table[0][0], kLog * kLevels, kNone);
+  for (int64_t i = 0; i < n; ++i, r += 6) {
+    const int32_t lo = r[0], hi = r[1];
+    TORCH_CHECK_VALUE(0 <= lo && lo < hi && hi <= kLevels, "row ", i, ": need 0 <= lo < hi <= 256, got lo ", lo,
+                      ", hi ", hi);
+    double best = box_iou(r[2], r[3], r[4], r[5], g);
+    for (int64_t j = 1; j < m; ++j) best = std::max(best, box_iou(r[2], r[3], r[4], r[5], g + 4 * j));
+    const int j = 31 - __builtin_clz(static_cast<uint32_t>(hi - lo));  // 2^j <= hi - lo < 2^(j + 1)
+    table[j][lo] = std::max(table[j][lo], best);
+    table[j][hi - (1 << j)] = std::max(table[j][hi - (1 << j)], best);
+  }
+  for (int j = kLog - 1; j > 0; --j) {  // a block of 2^j levels covers its two halves
+    const int half = 1 << (j - 1);
+    for (int k = 0; k + (1 << j) <= kLevels; ++k) {
+      table[j - 1][k] = std::max(table[j - 1][k], table[j][k]);
+      table[j - 1][k + half] = std::max(table[j - 1][k + half], table[j][k]);
+    }
+  }
+  at::Tensor out = at::empty({kLevels}, gt.options().dtype(at::kDouble));
+  std::memcpy(out.data_ptr<double>(), table[0], sizeof(table[0]));
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(wsol_fast_metrics, m) {
   // rows [n, 6] int32 (lo, hi, x0, y0, x1, y1) of a uint8 map [H, W]
   m.def("threshold_boxes(Tensor image) -> Tensor");
+  // float64 [256]: best IoU of the rows active at each level against int64 gt_boxes [m, 4]
+  m.def("level_best_ious(Tensor rows, Tensor gt_boxes) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(wsol_fast_metrics, CPU, m) {
   m.impl("threshold_boxes", &threshold_boxes_cpu);
+  m.impl("level_best_ious", &level_best_ious_cpu);
 }
 
 }  // namespace wsol_fast
