@@ -267,6 +267,33 @@ def test_component_trees_give_findcontours_boxes_at_every_threshold():
             assert sorted(map(tuple, rows[active, 2:].tolist())) == _contour_boxes_at(img, k), (m.shape, k)
 
 
+
+@needs_tree
+def test_component_trees_on_many_tiny_maps():
+    """The same multiset equality on 400 tiny maps (1 to 12 pixels a side; plateaus of 2 to 6 levels,
+    all 256 levels, stripes, inverted maps), where every corner case of the flood (a descent at the
+    first pixel, a level reached from several components, 1-pixel strips) occurs many times."""
+    import torch
+    rng = np.random.default_rng(41)
+    op = M._threshold_boxes_op()
+    for trial in range(400):
+        h, w = (int(v) for v in rng.integers(1, 13, 2))
+        levels = int(rng.choice([2, 3, 6, 256]))
+        if trial % 3 == 0:
+            img = rng.integers(0, levels, (h, w))
+        else:
+            yy, xx = np.mgrid[:h, :w]
+            img = (xx * int(rng.integers(0, 4)) + yy * int(rng.integers(0, 4))) % levels
+            img = np.where(rng.random((h, w)) < 0.3, rng.integers(0, levels, (h, w)), img)
+        img = (img * (255 // max(levels - 1, 1))).astype(np.uint8)
+        if trial % 4 == 1:
+            img = 255 - img
+        rows = op(torch.from_numpy(img)).numpy()
+        for k in range(int(img.max())):
+            active = (rows[:, 0] <= k) & (k < rows[:, 1])
+            assert sorted(map(tuple, rows[active, 2:].tolist())) == _contour_boxes_at(img, k), (trial, k)
+
+
 @needs_tree
 def test_threshold_boxes_op_checks_its_input():
     import torch
@@ -342,6 +369,92 @@ def test_interval_max_equals_brute_force():
     np.testing.assert_array_equal(M._interval_max(lo, hi, values), want)
     np.testing.assert_array_equal(M._interval_max(np.array([0]), np.array([256]), np.array([0.5])),
                                   np.full(256, 0.5))
+
+
+
+needs_level_op = pytest.mark.skipif(M._level_best_ious_op() is None,
+                                    reason="wsol_fast._C (level_best_ious) is not built")
+
+
+def _numpy_level_best_ious(rows, gt):
+    """What _TreeBoxes computes without the C++ op: numpy IoU per row, then the max per level."""
+    return M._interval_max(rows[:, 0], rows[:, 1], M.multiple_iou(rows[:, 2:], gt).max(axis=1))
+
+
+@needs_level_op
+def test_level_best_ious_equals_numpy_iou_and_interval_max():
+    """The C++ IoU + max per level gives the very doubles of multiple_iou + _interval_max: random
+    rows against one to five GT boxes, ties (repeated rows, equal IoUs at one level), the
+    (0, 0, 0, 0) box, one-pixel boxes, boxes equal to a GT box (IoU 1), disjoint ones (IoU 0),
+    degenerate rows with a non-positive union (IoU 0), and int64 overflow, which wraps as in numpy."""
+    import torch
+    op = M._level_best_ious_op()
+    rng = np.random.default_rng(31)
+    for trial in range(60):
+        n = int(rng.integers(0, 400))
+        lo = rng.integers(0, 256, n)
+        hi = np.minimum(256, lo + rng.integers(1, 257, n))
+        x0, y0 = rng.integers(0, 224, n), rng.integers(0, 224, n)
+        boxes = np.stack([x0, y0, np.minimum(223, x0 + rng.integers(0, 120, n)),
+                          np.minimum(223, y0 + rng.integers(0, 120, n))], axis=1)
+        m = int(rng.integers(1, 6))
+        gx, gy = rng.integers(0, 200, m), rng.integers(0, 200, m)
+        gt = np.stack([gx, gy, gx + rng.integers(0, 60, m), gy + rng.integers(0, 60, m)], axis=1)
+        if n >= 8:
+            boxes[0] = 0                                   # the (0, 0, 0, 0) box
+            boxes[1] = gt[0]                               # IoU 1
+            boxes[2] = boxes[3]                            # a tie, over another interval
+            boxes[4, 2:] = boxes[4, :2]                    # one pixel
+            boxes[5] = [gt[0, 2] + 1, 0, gt[0, 2] + 5, 3]  # disjoint from the first GT box
+            lo[6:8], hi[6:8] = lo[5], hi[5]                # three rows on one interval
+            if trial % 3 == 0:                             # x1 = x0 - 1: zero area, union <= 0
+                boxes[6] = [10, 10, 9, 9]
+                gt = np.concatenate([gt, [[10, 10, 9, 9]]])
+        rows = np.concatenate([lo[:, None], hi[:, None], boxes], axis=1).astype(np.int32)
+        got = op(torch.from_numpy(rows), torch.from_numpy(gt.astype(np.int64))).numpy()
+        assert got.dtype == np.float64 and got.shape == (256,)
+        np.testing.assert_array_equal(got, _numpy_level_best_ious(rows, gt))
+    # overflow: areas beyond 2^63 wrap in numpy's int64; the op wraps the same way
+    rows = np.array([[0, 256, 0, 0, 2**31 - 1, 2**31 - 1], [3, 9, 5, 5, 2**30, 7]], np.int32)
+    gt = np.array([[0, 0, 2**33, 2**33], [1, 1, 2**62, 2**40]], np.int64)
+    with np.errstate(over="ignore"):
+        want = _numpy_level_best_ious(rows, gt)
+    np.testing.assert_array_equal(op(torch.from_numpy(rows), torch.from_numpy(gt)).numpy(), want)
+
+
+@needs_level_op
+def test_level_best_ious_checks_its_input():
+    import torch
+    op = M._level_best_ious_op()
+    rows = torch.tensor([[0, 5, 1, 1, 4, 4]], dtype=torch.int32)
+    gt = torch.tensor([[1, 1, 4, 4]])
+    assert op(rows, gt)[:6].tolist() == [1.0] * 5 + [-np.inf]
+    with pytest.raises(ValueError, match="rows must be int32"):
+        op(rows.long(), gt)
+    with pytest.raises(ValueError, match="gt_boxes must be int64"):
+        op(rows, gt.int())
+    with pytest.raises(ValueError, match=r"rows must be \[n, 6\]"):
+        op(rows[:, :5], gt)
+    with pytest.raises(ValueError, match="at least one box"):
+        op(rows, gt[:0])
+    for lo, hi in ((5, 5), (-1, 3), (250, 257)):
+        with pytest.raises(ValueError, match="0 <= lo < hi <= 256"):
+            op(torch.tensor([[lo, hi, 0, 0, 1, 1]], dtype=torch.int32), gt)
+    assert op(rows.t().contiguous().t(), gt).tolist() == op(rows, gt).tolist()
+
+
+@needs_tree
+@needs_level_op
+def test_tree_rows_scored_in_cpp_equal_numpy():
+    """_TreeBoxes with the C++ scoring (what BoxEvaluator uses) == without it, on hard maps."""
+    thresholds = M.cam_thresholds(0.001)
+    for m, gt in _hard_cases(17):
+        img = M.quantize_scoremap(m)
+        fast = M._threshold_boxes(img, thresholds, True)
+        assert isinstance(fast, M._TreeBoxes) and fast.level_op is not None
+        slow = M._TreeBoxes(img, thresholds, M._threshold_boxes_op())
+        np.testing.assert_array_equal(fast.best_ious(gt), slow.best_ious(gt))
+        np.testing.assert_array_equal(fast.best_ious(gt[:1]), slow.best_ious(gt[:1]))
 
 
 # ------------------------------------------------------------------ hand-worked maps

@@ -63,8 +63,10 @@ of every k, both bit-identical to the literal loop (`BoxEvaluator(reference=True
   contour per 8-connected foreground component (boundingRect = the component's extent) and one hole
   contour per 4-connected background component that does not touch the image border (the contour
   runs over the foreground pixels 4-adjacent to the hole: the hole's extent grown by one pixel).
-  Every tree node is one box over an interval of k; its IoU is computed once (numpy, the same
-  `multiple_iou`) and `_interval_max` takes the best per k. A few ms per map whatever its texture.
+  Every tree node is one box over an interval of k; its IoU is computed once and the best per k
+  taken over the intervals, in C++ (`level_best_ious`: the same integer areas and float64
+  division as `multiple_iou`, so the same doubles), or with numpy (`multiple_iou`, `_interval_max`)
+  on a build without that op. A few ms per map whatever its texture.
 * Otherwise, and for V1 (whose largest contour is chosen by polygon area, which the trees do not
   give): findContours once per distinct binarisation (at most 256), boxes and IoUs vectorised,
   V1's cv2.contourArea as one vectorised shoelace sum (exact on integer points).
@@ -308,23 +310,39 @@ class _ThresholdBoxes:
         return best[self.inverse]
 
 
-_TREE_OP = []   # [op or None], resolved on first use
+_TREE_OPS = []   # [(threshold_boxes, level_best_ious)], each op or None, resolved on first use
 
 
-def _threshold_boxes_op():
-    """torch.ops.wsol_fast_metrics.threshold_boxes (csrc/threshold_boxes.cpp) or None when the C++
-    library is not built, is an older build without it, or WSOL_FAST_DISABLE_CPP=1."""
-    if not _TREE_OP:
-        op = None
+def _tree_ops():
+    """(threshold_boxes, level_best_ious) from torch.ops.wsol_fast_metrics (csrc/threshold_boxes.cpp),
+    each None when the C++ library is not built, is an older build without it, or
+    WSOL_FAST_DISABLE_CPP=1."""
+    if not _TREE_OPS:
+        ops = [None, None]
         if os.environ.get("WSOL_FAST_DISABLE_CPP", "0") != "1":
             try:
                 import torch
-                from . import _C  # noqa: F401  (its static initialisers register the op)
-                op = torch.ops.wsol_fast_metrics.threshold_boxes
+                from . import _C  # noqa: F401  (its static initialisers register the ops)
+                for i, name in enumerate(("threshold_boxes", "level_best_ious")):
+                    try:
+                        ops[i] = getattr(torch.ops.wsol_fast_metrics, name)
+                    except (AttributeError, RuntimeError):
+                        pass
             except (ImportError, AttributeError, RuntimeError):
-                op = None
-        _TREE_OP.append(op)
-    return _TREE_OP[0]
+                pass
+        _TREE_OPS.append(tuple(ops))
+    return _TREE_OPS[0]
+
+
+def _threshold_boxes_op():
+    """torch.ops.wsol_fast_metrics.threshold_boxes or None (see _tree_ops)."""
+    return _tree_ops()[0]
+
+
+def _level_best_ious_op():
+    """torch.ops.wsol_fast_metrics.level_best_ious or None (see _tree_ops): the per-level best IoU of
+    the tree rows, in C++ (the same IoU, bit for bit, as multiple_iou followed by _interval_max)."""
+    return _tree_ops()[1]
 
 
 def _interval_max(lo: np.ndarray, hi: np.ndarray, values: np.ndarray, size: int = 256) -> np.ndarray:
@@ -347,33 +365,42 @@ def _interval_max(lo: np.ndarray, hi: np.ndarray, values: np.ndarray, size: int 
 class _TreeBoxes:
     """All contours' boxes of one uint8 map at every threshold, from its component trees: `rows`
     [n, 6] (lo, hi, x0, y0, x1, y1), each box found by findContours(RETR_TREE) at every k with
-    lo <= k < hi (see the module docstring). Same interface as _ThresholdBoxes (multi-contour)."""
+    lo <= k < hi (see the module docstring). Same interface as _ThresholdBoxes (multi-contour).
+    `level_op` (level_best_ious) scores the rows in C++; without it, numpy does (multiple_iou, then
+    _interval_max): the same numbers."""
 
-    def __init__(self, img: np.ndarray, thresholds: np.ndarray, op):
+    def __init__(self, img: np.ndarray, thresholds: np.ndarray, op, level_op=None):
         import torch
         self.img = img
         max_value = int(img.max())
         self.k = _integer_thresholds(thresholds, max_value)      # cv2's integer threshold per t
         self.no_contour = max_value == 0       # img > 0 is empty: the (0, 0, 0, 0) box at every t
+        self.level_op = level_op
         if not self.no_contour:
-            rows = op(torch.from_numpy(np.ascontiguousarray(img))).numpy().astype(np.int64)
+            self.rows = op(torch.from_numpy(np.ascontiguousarray(img)))     # int32 [n, 6]
+            rows = self.rows.numpy()
             self.lo, self.hi, self.boxes = rows[:, 0], rows[:, 1], rows[:, 2:]
             self.num_contour_boxes = len(rows)
 
     def best_ious(self, gt: np.ndarray) -> np.ndarray:
         if self.no_contour:
             return np.full(len(self.k), multiple_iou(np.zeros((1, 4), np.int64), gt).max())
-        per_box = multiple_iou(self.boxes, gt).max(axis=1)
+        if self.level_op is not None:
+            import torch
+            gt64 = np.ascontiguousarray(np.asarray(gt, dtype=np.int64).reshape(-1, 4))
+            per_level = self.level_op(self.rows, torch.from_numpy(gt64)).numpy()
+        else:
+            per_level = _interval_max(self.lo, self.hi, multiple_iou(self.boxes, gt).max(axis=1))
         # every k < max has a foreground component (the maximal pixels), so every k used is covered
-        return _interval_max(self.lo, self.hi, per_box)[self.k]
+        return per_level[self.k]
 
 
 def _threshold_boxes(img: np.ndarray, thresholds: np.ndarray, multi_contour: bool):
     """The boxes of `img` at every threshold: the component-tree path where it is exact (all
     contours) and built, else one contour search per distinct binarisation."""
     op = _threshold_boxes_op() if multi_contour else None
-    if op is not None and max(img.shape) <= 32767:          # the op keeps coordinates in int16
-        return _TreeBoxes(img, thresholds, op)
+    if op is not None and max(img.shape) <= 32767:          # the op's limit on the image sides
+        return _TreeBoxes(img, thresholds, op, _level_best_ious_op())
     return _ThresholdBoxes(img, thresholds, multi_contour)
 
 
