@@ -24,8 +24,8 @@ def test_real_data_gets_the_papers_settings():
 def test_builtin_gets_its_cpu_profile():
     cfg = _resolved("builtin")
     assert cfg.optim.block_warmup_epochs == BUILTIN_PROFILE["block_warmup_epochs"] == 5
-    # wsolevaluation's decay rule (start of 1-based epoch 6): the ICL epochs 6-8 run at the decayed lr
-    assert cfg.optim.epochs == 8 and cfg.optim.lr_decay_every == 6
+    # wsolevaluation's decay rule (start of 1-based epoch 6): the one ICL epoch, 6, runs at the decayed lr
+    assert cfg.optim.epochs == 6 and cfg.optim.lr_decay_every == 6
     assert (cfg.data.resize_size, cfg.data.crop_size) == (73, 64)
     assert cfg.model.pretrained is None
 

@@ -18,22 +18,22 @@ DATASET_SCHEDULES = {
 # The built-in dataset is trained from scratch on a CPU (no weights can be downloaded here); these were
 # chosen by measurement on a 2-core CPU so generation + training + test evaluation fit in ten minutes.
 BUILTIN_PROFILE = {
-    # Measured on a 2-core CPU (AMD EPYC, bf16 autocast + channels_last): about 0.5 s per step of 32 images
-    # at 64 x 64, so eight epochs of the 3,000 training images (744 steps) plus generation and evaluation
-    # took about 8 minutes there. On the 2-core Intel Xeon of 2026-11-30 a step took 1.0-1.6 s (about 17
-    # minutes in all); a 48 x 48, 5-epoch profile took 10 min 22 s there but stayed below the centre prior
-    # (MaxBoxAccV2 21.9 vs 24.3), so it was not kept (README).
+    # Measured on the 2-core Intel Xeon of 2026-11-30 (bf16 with AMX, channels_last): 0.71 s per step of 32
+    # images at 64 x 64, so 6 epochs of the 3,000 training images (558 steps) plus generation, val every
+    # epoch and test took 7 min 35 s (test MaxBoxAccV2 35.7 vs the centre prior's 24.3). The earlier 8-epoch
+    # profile (3 ICL epochs) took about 17 minutes there, and its last two epochs lowered val localization;
+    # 48 x 48 fell below the prior and 56 x 56 was not faster per step (docs/experiments.md).
     "epochs": 6,
     "resize_size": 73,
     "crop_size": 64,
-    # The first 5 epochs train the plain classifier (ICL blocks off, CE only), the last 3 turn ICL's
+    # The first 5 epochs train the plain classifier (ICL blocks off, CE only), the last one turns ICL's
     # blocks and losses on at a tenth of the lr: from scratch, the blocks' feature modulation kept the
     # classifier at chance (measured: CE 2.30 after 300 steps with the blocks on, 2.09 without; switching
     # them on at full lr after 4 epochs threw a learning classifier back to chance). The warm-up stands in
     # for the ImageNet pre-training the paper fine-tunes from, which cannot be downloaded here.
     "block_warmup_epochs": 5,
     # wsolevaluation's rule (decay at the start of each 1-based epoch that is a multiple): epochs 1-5 at lr,
-    # 6-8 at 0.1 lr.
+    # 6 at 0.1 lr.
     "lr_decay_every": 6,
     "lr": 0.02,
     # SPEC 1.2's fc_norm="max" divides each signed attention map by its max; with freshly initialised
