@@ -23,13 +23,14 @@ import time
 import torch
 import torch.nn as nn
 
-from . import diagnostics, guard, plot, runtime
+from . import checkpoint, diagnostics, guard, plot, runtime
 from .config import DataConfig, ModelConfig, OptimConfig, RuntimeConfig, TrainConfig, resolve
 from .config_file import ConfigFileError, apply_to_parser, output_in_use
 from .data.pipeline import RunData, prepare_data, make_train_loader
 from .evaluate import evaluate_model, localization_score, print_table, write_outputs
 from .losses import WSOLLoss
-from .models import create_model, list_models
+from .models import list_models
+from .optim import build_optimizer, build_scheduler
 from .tblog import TensorBoardLog
 
 
@@ -202,35 +203,6 @@ def parse_args(argv=None) -> TrainConfig:
     return cfg
 
 
-def lr_factor(epoch: int, every: int, decay: float) -> float:
-    """The lr multiplier of 0-based epoch `epoch`. wsolevaluation decays at the start of every 1-based epoch
-    that is a multiple of lr_decay_frequency (its adjust_learning_rate(epoch + 1)), so with every = 15,
-    1-based epochs 1-14 run at lr and 15-29 at 0.1 lr."""
-    return decay ** ((epoch + 1) // every)
-
-
-def build_optimizer(model: nn.Module, cfg: TrainConfig):
-    """SGD (nesterov), new layers at new_layer_lr_mult x lr; step decay (wsolevaluation's schedule)."""
-    o = cfg.optim
-    params = model.parameter_groups()
-    groups = [{"params": params["pretrained"], "lr": o.lr},
-              {"params": params["new"], "lr": o.lr * o.new_layer_lr_mult}]
-    opt = torch.optim.SGD([g for g in groups if g["params"]], lr=o.lr, momentum=o.momentum,
-                          weight_decay=o.weight_decay, nesterov=o.nesterov)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _Schedule(o.lr_decay_every, o.lr_decay))
-    return opt, sched
-
-
-class _Schedule:
-    """lr_factor as a picklable callable (LambdaLR saves callable objects' state with the scheduler)."""
-
-    def __init__(self, every: int, decay: float):
-        self.every, self.decay = every, decay
-
-    def __call__(self, epoch: int) -> float:
-        return lr_factor(epoch, self.every, self.decay)
-
-
 def run_dir(cfg: TrainConfig) -> str:
     if cfg.runtime.output:
         return cfg.runtime.output
@@ -247,7 +219,7 @@ class Trainer:
         self.out = run_dir(c)
         if self.info.is_main:
             os.makedirs(self.out, exist_ok=True)
-            runtime.atomic_write_text(json.dumps(c.to_dict(), indent=2), os.path.join(self.out, "config.json"))
+            checkpoint.atomic_write(json.dumps(c.to_dict(), indent=2), os.path.join(self.out, "config.json"))
         runtime.seed_everything(c.runtime.seed)
         self._data_issues_seen = (0, 0)   # (skipped, size mismatches) already reported
         self.data: RunData = prepare_data(c, self.info, self.device)
@@ -258,15 +230,10 @@ class Trainer:
 
         pretrained = None if c.model.pretrained in (None, "none") else (
             True if c.model.pretrained == "imagenet" else c.model.pretrained)
-        self.model = create_model(c.model.backbone, self.data.num_classes, method=c.model.method,
-                                  pretrained=pretrained, keep_classifier=c.data.dataset == "ILSVRC",
-                                  **c.model.overrides())
+        self.model = checkpoint.build_model(c, self.data.num_classes, self.device, pretrained=pretrained,
+                                            keep_classifier=c.data.dataset == "ILSVRC",
+                                            sync_bn=c.runtime.sync_bn and self.info.enabled)
         self.model_config = getattr(self.model, "config", {})
-        if c.runtime.sync_bn and self.info.enabled:
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.model.to(self.device)
-        if c.runtime.channels_last:
-            self.model.to(memory_format=torch.channels_last)
         self.raw_model = self.model  # uncompiled, unwrapped: what checkpoints save
         self.amp_dtype = runtime.resolve_amp(c.runtime.amp, self.device)
         self.autocast = runtime.autocast_context(self.device, self.amp_dtype)
@@ -277,11 +244,16 @@ class Trainer:
                                   fc_reduction=c.optim.fc_reduction)
         self.start_epoch, self.start_step, self.best = 0, 0, {"maxboxacc_v2": -1.0, "epoch": -1}
         self.history: list[dict] = []
-        if resume_state is not None:
-            if fork:
-                self._fork_from(resume_state)
-            else:
-                self._load_state(resume_state)
+        if resume_state is not None and fork:   # this config's settings from the checkpoint's epoch on
+            self.scheduler = checkpoint.fork(resume_state, c.runtime.init_from, c, self.raw_model, self.optimizer,
+                                             self.scaler, self.data.num_classes,
+                                             lambda opt, epoch: build_scheduler(opt, c.optim, epoch))
+            self.start_epoch = resume_state["epoch"]
+        elif resume_state is not None:
+            checkpoint.resume(resume_state, c.runtime.resume, self.raw_model, self.optimizer, self.scheduler,
+                              self.scaler, self.data.num_classes)
+            self.start_epoch, self.start_step = resume_state["epoch"], resume_state["step"]
+            self.best, self.history = resume_state["best"], resume_state["history"]
         self.train_model = self.raw_model
         if self.info.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -308,75 +280,12 @@ class Trainer:
                                  self.autocast)
 
     # ------------------------------------------------------------------ checkpoints
-    def _state(self, epoch: int, step: int) -> dict:
-        """Everything a resume needs; plain values and tensors only (weights_only-loadable)."""
-        return {
-            "model": self.raw_model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": epoch, "step": step,
-            "best": dict(self.best), "history": list(self.history),
-            "config": self.cfg.to_dict(),
-            "model_config": dict(self.model_config),
-            "num_classes": self.data.num_classes,
-            "rng": runtime.rng_state(),
-        }
-
-    def _load_state(self, st: dict) -> None:
-        c = self.cfg
-        runtime.load_weights(self.raw_model, st["model"], c.runtime.resume or c.runtime.init_from,
-                             f"a {c.model.backbone} / {c.model.method} model with {self.data.num_classes} classes")
-        self.optimizer.load_state_dict(st["optimizer"])
-        self.scheduler.load_state_dict(st["scheduler"])
-        self.scaler.load_state_dict(st["scaler"])
-        self.start_epoch, self.start_step = st["epoch"], st["step"]
-        self.best, self.history = st["best"], st["history"]
-        runtime.set_rng_state(st["rng"])
-
-    def _fork_from(self, st: dict) -> None:
-        """--init-from: the checkpoint's weights, optimizer buffers (momentum), scaler and RNG at its epoch;
-        everything else from this run's config. Every optimizer hyperparameter is this config's, the lr
-        is its step schedule at that epoch, and best/history start empty, so this run folder gets its
-        own best.pt and metrics.csv (epochs numbered on from the checkpoint's)."""
-        c = self.cfg
-        if st["num_classes"] != self.data.num_classes:
-            raise runtime.ConfigError(f"--init-from {c.runtime.init_from}: the checkpoint has "
-                                      f"{st['num_classes']} classes, this dataset {self.data.num_classes}")
-        best, history = self.best, self.history
-        if c.runtime.fork_weights_only or st["config"]["model"]["method"] != c.model.method:
-            self._load_weights_only(st)
-        else:
-            self._load_state(st)             # as a resume, then this run's own settings on top
-        self.best, self.history = best, history
-        epoch, o = st["epoch"], c.optim
-        self.start_epoch, self.start_step = epoch, 0
-        for group, base in zip(self.optimizer.param_groups, (o.lr, o.lr * o.new_layer_lr_mult)):
-            group.update(initial_lr=base, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _Schedule(o.lr_decay_every, o.lr_decay))
-        self.scheduler.last_epoch = epoch   # epoch index `epoch` (0-based) is the next one to train
-        for group, base in zip(self.optimizer.param_groups, (o.lr, o.lr * o.new_layer_lr_mult)):
-            group["lr"] = base * lr_factor(epoch, o.lr_decay_every, o.lr_decay)
-
-    def _load_weights_only(self, st: dict) -> None:
-        """A fork into another method (or --fork-weights-only): the backbone's weights must all load; the
-        attention blocks' load where both models have them (ICL blocks keep their fresh init when the
-        checkpoint has none, e.g. a CAM warm-up); optimizer momentum starts at zero; RNG as saved."""
-        mine = self.raw_model.state_dict()
-        theirs = {k: v for k, v in st["model"].items() if not k.startswith("attention_blocks.")}
-        blocks = {k: v for k, v in st["model"].items() if k.startswith("attention_blocks.") and k in mine
-                  and mine[k].shape == v.shape}
-        missing = [k for k in mine if not k.startswith("attention_blocks.") and k not in theirs]
-        unexpected = [k for k in theirs if k not in mine]
-        if missing or unexpected:
-            raise ValueError(f"--init-from {self.cfg.runtime.init_from}: the backbone's weights do not match "
-                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-        self.raw_model.load_state_dict({**theirs, **blocks}, strict=False)
-        runtime.set_rng_state(st["rng"])
-
     def save(self, name: str, epoch: int, step: int) -> None:
         if self.info.is_main:
-            runtime.atomic_save(self._state(epoch, step), os.path.join(self.out, name))
+            checkpoint.save(os.path.join(self.out, name), self.raw_model, self.optimizer, self.scheduler,
+                            self.scaler, epoch=epoch, step=step, best=self.best, history=self.history,
+                            config=self.cfg.to_dict(), model_config=self.model_config,
+                            num_classes=self.data.num_classes)
 
     # ------------------------------------------------------------------ one epoch
     def train_epoch(self, epoch: int, start_step: int) -> dict:
@@ -566,7 +475,7 @@ class Trainer:
         seen_skipped, seen_mismatched = self._data_issues_seen
         if len(skipped) > seen_skipped:
             path = os.path.join(self.out, "skipped_images.txt")
-            runtime.atomic_write_text("".join(f"{i}\n" for i in skipped), path)
+            checkpoint.atomic_write("".join(f"{i}\n" for i in skipped), path)
             late = len(skipped) - max(seen_skipped, len(self.data.bad_images))
             if late > 0:
                 why = next(reversed(skipped.values()))
@@ -596,7 +505,7 @@ class Trainer:
         threshold = self.history[-1].get("val_threshold") if self.history else None
         best_path = os.path.join(self.out, "best.pt")
         if c.runtime.eval_checkpoint == "best" and os.path.exists(best_path):
-            self.raw_model.load_state_dict(runtime.load_checkpoint(best_path)["model"])
+            self.raw_model.load_state_dict(checkpoint.load_checkpoint(best_path)["model"])
             threshold = self.best.get("threshold")
         results = evaluate_model(self.raw_model, self.data.test_loader, self.data.test_meta, self.device,
                                  self.autocast, c, self.info, loc_threshold=threshold, with_baseline=True,
@@ -621,11 +530,10 @@ class Trainer:
     def _write_metrics_csv(self) -> None:
         path = os.path.join(self.out, "metrics.csv")
         keys = list(dict.fromkeys(k for row in self.history for k in row))   # diag_* appear after a warm-up
-        with open(path + ".tmp", "w", newline="") as fh:
+        with checkpoint.atomic_open(path, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=keys, restval="")
             w.writeheader()
             w.writerows(self.history)
-        os.replace(path + ".tmp", path)
 
 
 def _summary(history: list[dict], train_seconds: float, compile_seconds: float) -> dict:
@@ -648,21 +556,6 @@ def _progress(total: int, desc: str, enabled: bool):
                 file=sys.stderr)
 
 
-def _fork_mismatch(cfg: TrainConfig, st: dict) -> str | None:
-    """Why --init-from cannot start from this checkpoint, or None."""
-    saved = st["config"]
-    if saved["model"]["backbone"] != cfg.model.backbone:
-        return (f"the checkpoint is a {saved['model']['backbone']} / {saved['model']['method']} run, "
-                f"this command trains {cfg.model.backbone} / {cfg.model.method}")
-    if st["step"] != 0:
-        return (f"the checkpoint was written mid-epoch (epoch {st['epoch'] + 1}, step {st['step']}); fork "
-                "from an epoch-end best.pt or last.pt, or --resume it")
-    epochs = resolve(copy.deepcopy(cfg), "cpu").optim.epochs   # resolve() fills in place; no device needed
-    if epochs <= st["epoch"]:
-        return f"it ends epoch {st['epoch']}, so --epochs must be larger (the run's total), got {epochs}"
-    return None
-
-
 def main(argv=None) -> int:
     """Exit codes: 0 done, 2 an expected error (one message), 3 non-finite loss, 130 / 143 stopped by
     SIGINT / SIGTERM with a resumable checkpoint (wsol_fast.guard)."""
@@ -675,13 +568,14 @@ def _run(cfg: TrainConfig) -> int:
     resume_state = None
     fork = cfg.runtime.init_from is not None   # a resumed fork (its saved config names init_from) is a resume
     if fork:
-        resume_state = runtime.load_checkpoint(cfg.runtime.init_from)
-        error = _fork_mismatch(cfg, resume_state)
+        resume_state = checkpoint.load_checkpoint(cfg.runtime.init_from)
+        epochs = resolve(copy.deepcopy(cfg), "cpu").optim.epochs   # resolve() fills in place; no device needed
+        error = checkpoint.fork_mismatch(cfg, resume_state, epochs)
         if error:
             print(f"error: --init-from {cfg.runtime.init_from}: {error}", file=sys.stderr)
             return 2
     if cfg.runtime.resume:
-        resume_state = runtime.load_checkpoint(cfg.runtime.resume)
+        resume_state = checkpoint.load_checkpoint(cfg.runtime.resume)
         cfg = _resumed_config(cfg, resume_state)
     try:   # settings that only clash once resolved (e.g. the profile's resize below --crop-size)
         resolve(copy.deepcopy(cfg), "cpu")
