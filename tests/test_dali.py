@@ -13,11 +13,12 @@ from image_reference import cv2_normalised  # noqa: E402
 pytest.importorskip("nvidia.dali")
 cv2 = pytest.importorskip("cv2")
 
-from wsol_fast.data import dali  # noqa: E402
-from wsol_fast.data.dali import BadImageError, DaliLoader  # noqa: E402
+from wsol_fast.data import images as image_checks  # noqa: E402
+from wsol_fast.data.dali import DaliLoader  # noqa: E402
+from wsol_fast.data.images import IMAGENET_MEAN, IMAGENET_STD, BadImageError  # noqa: E402
 
-MEAN = np.array(dali.IMAGENET_MEAN, np.float32)
-STD = np.array(dali.IMAGENET_STD, np.float32)
+MEAN = np.array(IMAGENET_MEAN, np.float32)
+STD = np.array(IMAGENET_STD, np.float32)
 # One uint8 level after normalisation: cv2's fixed-point uint8 resize and DALI's rounded float resize
 # disagree by at most one level on some pixels (see wsol_fast/data/dali.py).
 ONE_LEVEL = 1.0 / 255 / STD.min()
@@ -77,10 +78,10 @@ def test_eval_matches_opencv(tmp_path, resize):
 def test_eval_matches_opencv_loader(tmp_path, resize):
     """Against the package's OpenCV loader itself: same ids in the same order, the same tensors (to float
     rounding with resize="opencv", within one level with DALI's resize)."""
-    loaders = pytest.importorskip("wsol_fast.data.loaders")
+    from wsol_fast.data import opencv
     ids = _write_images(tmp_path, EVAL_SIZES)
     ours = _loader(tmp_path, ids, train=False, batch_size=2, crop_size=224, resize=resize)
-    theirs = loaders.OpenCVLoader(ids, list(range(len(ids))), str(tmp_path), "DS", train=False, batch_size=2,
+    theirs = opencv.OpenCVLoader(ids, list(range(len(ids))), str(tmp_path), "DS", train=False, batch_size=2,
                                   crop_size=224, num_workers=0, device="cpu")
     diffs = []
     for (x, labels_x, ids_x), (y, labels_y, ids_y) in zip(ours, theirs, strict=True):
@@ -175,7 +176,7 @@ def test_decode_failure_inside_dali_names_the_file(tmp_path, how, monkeypatch):
     """If a file passes the pre-scan but DALI cannot decode it, the error still names it (no hang)."""
     ids = _write_images(tmp_path, [(40, 50)] * 6)
     _break(tmp_path / "DS" / ids[3], how)
-    monkeypatch.setattr(dali, "looks_like_image", lambda path: True)
+    monkeypatch.setattr(image_checks, "looks_like_image", lambda path: True)
     loader = _loader(tmp_path, ids, train=False, batch_size=2, crop_size=32)
     with pytest.raises(BadImageError, match=ids[3]):
         list(loader)

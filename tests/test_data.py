@@ -15,14 +15,15 @@ from image_reference import cv2_normalised  # noqa: E402
 cv2 = pytest.importorskip("cv2")
 
 from wsol_fast.config import TrainConfig, resolve  # noqa: E402
-from wsol_fast.data import builtin, dali, pipeline  # noqa: E402
+from wsol_fast.data import builtin, dali, images, pipeline  # noqa: E402
 from wsol_fast.data.__main__ import main as data_main  # noqa: E402
-from wsol_fast.data.loaders import BadImageError, OpenCVLoader, augment_draws, read_image_rgb  # noqa: E402
+from wsol_fast.data.images import BadImageError, read_image_rgb  # noqa: E402
+from wsol_fast.data.opencv import OpenCVLoader, augment_draws  # noqa: E402
 from wsol_fast.data.metadata import MetadataError, load_metadata, load_splits  # noqa: E402
 from wsol_fast.runtime import DistInfo  # noqa: E402
 
-MEAN = np.array(dali.IMAGENET_MEAN, np.float32)
-STD = np.array(dali.IMAGENET_STD, np.float32)
+MEAN = np.array(images.IMAGENET_MEAN, np.float32)
+STD = np.array(images.IMAGENET_STD, np.float32)
 ONE_LEVEL = 1.0 / 255 / STD.min()   # see tests/test_dali.py
 
 
@@ -383,12 +384,12 @@ def _cfg(root, loader="opencv", **data):
 
 def test_prepare_data_and_train_loader(tiny_builtin):
     cfg = _cfg(tiny_builtin)
-    data = pipeline.prepare_data(cfg, DistInfo(), torch.device("cpu"))
+    data = pipeline.prepare_data(cfg.data, DistInfo(), torch.device("cpu"), batch_size=8)
     assert data.num_classes == 10 and data.loader_name == "opencv" and data.bad_images == []
     assert os.path.isfile(os.path.join(data.image_root, data.test_meta.image_ids[0]))
     for loader, meta in ((data.val_loader, data.val_meta), (data.test_loader, data.test_meta)):
         assert sorted(i for _, _, b in loader for i in b) == sorted(meta.image_ids)
-    train = pipeline.make_train_loader(cfg, data, DistInfo(), torch.device("cpu"), None)
+    train = data.train_loader
     assert len(train) == 40 // 8
     images, labels, ids = next(iter(train))
     assert images.shape == (8, 3, cfg.data.crop_size, cfg.data.crop_size)
@@ -399,11 +400,12 @@ def test_prepare_data_shards_eval_over_ranks(tiny_builtin):
     cfg = _cfg(tiny_builtin)
     seen = []
     for rank in range(3):
-        data = pipeline.prepare_data(cfg, DistInfo(rank=rank, world_size=3), torch.device("cpu"), splits=("val",))
+        data = pipeline.prepare_data(cfg.data, DistInfo(rank=rank, world_size=3), torch.device("cpu"), batch_size=8,
+                                     splits=("val",))
         seen += [i for _, _, b in data.val_loader for i in b]
     assert sorted(seen) == sorted(data.val_meta.image_ids) and data.train_meta is None
     with pytest.raises(ValueError, match="without the train split"):
-        pipeline.make_train_loader(cfg, data, DistInfo(), torch.device("cpu"))
+        data.train_loader
 
 
 def test_prepare_data_bad_image_error_or_skip(tmp_path, tiny_builtin):
@@ -414,8 +416,8 @@ def test_prepare_data_bad_image_error_or_skip(tmp_path, tiny_builtin):
     victim = load_metadata(builtin.metadata_root(root), "builtin", "test").image_ids[3]
     _break(os.path.join(builtin.data_root(root), "builtin", victim), "truncated")
     with pytest.raises(BadImageError, match=victim):
-        pipeline.prepare_data(_cfg(root), DistInfo(), torch.device("cpu"))
-    data = pipeline.prepare_data(_cfg(root, skip_bad_images=True), DistInfo(), torch.device("cpu"))
+        pipeline.prepare_data(_cfg(root).data, DistInfo(), torch.device("cpu"), batch_size=8)
+    data = pipeline.prepare_data(_cfg(root, skip_bad_images=True).data, DistInfo(), torch.device("cpu"), batch_size=8)
     assert data.bad_images == [victim] and victim not in data.test_meta.image_ids
     assert len(data.test_meta) == 19 == sum(len(b) for _, _, b in data.test_loader)
 
@@ -425,7 +427,7 @@ def test_prepare_data_generates_the_builtin_set(tmp_path, monkeypatch):
     monkeypatch.setitem(builtin.DEFAULTS, "num_val", 10)
     monkeypatch.setitem(builtin.DEFAULTS, "num_test", 10)
     cfg = _cfg(str(tmp_path / "cache"), metadata_root=None, data_root=str(tmp_path / "cache"), builtin_seed=3)
-    data = pipeline.prepare_data(cfg, DistInfo(), torch.device("cpu"))
+    data = pipeline.prepare_data(cfg.data, DistInfo(), torch.device("cpu"), batch_size=8)
     assert builtin.is_complete(str(tmp_path / "cache"), seed=3)
     assert [len(m) for m in (data.train_meta, data.val_meta, data.test_meta)] == [20, 10, 10]
 
@@ -437,9 +439,9 @@ def test_only_local_rank_zero_generates(tmp_path, monkeypatch):
     monkeypatch.setattr(builtin, "generate", lambda *a, **k: calls.append("generate"))
     root = str(tmp_path)
     cfg = _cfg(root, metadata_root=None, data_root=root)
-    roots = pipeline.resolve_roots(cfg, DistInfo(rank=1, world_size=2, local_rank=1))
+    roots = pipeline.resolve_roots(cfg.data, DistInfo(rank=1, world_size=2, local_rank=1))
     assert calls == ["barrier"] and roots == (builtin.metadata_root(root), builtin.data_root(root))
-    pipeline.resolve_roots(cfg, DistInfo(rank=2, world_size=4, local_rank=0))   # another node's first rank
+    pipeline.resolve_roots(cfg.data, DistInfo(rank=2, world_size=4, local_rank=0))   # another node's first rank
     assert calls == ["barrier", "generate", "barrier"]
 
 
@@ -455,7 +457,7 @@ def test_choose_loader(monkeypatch):
 
 def test_prepare_data_with_dali(tiny_builtin):
     pytest.importorskip("nvidia.dali")
-    data = pipeline.prepare_data(_cfg(tiny_builtin, loader="dali"), DistInfo(), torch.device("cpu"),
-                                 splits=("val",))
+    data = pipeline.prepare_data(_cfg(tiny_builtin, loader="dali").data, DistInfo(), torch.device("cpu"),
+                                 batch_size=8, splits=("val",))
     assert data.loader_name == "dali" and isinstance(data.val_loader, dali.DaliLoader)
     assert sorted(i for _, _, b in data.val_loader for i in b) == sorted(data.val_meta.image_ids)

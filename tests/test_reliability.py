@@ -23,7 +23,7 @@ import torch
 
 from wsol_fast import checkpoint, evaluate, guard, runtime, train
 from wsol_fast.data import __main__ as data_cli
-from wsol_fast.data import builtin, dali, loaders
+from wsol_fast.data import builtin, dali, images, opencv, pipeline
 from wsol_fast.data.metadata import MetadataError, load_splits
 
 TINY = dict(num_train=16, num_val=4, num_test=4, min_size=40, max_size=48)
@@ -97,7 +97,8 @@ def test_sigterm_mid_epoch_exits_143_then_resume_equals_the_uninterrupted_run(ti
     script = (
         "import os, signal, sys\n"
         "from wsol_fast import train\n"
-        "real = train.make_train_loader\n"
+        "from wsol_fast.data import pipeline\n"
+        "real = pipeline.make_train_loader\n"
         "class Wrap:\n"
         "    def __init__(self, inner): self.inner, self.n = inner, 0\n"
         "    def set_epoch(self, *a): self.inner.set_epoch(*a)\n"
@@ -107,7 +108,7 @@ def test_sigterm_mid_epoch_exits_143_then_resume_equals_the_uninterrupted_run(ti
         "            self.n += 1\n"
         "            if self.n == 3: os.kill(os.getpid(), signal.SIGTERM)\n"
         "            yield batch\n"
-        "train.make_train_loader = lambda *a, **k: Wrap(real(*a, **k))\n"
+        "pipeline.make_train_loader = lambda *a, **k: Wrap(real(*a, **k))\n"
         "sys.exit(train.main(sys.argv[1:]))\n")
     # The same thread count as this process, which trains the reference and the resume: bit-equal sums.
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), PYTHONPATH=REPO)
@@ -129,7 +130,7 @@ def test_double_sigint_waits_for_the_save_and_the_checkpoint_holds_its_step(tiny
     save completes (no temp file), exit 130, and the checkpoint records the step whose weights it holds
     (a resume ends with the uninterrupted run's weights)."""
     out = tmp_path / "run"
-    real_make, real_write = train.make_train_loader, checkpoint._write_all
+    real_make, real_write = pipeline.make_train_loader, checkpoint._write_all
     calls = {"batches": 0, "writes": 0}
 
     class Interrupting:
@@ -158,7 +159,7 @@ def test_double_sigint_waits_for_the_save_and_the_checkpoint_holds_its_step(tiny
         else:
             real_write(fh, data)
 
-    monkeypatch.setattr(train, "make_train_loader", lambda *a, **k: Interrupting(real_make(*a, **k)))
+    monkeypatch.setattr(pipeline, "make_train_loader", lambda *a, **k: Interrupting(real_make(*a, **k)))
     monkeypatch.setattr(checkpoint, "_write_all", write_with_a_signal)
     with pytest.raises(SystemExit) as stop:
         train.main(_args(tiny_root, out, "--epochs", "2"))
@@ -170,7 +171,7 @@ def test_double_sigint_waits_for_the_save_and_the_checkpoint_holds_its_step(tiny
     assert _no_temp_files(out) == []
     state = checkpoint.load_checkpoint(out / "last.pt")
     assert (state["epoch"], state["step"]) == (1, 1)
-    monkeypatch.setattr(train, "make_train_loader", real_make)
+    monkeypatch.setattr(pipeline, "make_train_loader", real_make)
     monkeypatch.setattr(checkpoint, "_write_all", real_write)
     assert train.main(["--resume", str(out / "last.pt")]) == 0
     _same_weights(full_run / "last.pt", out / "last.pt")
@@ -255,9 +256,9 @@ def test_a_train_image_failing_mid_epoch_keeps_the_steps_done(tiny_root, tmp_pat
     """The failing batch is not trained; the steps before it are saved (epoch 1, step k) and resumable."""
     root = _copy_data(tiny_root, tmp_path / "data")
     ids = open(_meta_file(root, "train", "image_ids.txt")).read().split()
-    loader = loaders.OpenCVLoader(ids, [0] * len(ids), builtin.data_root(root), "builtin", train=True,
-                                  batch_size=8, num_workers=0, resize_size=36, crop_size=32, seed=1,
-                                  check_images=False)
+    loader = opencv.OpenCVLoader(ids, [0] * len(ids), builtin.data_root(root), "builtin", train=True,
+                                 batch_size=8, num_workers=0, resize_size=36, crop_size=32, seed=1,
+                                 check_images=False)
     loader.set_epoch(0)
     second_batch = [ids[item[0]] for item in list(loader._plan)[8:16]]   # epoch 1's sample order
     victim = second_batch[0]
@@ -301,10 +302,10 @@ def _png_header_claiming(path, width, height):
 def test_decoded_pixels_are_capped_from_the_header_before_decoding(tiny_root, tmp_path, capsys):
     bomb = tmp_path / "bomb.png"
     _png_header_claiming(bomb, 30000, 30000)
-    assert dali.header_size(str(bomb)) == (30000, 30000)
-    with pytest.raises(loaders.BadImageError, match="claims 30000x30000 = 900 MP, above the cap of 64 MP"):
-        loaders.read_image_rgb(str(bomb))
-    assert "above the cap" in dali.image_problem(str(bomb))
+    assert images.header_size(str(bomb)) == (30000, 30000)
+    with pytest.raises(images.BadImageError, match="claims 30000x30000 = 900 MP, above the cap of 64 MP"):
+        images.read_image_rgb(str(bomb))
+    assert "above the cap" in images.image_problem(str(bomb))
     # settable: a real 40 x 40-ish image is refused under a cap of 100 pixels
     root = _copy_data(tiny_root, tmp_path / "data")
     victim = _first_id(root, "val")
@@ -316,11 +317,11 @@ def test_decoded_pixels_are_capped_from_the_header_before_decoding(tiny_root, tm
     err = capsys.readouterr().err
     assert victim in err and "above the cap of 64 MP (--max-image-pixels)" in err
     try:
-        dali.set_max_image_pixels(100)
-        with pytest.raises(loaders.BadImageError, match="above the cap of 0.0001 MP"):
-            loaders.read_image_rgb(_image_path(root, _first_id(root, "test")))
+        images.set_max_image_pixels(100)
+        with pytest.raises(images.BadImageError, match="above the cap of 0.0001 MP"):
+            images.read_image_rgb(_image_path(root, _first_id(root, "test")))
     finally:
-        dali.set_max_image_pixels(None)
+        images.set_max_image_pixels(None)
 
 
 def test_size_mismatch_is_a_check_error_and_a_training_warning_and_symlinks_out_of_root_are_named(

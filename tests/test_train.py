@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from wsol_fast import checkpoint, evaluate, train
-from wsol_fast.data import builtin
+from wsol_fast.data import builtin, pipeline
 
 TINY = dict(num_train=32, num_val=12, num_test=12, min_size=72, max_size=96)
 
@@ -112,7 +112,7 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_to_the_same_weights(tiny_root, tmp_p
     assert train.main(_args(tiny_root, full, "--epochs", "2")) == 0
 
     stopped = tmp_path / "stopped"
-    real_make = train.make_train_loader
+    real_make = pipeline.make_train_loader
     calls = {"batches": 0}
 
     class InterruptingLoader:
@@ -134,13 +134,13 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_to_the_same_weights(tiny_root, tmp_p
                     os.kill(os.getpid(), signal.SIGINT)
                 yield batch
 
-    monkeypatch.setattr(train, "make_train_loader", lambda *a, **k: InterruptingLoader(real_make(*a, **k)))
+    monkeypatch.setattr(pipeline, "make_train_loader", lambda *a, **k: InterruptingLoader(real_make(*a, **k)))
     with pytest.raises(SystemExit) as exit_info:
         train.main(_args(tiny_root, stopped, "--epochs", "2"))
     assert exit_info.value.code == 130
     state = checkpoint.load_checkpoint(str(stopped / "last.pt"))
     assert (state["epoch"], state["step"]) == (1, 2)     # in epoch 2 (index 1), 2 steps done
-    monkeypatch.setattr(train, "make_train_loader", real_make)
+    monkeypatch.setattr(pipeline, "make_train_loader", real_make)
     assert train.main(["--resume", str(stopped / "last.pt")]) == 0
     _assert_same_weights(_weights(str(full / "last.pt")), _weights(str(stopped / "last.pt")))
 

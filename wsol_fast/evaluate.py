@@ -352,7 +352,7 @@ def _evaluate_scoremaps(a) -> int:
 
 def _evaluate_checkpoint(a) -> int:
     from .config import TrainConfig, resolve
-    from .data.pipeline import prepare_data
+    from .data import prepare_data
 
     state = checkpoint.load_checkpoint(a.checkpoint)
     cfg = TrainConfig.from_dict(state["config"])
@@ -366,7 +366,9 @@ def _evaluate_checkpoint(a) -> int:
         cfg.runtime.cam_curve_interval = a.cam_curve_interval
     info, device = runtime.init_distributed(a.device)
     resolve(cfg, device.type)
-    data = prepare_data(cfg, info, device, splits=("val", "test") if a.split == "test" else ("val",))
+    data = prepare_data(cfg.data, info, device, batch_size=cfg.optim.batch_size, seed=cfg.runtime.seed,
+                        channels_last=bool(cfg.runtime.channels_last),
+                        splits=("val", "test") if a.split == "test" else ("val",))
     model = checkpoint.build_model(cfg, state["num_classes"], device, state, a.checkpoint)
     autocast = runtime.autocast_context(device, runtime.resolve_amp(cfg.runtime.amp, device))
     # The CAM threshold chosen on val at this checkpoint's own epoch (last.pt: the last epoch's; best.pt: the

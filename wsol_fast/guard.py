@@ -265,7 +265,7 @@ class Stopped(Exception):
 # ----------------------------------------------------------------------------- messages, not tracebacks
 
 def expected_errors() -> tuple[type, ...]:
-    from .data.dali import BadImageError
+    from .data.images import BadImageError
     from .data.metadata import MetadataError
     from .models.pretrained import PretrainedMismatchError
     from .scoremaps import ScoremapError

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from . import checkpoint, metrics, runtime
-from .data import loaders
-from .data.dali import IMAGENET_MEAN, IMAGENET_STD
+from .data import opencv
+from .data.images import IMAGENET_MEAN, IMAGENET_STD, BadImageError, read_image_rgb
 from .data.transforms import eval_resize
 from .evaluate import CAM_SIZE, _scoremap
 
@@ -127,8 +127,8 @@ class _Images(torch.utils.data.Dataset):
 
     def __getitem__(self, k):
         try:
-            image = loaders.read_image_rgb(self.paths[k])
-        except loaders.BadImageError as exc:
+            image = read_image_rgb(self.paths[k])
+        except BadImageError as exc:
             return k, None, None, str(exc)
         h, w = image.shape[:2]
         return k, eval_resize(image, self.size), (w, h), None
@@ -259,7 +259,7 @@ def predict(a) -> int:
     autocast = runtime.autocast_context(device, runtime.resolve_amp(cfg.runtime.amp, device))
     loader = torch.utils.data.DataLoader(_Images(paths, cfg.data.crop_size), batch_size=a.batch_size,
                                          num_workers=a.workers, collate_fn=_collate,
-                                         worker_init_fn=loaders._worker_init if a.workers else None)
+                                         worker_init_fn=opencv.worker_init if a.workers else None)
     os.makedirs(a.output, exist_ok=True)
     jsonl = os.path.join(a.output, "predictions.jsonl")
     skipped, done = [], 0
@@ -268,8 +268,8 @@ def predict(a) -> int:
     bar = tqdm(total=len(paths), desc="predict", unit="img", dynamic_ncols=True, file=sys.stderr)
     try:
         with checkpoint.atomic_open(jsonl, "w") as out:   # predictions.jsonl appears whole, or not at all
-            if a.workers:   # workers forked with OpenCV at one thread (see loaders._cv2_single_threaded)
-                with loaders._cv2_single_threaded():
+            if a.workers:   # workers forked with OpenCV at one thread (see opencv.cv2_single_threaded)
+                with opencv.cv2_single_threaded():
                     batches = iter(loader)
             else:
                 batches = iter(loader)
@@ -313,7 +313,7 @@ def _record(path, image_id, size, probs, classes, maps, names, threshold) -> dic
 
 
 def _write_overlay(record: dict, scoremap: np.ndarray) -> None:
-    image = loaders.read_image_rgb(record["path"])
+    image = read_image_rgb(record["path"])
     canvas = overlay(image, scoremap, record["boxes"], f"{record['name']} {record['prob']:.2f}")
     ok, png = cv2.imencode(".png", canvas, [cv2.IMWRITE_PNG_COMPRESSION, 6])
     if not ok:

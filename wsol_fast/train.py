@@ -14,7 +14,6 @@ import argparse
 import copy
 import csv
 import json
-import math
 import os
 import signal
 import sys
@@ -26,7 +25,7 @@ import torch.nn as nn
 from . import checkpoint, diagnostics, guard, plot, runtime
 from .config import DataConfig, ModelConfig, OptimConfig, RuntimeConfig, TrainConfig, resolve
 from .config_file import ConfigFileError, apply_to_parser, output_in_use
-from .data.pipeline import RunData, prepare_data, make_train_loader
+from .data import RunData, prepare_data
 from .evaluate import evaluate_model, localization_score, print_table, write_outputs
 from .losses import WSOLLoss
 from .models import list_models
@@ -222,7 +221,10 @@ class Trainer:
             checkpoint.atomic_write(json.dumps(c.to_dict(), indent=2), os.path.join(self.out, "config.json"))
         runtime.seed_everything(c.runtime.seed)
         self._data_issues_seen = (0, 0)   # (skipped, size mismatches) already reported
-        self.data: RunData = prepare_data(c, self.info, self.device)
+        self.amp_dtype = runtime.resolve_amp(c.runtime.amp, self.device)
+        self.data: RunData = prepare_data(c.data, self.info, self.device, batch_size=c.optim.batch_size,
+                                          seed=c.runtime.seed, channels_last=bool(c.runtime.channels_last),
+                                          amp_dtype=self.amp_dtype)
         if self.info.is_main and self.data.bad_images:
             print(f"skipped {len(self.data.bad_images)} unreadable images (--skip-bad-images; listed in "
                   f"{os.path.join(self.out, 'skipped_images.txt')})")
@@ -235,7 +237,6 @@ class Trainer:
                                             sync_bn=c.runtime.sync_bn and self.info.enabled)
         self.model_config = getattr(self.model, "config", {})
         self.raw_model = self.model  # uncompiled, unwrapped: what checkpoints save
-        self.amp_dtype = runtime.resolve_amp(c.runtime.amp, self.device)
         self.autocast = runtime.autocast_context(self.device, self.amp_dtype)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.optimizer, self.scheduler = build_optimizer(self.raw_model, c)
@@ -267,13 +268,7 @@ class Trainer:
             # fullgraph: the whole model, ICL blocks and wsol_fast ops included, is one graph (the ops have
             # fake kernels). Under DDP, Dynamo splits the graph at gradient buckets, so no fullgraph there.
             self.train_model = torch.compile(self.train_model, mode=mode, fullgraph=not self.info.enabled)
-        self.train_loader = make_train_loader(c, self.data, self.info, self.device, self.amp_dtype)
-        if len(self.train_loader) == 0:
-            n = len(self.data.train_meta)
-            raise runtime.UserError(
-                f"--batch-size {c.optim.batch_size} is larger than the train split ({n} images"
-                f"{f', {math.ceil(n / self.info.world_size)} per rank' if self.info.enabled else ''}): no step "
-                "would run; lower --batch-size or pass --allow-partial-batches")
+        self.train_loader = self.data.train_loader
         self._signals = guard.StopSignals(enabled=False)
         self._progress = (self.start_epoch, self.start_step, None)   # (epoch, steps done, non-finite flag)
         self.tb = TensorBoardLog(self.out, c, self.info.is_main and c.runtime.tensorboard, self.data,
