@@ -7,6 +7,7 @@ import os
 import random
 import resource
 import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,6 +98,35 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def replica_checksums(model: torch.nn.Module, info: DistInfo) -> dict | None:
+    """Under DDP, replicas must end training with identical weights: one exact checksum per rank (take it
+    before anything replaces the weights), gathered, then a barrier. None without DDP."""
+    if not info.enabled:
+        return None
+    with torch.no_grad():
+        checksum = sum(float(p.double().sum()) for p in model.parameters())
+    out = {"world_size": info.world_size, "replica_checksums": all_gather_objects(checksum, info)}
+    barrier(info)
+    return out
+
+
+def wrap_for_training(model: torch.nn.Module, info: DistInfo, device: torch.device, compile_mode: str | None,
+                      find_unused_parameters: bool) -> torch.nn.Module:
+    """The model the training step calls: DDP under torchrun, then torch.compile unless compile_mode is
+    None or "off". find_unused_parameters: epochs that leave some parameters without gradients (the
+    blocks during a warm-up)."""
+    if info.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids,
+                                                          find_unused_parameters=find_unused_parameters)
+    if compile_mode not in (None, "off"):
+        # fullgraph: the whole model, ICL blocks and wsol_fast ops included, is one graph (the ops have
+        # fake kernels). Under DDP, Dynamo splits the graph at gradient buckets, so no fullgraph there.
+        model = torch.compile(model, mode=None if compile_mode == "default" else compile_mode,
+                              fullgraph=not info.enabled)
+    return model
+
+
 # ----------------------------------------------------------------------------- errors and seeds
 
 class UserError(Exception):
@@ -131,3 +161,23 @@ def peak_memory_mb(device: torch.device) -> float:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class FirstStepTimer:
+    """`with timer:` around each training step: the first one of a compiled model pays for tracing and
+    code generation; it is timed (synchronised) into `seconds` and reported once on stderr."""
+
+    def __init__(self, enabled: bool, device: torch.device, report: bool):
+        self.pending, self.device, self.report, self.seconds = enabled, device, report, 0.0
+
+    def __enter__(self):
+        self._t = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if not self.pending or exc_type is not None:
+            return
+        synchronize(self.device)
+        self.seconds, self.pending = time.perf_counter() - self._t, False
+        if self.report:
+            print(f"torch.compile: first step took {self.seconds:.1f} s (compilation included)", file=sys.stderr)
