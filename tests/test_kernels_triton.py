@@ -9,7 +9,7 @@ tl.dot is told, so the precision policy is tested on what the launchers pass.
 With a GPU and TRITON_INTERPRET=0 the same tests run compiled on CUDA, bf16 included, plus the
 CUDA-only ones at the end: opcheck of the ops (the C++-declared ones with their CUDA kernels and the
 triton_op versions), torch.compile(fullgraph=True) through them, and an ICL block's training steps
-against the reference (fp32 and bf16 autocast). scripts/gpu_check.sh runs them on a GPU machine.
+against the reference (fp32 and bf16 autocast). scripts/dev/gpu_check.sh runs them on a GPU machine.
 
 Tolerance rule (flash-attention): max |fused - ref64| <= 2 * max |ref_dtype - ref64| + atol
 + rtol * max |ref64|, where ref64 is the reference in fp64 on the same (rounded) inputs and ref_dtype
