@@ -18,7 +18,7 @@
 #   precompile  (in the background, beside the tests) scripts/dev/gpu_precompile.py: every Triton config the
 #               op benchmarks will autotune, compiled in parallel into Triton's cache, and one ICL step
 #               per backbone
-#   tests       tests/test_kernels_triton.py compiled on CUDA (TRITON_INTERPRET=0): fp32/fp16/bf16, every
+#   tests       tests/ops/test_kernels_triton.py compiled on CUDA (TRITON_INTERPRET=0): fp32/fp16/bf16, every
 #               autotune config, every backward variant, opcheck, torch.compile(fullgraph=True), an ICL
 #               block's training steps against the reference
 #   bench-*     the CUDA rows: masked GAP; attention B=32, N=784 C' 128/256/512/1024 and N=3136 C'
@@ -139,7 +139,7 @@ TEST_TIMEOUT=()
 # Stop the session (reports and junit still written) before the step's own timeout kills it.
 "$PY" -m pytest --help 2>/dev/null | grep -q -- "--session-timeout" && TEST_TIMEOUT+=(--session-timeout 130)
 step tests 140 "$PY" -m pytest -q -rfEs -p no:cacheprovider "${PARALLEL[@]}" "${TEST_TIMEOUT[@]}" \
-  --durations=8 --junitxml "$WORK/tests_junit.xml" tests/test_kernels_triton.py
+  --durations=8 --junitxml "$WORK/tests_junit.xml" tests/ops/test_kernels_triton.py
 
 wait "$PRECOMPILE_PID"
 echo "=== [precompile] rc=$? after $(elapsed)s"
