@@ -1,3 +1,4 @@
+# Over 400 lines: one generated dataset end to end (drawing, splits, metadata, the locked build-and-swap).
 """The built-in dataset: handwritten digits placed on cluttered photo backgrounds, generated on first use.
 
 What it contains (defaults; every number is a parameter of `generate`):
