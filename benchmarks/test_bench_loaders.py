@@ -1,5 +1,5 @@
 """Training-input throughput: the DALI CPU pipeline against the OpenCV loader
-(wsol_fast.data.loaders.OpenCVLoader), with the same transforms (resize, random crop, flip, normalise)
+(wsol_fast.data.opencv.OpenCVLoader), with the same transforms (resize, random crop, flip, normalise)
 and the same 2 threads / 2 worker processes.
 
 Two image sets: (a) the built-in dataset (at its CPU profile's resize and crop) and (b) 400 photo-like
@@ -83,7 +83,7 @@ def image_sets(tmp_path_factory):
 
 def _make_loader(provider, ids, labels, data_root, dataset, resize_size, crop_size):
     if provider.startswith("opencv"):
-        from wsol_fast.data.loaders import OpenCVLoader
+        from wsol_fast.data.opencv import OpenCVLoader
         # "opencv": workers started per epoch (their start-up is timed); "opencv-persistent": as the
         # trainer runs them. Their CPU time is counted either way (reaped or read from /proc).
         return OpenCVLoader(ids, labels, data_root, dataset, train=True, batch_size=BATCH, num_workers=THREADS,

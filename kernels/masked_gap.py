@@ -37,7 +37,7 @@ INTERPRETING = bool(knobs.runtime.interpret)
 # loads of bf16 and fp32), enough programs (B * C / BLOCK_C) to fill every SM, and the N loop
 # software-pipelined with NUM_STAGES loads in flight (tl.range(..., num_stages=NUM_STAGES)). Not measured
 # on a GPU in this version (docs/kernels.md); each config is run against the reference by
-# tests/test_kernels_triton.py::test_masked_gap_every_gpu_config (compiled on CUDA, interpreted on CPU).
+# tests/ops/test_kernels_triton.py::test_masked_gap_every_gpu_config (compiled on CUDA, interpreted on CPU).
 GPU_CONFIGS = [triton.Config({"BLOCK_C": c, "BLOCK_N": n, "NUM_STAGES": stages}, num_warps=w)
                for c, n, w, stages in ((32, 128, 4, 3), (16, 256, 4, 3), (8, 512, 4, 3), (32, 256, 8, 2),
                                        (64, 128, 8, 2))]

@@ -448,7 +448,7 @@ def _attention_softmax_grad_kernel(
 # ----------------------------------------------------------------------------------------- launchers
 
 BACKWARD_VARIANTS = ("fused", "atomic", "bmm")
-# (dtype name, N, C') -> backward variant, filled from a GPU run's measurements (scripts/gpu_check.sh
+# (dtype name, N, C') -> backward variant, filled from a GPU run's measurements (scripts/dev/gpu_check.sh
 # benchmarks every variant; docs/kernels.md). Empty: every shape takes "fused" until then.
 BACKWARD_POLICY: dict[tuple[str, int, int], str] = {}
 # WSOL_FAST_ATTENTION_BACKWARD=fused|atomic|bmm forces one variant (benchmarks, experiments). Read at

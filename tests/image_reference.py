@@ -1,4 +1,6 @@
 """The loaders' reference transform, computed by hand with OpenCV (shared by the OpenCV and DALI tests)."""
+import os
+
 import cv2
 import numpy as np
 import torch
@@ -17,3 +19,27 @@ def cv2_normalised(path, size, crop=None, flip=False):
     if flip:
         img = img[:, ::-1]
     return torch.from_numpy(((img.astype(np.float32) / 255 - MEAN) / STD).transpose(2, 0, 1).copy())
+
+
+def write_jpegs(root, sizes, seed=0, dataset="DS"):
+    """Smooth colour JPEGs of the given (h, w) under root/dataset (photo-like content); returns their ids."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(root, dataset), exist_ok=True)
+    ids = []
+    for k, (h, w) in enumerate(sizes):
+        ids.append(f"img_{k:03d}.jpg")
+        img = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (0, 0), 2)
+        cv2.imwrite(os.path.join(root, dataset, ids[-1]), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return ids
+
+
+def break_image(path, how):
+    """Make an image file bad: truncated, garbage, empty, missing, or with intact JPEG markers around a
+    broken inside (it passes the pre-scan and fails to decode)."""
+    data = open(path, "rb").read()
+    if how == "missing":
+        os.remove(path)
+        return
+    with open(path, "wb") as fh:
+        fh.write({"truncated": data[: len(data) // 3], "garbage": b"definitely not a JPEG " * 20,
+                  "empty": b"", "bad-inside": data[:2] + b"\x00" * 200 + data[-2:]}[how])

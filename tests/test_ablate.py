@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from wsol_fast import ablate, runtime, train
+from wsol_fast import ablate, checkpoint, train
 from wsol_fast.data import builtin
 
 TINY = dict(num_train=16, num_val=8, num_test=8, min_size=72, max_size=96)
@@ -34,7 +34,7 @@ def test_ablate_forks_rows_from_one_warmup_and_summarises_over_seeds(parts_root,
     assert ablate.main(_argv(parts_root, out)) == 0
     assert len(calls) == 2 * (1 + 3)                       # per seed: one warm-up, three rows
     for seed in (0, 1):
-        warm = runtime.load_checkpoint(out / f"seed{seed}" / "warmup" / "last.pt")
+        warm = checkpoint.load_checkpoint(out / f"seed{seed}" / "warmup" / "last.pt")
         assert warm["config"]["model"]["method"] == "cam" and warm["epoch"] == 1
         for row, method in (("cam", "cam"), ("icl", "icl"), ("no_ca", "icl")):
             cfg = json.loads((out / f"seed{seed}" / row / "config.json").read_text())

@@ -6,7 +6,7 @@ from wsol_fast import ops
 from wsol_fast.losses import (NORM_EPS, WSOLLoss, contrastive_attention_loss, foreground_consistency_loss,
                               normalize_attention)
 from wsol_fast.models import create_model
-from wsol_fast.models.base import BlockRecord, WSOLOutput
+from wsol_fast.models.outputs import BlockRecord, WSOLOutput
 from wsol_fast.models.icl import ICLBlock
 
 

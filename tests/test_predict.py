@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from test_train import TINY, _args, tiny_root  # noqa: F401  (the module-scoped tiny built-in set)
-from wsol_fast import evaluate, metrics, predict, runtime, train
+from wsol_fast import checkpoint, evaluate, metrics, predict, runtime, train
 from wsol_fast.config import TrainConfig, resolve
 from wsol_fast.data import builtin
-from wsol_fast.data.pipeline import prepare_data
+from wsol_fast.data import prepare_data
 from wsol_fast.models import create_model
 
 
@@ -35,10 +35,11 @@ def test_boxes_equal_the_evaluation_boxes_mapped_to_the_original_sizes(trained, 
     scores them) give, through boxes_at_threshold and the protocol's box scaling back to each image's size,
     exactly the boxes predict reports for that class; top-1 accuracy and score maps agree as well."""
     ckpt = str(trained / "best.pt")
-    state = runtime.load_checkpoint(ckpt)
+    state = checkpoint.load_checkpoint(ckpt)
     threshold = state["best"]["threshold"]
     cfg = resolve(TrainConfig.from_dict(state["config"]), "cpu")
-    data = prepare_data(cfg, runtime.DistInfo(), torch.device("cpu"), splits=("test",))
+    data = prepare_data(cfg.data, runtime.DistInfo(), torch.device("cpu"), batch_size=cfg.optim.batch_size,
+                        splits=("test",))
     test_folder = os.path.join(data.image_root, "test")
     scoremaps = tmp_path / "scoremaps"
     out = tmp_path / "pred"

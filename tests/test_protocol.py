@@ -5,7 +5,7 @@ import torch
 
 from wsol_fast.config import PAPER_PROFILE, TrainConfig, resolve
 from wsol_fast.models import create_model
-from wsol_fast.train import build_optimizer, lr_factor
+from wsol_fast.optim import build_optimizer, lr_factor
 
 
 def _wsolevaluation_lrs(lr, every, epochs):

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import torch
 
-from wsol_fast import evaluate, guard, runtime, train
+from wsol_fast import checkpoint, evaluate, guard, runtime, train
 from wsol_fast.data import __main__ as data_cli
-from wsol_fast.data import builtin, dali, loaders
+from wsol_fast.data import builtin, dali, images, opencv, pipeline
 from wsol_fast.data.metadata import MetadataError, load_splits
 
 TINY = dict(num_train=16, num_val=4, num_test=4, min_size=40, max_size=48)
@@ -77,7 +77,7 @@ def _garbage_jpeg(path):
 
 
 def _same_weights(a, b):
-    wa, wb = runtime.load_checkpoint(a)["model"], runtime.load_checkpoint(b)["model"]
+    wa, wb = checkpoint.load_checkpoint(a)["model"], checkpoint.load_checkpoint(b)["model"]
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
@@ -97,7 +97,8 @@ def test_sigterm_mid_epoch_exits_143_then_resume_equals_the_uninterrupted_run(ti
     script = (
         "import os, signal, sys\n"
         "from wsol_fast import train\n"
-        "real = train.make_train_loader\n"
+        "from wsol_fast.data import pipeline\n"
+        "real = pipeline.make_train_loader\n"
         "class Wrap:\n"
         "    def __init__(self, inner): self.inner, self.n = inner, 0\n"
         "    def set_epoch(self, *a): self.inner.set_epoch(*a)\n"
@@ -107,7 +108,7 @@ def test_sigterm_mid_epoch_exits_143_then_resume_equals_the_uninterrupted_run(ti
         "            self.n += 1\n"
         "            if self.n == 3: os.kill(os.getpid(), signal.SIGTERM)\n"
         "            yield batch\n"
-        "train.make_train_loader = lambda *a, **k: Wrap(real(*a, **k))\n"
+        "pipeline.make_train_loader = lambda *a, **k: Wrap(real(*a, **k))\n"
         "sys.exit(train.main(sys.argv[1:]))\n")
     # The same thread count as this process, which trains the reference and the resume: bit-equal sums.
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), PYTHONPATH=REPO)
@@ -115,7 +116,7 @@ def test_sigterm_mid_epoch_exits_143_then_resume_equals_the_uninterrupted_run(ti
                           env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 143, done.stderr[-2000:]
     assert "SIGTERM: stopped at epoch 2, step 1" in done.stderr
-    state = runtime.load_checkpoint(out / "last.pt")
+    state = checkpoint.load_checkpoint(out / "last.pt")
     assert (state["epoch"], state["step"]) == (1, 1)
     (out / "last.pt.tmp-99999").write_bytes(b"half a checkpoint")   # as a kill -9 mid-save leaves it
     assert train.main(["--resume", str(out / "last.pt")]) == 0
@@ -129,7 +130,7 @@ def test_double_sigint_waits_for_the_save_and_the_checkpoint_holds_its_step(tiny
     save completes (no temp file), exit 130, and the checkpoint records the step whose weights it holds
     (a resume ends with the uninterrupted run's weights)."""
     out = tmp_path / "run"
-    real_make, real_write = train.make_train_loader, runtime._write_all
+    real_make, real_write = pipeline.make_train_loader, checkpoint._write_all
     calls = {"batches": 0, "writes": 0}
 
     class Interrupting:
@@ -158,8 +159,8 @@ def test_double_sigint_waits_for_the_save_and_the_checkpoint_holds_its_step(tiny
         else:
             real_write(fh, data)
 
-    monkeypatch.setattr(train, "make_train_loader", lambda *a, **k: Interrupting(real_make(*a, **k)))
-    monkeypatch.setattr(runtime, "_write_all", write_with_a_signal)
+    monkeypatch.setattr(pipeline, "make_train_loader", lambda *a, **k: Interrupting(real_make(*a, **k)))
+    monkeypatch.setattr(checkpoint, "_write_all", write_with_a_signal)
     with pytest.raises(SystemExit) as stop:
         train.main(_args(tiny_root, out, "--epochs", "2"))
     assert stop.value.code == 130
@@ -168,10 +169,10 @@ def test_double_sigint_waits_for_the_save_and_the_checkpoint_holds_its_step(tiny
     assert "SIGINT: stopped at epoch 2, step 1" in err
     assert calls["writes"] == 1                       # the save after the first Ctrl-C
     assert _no_temp_files(out) == []
-    state = runtime.load_checkpoint(out / "last.pt")
+    state = checkpoint.load_checkpoint(out / "last.pt")
     assert (state["epoch"], state["step"]) == (1, 1)
-    monkeypatch.setattr(train, "make_train_loader", real_make)
-    monkeypatch.setattr(runtime, "_write_all", real_write)
+    monkeypatch.setattr(pipeline, "make_train_loader", real_make)
+    monkeypatch.setattr(checkpoint, "_write_all", real_write)
     assert train.main(["--resume", str(out / "last.pt")]) == 0
     _same_weights(full_run / "last.pt", out / "last.pt")
 
@@ -243,7 +244,7 @@ def test_an_image_failing_to_decode_in_val_keeps_the_trained_epoch_or_is_skipped
     err = capsys.readouterr().err
     assert "error: cannot decode image" in err and bad in err and "--skip-bad-images" in err
     assert "epoch 1's training is kept" in err
-    assert runtime.load_checkpoint(out / "last.pt")["epoch"] == 1
+    assert checkpoint.load_checkpoint(out / "last.pt")["epoch"] == 1
     out2 = tmp_path / "skip"
     assert train.main(_args(root, out2, "--epochs", "1", "--max-steps-per-epoch", "1", "--skip-bad-images")) == 0
     assert "did not decode" in capsys.readouterr().err
@@ -255,9 +256,9 @@ def test_a_train_image_failing_mid_epoch_keeps_the_steps_done(tiny_root, tmp_pat
     """The failing batch is not trained; the steps before it are saved (epoch 1, step k) and resumable."""
     root = _copy_data(tiny_root, tmp_path / "data")
     ids = open(_meta_file(root, "train", "image_ids.txt")).read().split()
-    loader = loaders.OpenCVLoader(ids, [0] * len(ids), builtin.data_root(root), "builtin", train=True,
-                                  batch_size=8, num_workers=0, resize_size=36, crop_size=32, seed=1,
-                                  check_images=False)
+    loader = opencv.OpenCVLoader(ids, [0] * len(ids), builtin.data_root(root), "builtin", train=True,
+                                 batch_size=8, num_workers=0, resize_size=36, crop_size=32, seed=1,
+                                 check_images=False)
     loader.set_epoch(0)
     second_batch = [ids[item[0]] for item in list(loader._plan)[8:16]]   # epoch 1's sample order
     victim = second_batch[0]
@@ -266,7 +267,7 @@ def test_a_train_image_failing_mid_epoch_keeps_the_steps_done(tiny_root, tmp_pat
     assert train.main(_args(root, out, "--epochs", "1")) == 2
     err = capsys.readouterr().err
     assert victim in err and "passed the pre-scan but does not decode" in err
-    state = runtime.load_checkpoint(out / "last.pt")
+    state = checkpoint.load_checkpoint(out / "last.pt")
     assert (state["epoch"], state["step"]) == (0, 1)
 
 
@@ -279,7 +280,7 @@ def test_every_test_image_skipped_is_an_error_after_training_that_keeps_the_chec
     assert train.main(_args(root, out, "--epochs", "1", "--max-steps-per-epoch", "1", "--skip-bad-images")) == 2
     err = capsys.readouterr().err
     assert "every image of the test split (4) failed to decode" in err
-    assert runtime.load_checkpoint(out / "last.pt")["epoch"] == 1 and (out / "best.pt").is_file()
+    assert checkpoint.load_checkpoint(out / "last.pt")["epoch"] == 1 and (out / "best.pt").is_file()
     assert len((out / "skipped_images.txt").read_text().split()) == 4
     assert not (out / "results.json").exists()
 
@@ -301,10 +302,10 @@ def _png_header_claiming(path, width, height):
 def test_decoded_pixels_are_capped_from_the_header_before_decoding(tiny_root, tmp_path, capsys):
     bomb = tmp_path / "bomb.png"
     _png_header_claiming(bomb, 30000, 30000)
-    assert dali.header_size(str(bomb)) == (30000, 30000)
-    with pytest.raises(loaders.BadImageError, match="claims 30000x30000 = 900 MP, above the cap of 64 MP"):
-        loaders.read_image_rgb(str(bomb))
-    assert "above the cap" in dali.image_problem(str(bomb))
+    assert images.header_size(str(bomb)) == (30000, 30000)
+    with pytest.raises(images.BadImageError, match="claims 30000x30000 = 900 MP, above the cap of 64 MP"):
+        images.read_image_rgb(str(bomb))
+    assert "above the cap" in images.image_problem(str(bomb))
     # settable: a real 40 x 40-ish image is refused under a cap of 100 pixels
     root = _copy_data(tiny_root, tmp_path / "data")
     victim = _first_id(root, "val")
@@ -316,11 +317,11 @@ def test_decoded_pixels_are_capped_from_the_header_before_decoding(tiny_root, tm
     err = capsys.readouterr().err
     assert victim in err and "above the cap of 64 MP (--max-image-pixels)" in err
     try:
-        dali.set_max_image_pixels(100)
-        with pytest.raises(loaders.BadImageError, match="above the cap of 0.0001 MP"):
-            loaders.read_image_rgb(_image_path(root, _first_id(root, "test")))
+        images.set_max_image_pixels(100)
+        with pytest.raises(images.BadImageError, match="above the cap of 0.0001 MP"):
+            images.read_image_rgb(_image_path(root, _first_id(root, "test")))
     finally:
-        dali.set_max_image_pixels(None)
+        images.set_max_image_pixels(None)
 
 
 def test_size_mismatch_is_a_check_error_and_a_training_warning_and_symlinks_out_of_root_are_named(
@@ -347,7 +348,7 @@ def test_size_mismatch_is_a_check_error_and_a_training_warning_and_symlinks_out_
 
 def test_a_full_disk_says_so_names_the_file_and_leaves_nothing_partial(tiny_root, tmp_path, monkeypatch, capsys):
     """Checkpoint bytes go to /dev/full (a real ENOSPC); the run stops with exit 2 naming the file."""
-    real_write = runtime._write_all
+    real_write = checkpoint._write_all
 
     def full_for_checkpoints(fh, data):
         if ".pt.tmp-" in fh.name:
@@ -357,14 +358,14 @@ def test_a_full_disk_says_so_names_the_file_and_leaves_nothing_partial(tiny_root
                 full.flush()
         real_write(fh, data)
 
-    monkeypatch.setattr(runtime, "_write_all", full_for_checkpoints)
+    monkeypatch.setattr(checkpoint, "_write_all", full_for_checkpoints)
     out = tmp_path / "run"
     assert train.main(_args(tiny_root, out, "--epochs", "1", "--max-steps-per-epoch", "1")) == 2
     err = capsys.readouterr().err
     assert f"no space left on device writing {out / 'best.pt'}" in err
     assert _no_temp_files(out) == [] and not (out / "best.pt").exists()
-    with pytest.raises(runtime.DiskFullError):
-        runtime.atomic_save({"x": torch.zeros(3)}, str(tmp_path / "x.pt"))
+    with pytest.raises(checkpoint.DiskFullError):
+        checkpoint.atomic_save({"x": torch.zeros(3)}, str(tmp_path / "x.pt"))
     assert not os.path.exists(tmp_path / "x.pt") and _no_temp_files(tmp_path) == []
 
 
@@ -402,7 +403,7 @@ def test_one_run_per_folder(tiny_root, full_run, tmp_path, capsys):
     assert "exists and is not a folder" in capsys.readouterr().err
     # --overwrite replaces it
     assert train.main(_args(tiny_root, done, "--epochs", "1", "--max-steps-per-epoch", "1", "--overwrite")) == 0
-    assert runtime.load_checkpoint(done / "last.pt")["epoch"] == 1
+    assert checkpoint.load_checkpoint(done / "last.pt")["epoch"] == 1
 
 
 # ----------------------------------------------------------------------------- 5. messages, not tracebacks
@@ -413,7 +414,7 @@ def test_bad_checkpoints_are_one_message_with_exit_2(full_run, tmp_path, capsys)
     truncated, rand, bare, misfit = (tmp_path / n for n in ("truncated.pt", "random.pt", "bare.pt", "misfit.pt"))
     truncated.write_bytes(data[: len(data) // 2])
     rand.write_bytes(np.random.default_rng(0).bytes(5000))
-    state = runtime.load_checkpoint(ckpt)
+    state = checkpoint.load_checkpoint(ckpt)
     torch.save(state["model"], bare)
     key = next(k for k, v in state["model"].items() if v.dim() == 4)     # a conv weight
     state["model"][key] = torch.zeros(3, 3)
@@ -489,7 +490,7 @@ def test_resume_refuses_changed_settings_but_extends_with_epochs(tiny_root, full
     assert train.main(["--resume", str(run / "last.pt"), "--epochs", "3", "--max-steps-per-epoch", "4"]) == 2
     assert "--max-steps-per-epoch: run None, now 4" in capsys.readouterr().err
     assert train.main(["--resume", str(run / "last.pt"), "--epochs", "3"]) == 0
-    state = runtime.load_checkpoint(run / "last.pt")
+    state = checkpoint.load_checkpoint(run / "last.pt")
     assert state["epoch"] == 3 and state["config"]["optim"]["epochs"] == 3
     assert len((run / "metrics.csv").read_text().splitlines()) == 4     # header + 3 epochs
 
@@ -528,9 +529,9 @@ def test_atomic_write_failure_of_another_kind_also_leaves_nothing(tmp_path, monk
         fh.write(b"partial")
         raise OSError(errno.EIO, "I/O error")
 
-    monkeypatch.setattr(runtime, "_write_all", broken)
+    monkeypatch.setattr(checkpoint, "_write_all", broken)
     with pytest.raises(OSError, match="I/O error"):
-        runtime.atomic_write_text("hello", str(tmp_path / "a.txt"))
+        checkpoint.atomic_write("hello", str(tmp_path / "a.txt"))
     assert os.listdir(tmp_path) == []
 
 

@@ -12,8 +12,8 @@ import signal
 import pytest
 import torch
 
-from wsol_fast import evaluate, runtime, train
-from wsol_fast.data import builtin
+from wsol_fast import checkpoint, evaluate, train
+from wsol_fast.data import builtin, pipeline
 
 TINY = dict(num_train=32, num_val=12, num_test=12, min_size=72, max_size=96)
 
@@ -36,7 +36,7 @@ def _args(root, out, *extra):
 
 
 def _weights(path):
-    return runtime.load_checkpoint(path)["model"]
+    return checkpoint.load_checkpoint(path)["model"]
 
 
 def _assert_same_weights(a, b):
@@ -102,7 +102,7 @@ def test_resume_after_a_crash_at_an_epoch_boundary_equals_the_uninterrupted_run(
     with pytest.raises(RuntimeError, match="simulated crash"):
         train.main(_args(tiny_root, crashed, "--epochs", "2"))
     monkeypatch.setattr(train.Trainer, "save", real_save)
-    assert runtime.load_checkpoint(str(crashed / "last.pt"))["epoch"] == 1
+    assert checkpoint.load_checkpoint(str(crashed / "last.pt"))["epoch"] == 1
     assert train.main(["--resume", str(crashed / "last.pt")]) == 0
     _assert_same_weights(_weights(str(full / "last.pt")), _weights(str(crashed / "last.pt")))
 
@@ -112,7 +112,7 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_to_the_same_weights(tiny_root, tmp_p
     assert train.main(_args(tiny_root, full, "--epochs", "2")) == 0
 
     stopped = tmp_path / "stopped"
-    real_make = train.make_train_loader
+    real_make = pipeline.make_train_loader
     calls = {"batches": 0}
 
     class InterruptingLoader:
@@ -134,13 +134,13 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_to_the_same_weights(tiny_root, tmp_p
                     os.kill(os.getpid(), signal.SIGINT)
                 yield batch
 
-    monkeypatch.setattr(train, "make_train_loader", lambda *a, **k: InterruptingLoader(real_make(*a, **k)))
+    monkeypatch.setattr(pipeline, "make_train_loader", lambda *a, **k: InterruptingLoader(real_make(*a, **k)))
     with pytest.raises(SystemExit) as exit_info:
         train.main(_args(tiny_root, stopped, "--epochs", "2"))
     assert exit_info.value.code == 130
-    state = runtime.load_checkpoint(str(stopped / "last.pt"))
+    state = checkpoint.load_checkpoint(str(stopped / "last.pt"))
     assert (state["epoch"], state["step"]) == (1, 2)     # in epoch 2 (index 1), 2 steps done
-    monkeypatch.setattr(train, "make_train_loader", real_make)
+    monkeypatch.setattr(pipeline, "make_train_loader", real_make)
     assert train.main(["--resume", str(stopped / "last.pt")]) == 0
     _assert_same_weights(_weights(str(full / "last.pt")), _weights(str(stopped / "last.pt")))
 
@@ -159,7 +159,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_root, tmp
 
     monkeypatch.setattr(train.WSOLLoss, "__call__", poisoned)
     assert train.main(_args(tiny_root, out, "--epochs", "3")) == 3
-    assert runtime.load_checkpoint(str(out / "last.pt"))["epoch"] == 1   # epoch 1's, not overwritten
+    assert checkpoint.load_checkpoint(str(out / "last.pt"))["epoch"] == 1   # epoch 1's, not overwritten
     assert not (out / "results.json").exists()
 
 
@@ -236,7 +236,7 @@ def test_compile_trains_and_saves_uncompiled_keys(tiny_root, tmp_path, capsys):
     out = tmp_path / "compiled"
     assert train.main(_args(tiny_root, out, "--epochs", "1", "--compile")) == 0
     assert "torch.compile: first step took" in capsys.readouterr().err
-    state = runtime.load_checkpoint(str(out / "last.pt"))
+    state = checkpoint.load_checkpoint(str(out / "last.pt"))
     assert state["model"] and not any(k.startswith("_orig_mod.") for k in state["model"])
     results = json.loads((out / "results.json").read_text())
     assert results["telemetry"]["compile_seconds"] > 0
@@ -291,7 +291,7 @@ def test_init_from_forks_a_run_with_new_settings(tiny_root, tmp_path, capsys):
     assert float(rows[0]["lr"]) == pytest.approx(0.004 * 0.1)   # this schedule at epoch 2: one decay
     config = json.loads((fork / "config.json").read_text())
     assert config["optim"]["lambda_ca"] == 0.0 and config["runtime"]["init_from"] == str(parent / "last.pt")
-    assert runtime.load_checkpoint(fork / "best.pt")["epoch"] == 3
+    assert checkpoint.load_checkpoint(fork / "best.pt")["epoch"] == 3
 
     # The weights really come from the parent: with lr 1e-30 (0 is refused: lr must be > 0) the fork's
     # parameters end where the parent's did, to within 1e-20.

@@ -27,6 +27,7 @@ import sys
 import time
 
 from . import train
+from .checkpoint import atomic_write
 
 # Row name -> (label in the table, train flags). Table 2 of the paper, plus the literal paper form of the
 # attention map (for measuring the project's choice of form on val).
@@ -223,10 +224,7 @@ def main(argv=None) -> int:
 
 
 def _write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    atomic_write(text, path)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import torch
 
-from . import metrics, runtime, scoremaps
+from . import checkpoint, metrics, runtime, scoremaps
 
 CAM_SIZE = (224, 224)  # the protocol scores every map at 224 x 224
 
@@ -217,7 +217,7 @@ def _jsonable(results: dict) -> dict:
 
 def write_outputs(results: dict, out_dir: str, data, cfg, name: str = "results.json") -> None:
     os.makedirs(out_dir, exist_ok=True)
-    runtime.atomic_write_text(json.dumps(_jsonable(results), indent=2), os.path.join(out_dir, name))
+    checkpoint.atomic_write(json.dumps(_jsonable(results), indent=2), os.path.join(out_dir, name))
     write_overlays(results.get("_samples", []), results.get("loc_threshold"), out_dir, data)
 
 
@@ -340,10 +340,7 @@ def _evaluate_scoremaps(a) -> int:
                                            a.multi_contour, a.workers)
     if a.output:
         os.makedirs(a.output, exist_ok=True)
-        tmp = os.path.join(a.output, "results.json.tmp")
-        with open(tmp, "w") as fh:
-            json.dump(_jsonable(results), fh, indent=2)
-        os.replace(tmp, os.path.join(a.output, "results.json"))
+        checkpoint.atomic_write(json.dumps(_jsonable(results), indent=2), os.path.join(a.output, "results.json"))
     results["top1_cls"] = None
     contour = "" if a.multi_contour or meta.has_masks else ", largest contour only"
     print_table(results, f"score maps {a.scoremap_root} on {a.dataset} ({a.split} split, interval {interval:g}"
@@ -355,10 +352,9 @@ def _evaluate_scoremaps(a) -> int:
 
 def _evaluate_checkpoint(a) -> int:
     from .config import TrainConfig, resolve
-    from .data.pipeline import prepare_data
-    from .models import create_model
+    from .data import prepare_data
 
-    state = runtime.load_checkpoint(a.checkpoint)
+    state = checkpoint.load_checkpoint(a.checkpoint)
     cfg = TrainConfig.from_dict(state["config"])
     cfg.data.num_classes = state["num_classes"]   # a label the model cannot score is an error (file:line)
     if a.max_image_pixels:
@@ -370,14 +366,10 @@ def _evaluate_checkpoint(a) -> int:
         cfg.runtime.cam_curve_interval = a.cam_curve_interval
     info, device = runtime.init_distributed(a.device)
     resolve(cfg, device.type)
-    data = prepare_data(cfg, info, device, splits=("val", "test") if a.split == "test" else ("val",))
-    model = create_model(cfg.model.backbone, state["num_classes"], method=cfg.model.method, pretrained=None,
-                         **cfg.model.overrides())
-    runtime.load_weights(model, state["model"], a.checkpoint,
-                         f"a {cfg.model.backbone} / {cfg.model.method} model with {state['num_classes']} classes")
-    model.to(device)
-    if cfg.runtime.channels_last:
-        model.to(memory_format=torch.channels_last)
+    data = prepare_data(cfg.data, info, device, batch_size=cfg.optim.batch_size, seed=cfg.runtime.seed,
+                        channels_last=bool(cfg.runtime.channels_last),
+                        splits=("val", "test") if a.split == "test" else ("val",))
+    model = checkpoint.build_model(cfg, state["num_classes"], device, state, a.checkpoint)
     autocast = runtime.autocast_context(device, runtime.resolve_amp(cfg.runtime.amp, device))
     # The CAM threshold chosen on val at this checkpoint's own epoch (last.pt: the last epoch's; best.pt: the
     # best epoch's); older checkpoints without it store the best epoch's in "best".

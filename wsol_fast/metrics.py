@@ -1,3 +1,4 @@
+# Over 400 lines on purpose: the wsolevaluation protocol, written out literally in one file.
 """The wsolevaluation metrics (SPEC 4), bit-identical to clovaai/wsolevaluation, and fast.
 
 What is scored, in wsolevaluation's order:

@@ -21,6 +21,8 @@ import math
 import os
 import sys
 
+from .checkpoint import atomic_write
+
 THRESHOLD_FIGURE = "box_acc_vs_threshold.png"
 TRAINING_FIGURE = "training_curves.png"
 PXAP_FIGURE = "pxap_curve.png"
@@ -39,10 +41,7 @@ def _save(fig, path: str) -> str:
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write(buf.getvalue(), path)
     return path
 
 

@@ -30,9 +30,9 @@ import cv2
 import numpy as np
 import torch
 
-from . import metrics, runtime
-from .data import loaders
-from .data.dali import IMAGENET_MEAN, IMAGENET_STD
+from . import checkpoint, metrics, runtime
+from .data import opencv
+from .data.images import IMAGENET_MEAN, IMAGENET_STD, BadImageError, read_image_rgb
 from .data.transforms import eval_resize
 from .evaluate import CAM_SIZE, _scoremap
 
@@ -127,8 +127,8 @@ class _Images(torch.utils.data.Dataset):
 
     def __getitem__(self, k):
         try:
-            image = loaders.read_image_rgb(self.paths[k])
-        except loaders.BadImageError as exc:
+            image = read_image_rgb(self.paths[k])
+        except BadImageError as exc:
             return k, None, None, str(exc)
         h, w = image.shape[:2]
         return k, eval_resize(image, self.size), (w, h), None
@@ -178,10 +178,7 @@ def label_scoremaps(model, images: torch.Tensor, autocast, labels: torch.Tensor)
 
 def _atomic_bytes(path: str, data: bytes) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    checkpoint.atomic_write(data, path, fsync=False)   # one per image: no sync each
 
 
 def save_scoremap(path: str, scoremap: np.ndarray) -> None:
@@ -225,19 +222,13 @@ def overlay(image_rgb: np.ndarray, scoremap: np.ndarray, boxes, label: str, min_
 
 # ------------------------------------------------------------------------------------- the command
 
-def load_model(checkpoint: str, device):
+def load_model(path: str, device):
     """(model in eval mode on device, checkpoint state, resolved TrainConfig)."""
     from .config import TrainConfig, resolve
-    from .models import create_model
 
-    state = runtime.load_checkpoint(checkpoint)
+    state = checkpoint.load_checkpoint(path)
     cfg = resolve(TrainConfig.from_dict(state["config"]), device.type)
-    model = create_model(cfg.model.backbone, state["num_classes"], method=cfg.model.method, pretrained=None,
-                         **cfg.model.overrides())
-    model.load_state_dict(state["model"])
-    model.to(device).eval()
-    if cfg.runtime.channels_last:
-        model.to(memory_format=torch.channels_last)
+    model = checkpoint.build_model(cfg, state["num_classes"], device, state, path).eval()
     return model, state, cfg
 
 
@@ -268,18 +259,17 @@ def predict(a) -> int:
     autocast = runtime.autocast_context(device, runtime.resolve_amp(cfg.runtime.amp, device))
     loader = torch.utils.data.DataLoader(_Images(paths, cfg.data.crop_size), batch_size=a.batch_size,
                                          num_workers=a.workers, collate_fn=_collate,
-                                         worker_init_fn=loaders._worker_init if a.workers else None)
+                                         worker_init_fn=opencv.worker_init if a.workers else None)
     os.makedirs(a.output, exist_ok=True)
     jsonl = os.path.join(a.output, "predictions.jsonl")
-    tmp = f"{jsonl}.tmp-{os.getpid()}"
     skipped, done = [], 0
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(paths), desc="predict", unit="img", dynamic_ncols=True, file=sys.stderr)
     try:
-        with open(tmp, "w") as out:
-            if a.workers:   # workers forked with OpenCV at one thread (see loaders._cv2_single_threaded)
-                with loaders._cv2_single_threaded():
+        with checkpoint.atomic_open(jsonl, "w") as out:   # predictions.jsonl appears whole, or not at all
+            if a.workers:   # workers forked with OpenCV at one thread (see opencv.cv2_single_threaded)
+                with opencv.cv2_single_threaded():
                     batches = iter(loader)
             else:
                 batches = iter(loader)
@@ -302,11 +292,8 @@ def predict(a) -> int:
                         out.write(json.dumps(record) + "\n")
                         done += 1
                 bar.update(len(index) + len(bad))
-        os.replace(tmp, jsonl)
     finally:
         bar.close()
-        if os.path.exists(tmp):
-            os.remove(tmp)
     print(f"{done} image(s) predicted, {len(skipped)} skipped (unreadable) -> {jsonl}"
           + ("" if a.no_overlays else f", overlays in {os.path.join(a.output, 'overlays')}"))
     return 0 if done else 1
@@ -326,7 +313,7 @@ def _record(path, image_id, size, probs, classes, maps, names, threshold) -> dic
 
 
 def _write_overlay(record: dict, scoremap: np.ndarray) -> None:
-    image = loaders.read_image_rgb(record["path"])
+    image = read_image_rgb(record["path"])
     canvas = overlay(image, scoremap, record["boxes"], f"{record['name']} {record['prob']:.2f}")
     ok, png = cv2.imencode(".png", canvas, [cv2.IMWRITE_PNG_COMPRESSION, 6])
     if not ok:

@@ -1,14 +1,13 @@
-"""Run-time plumbing shared by train and evaluate: devices, mixed precision, torch.distributed,
-atomic checkpoints, RNG state, and peak-memory telemetry."""
+"""Run-time plumbing shared by train and evaluate: devices, mixed precision, torch.distributed, the
+expected-error types, seeds, and peak-memory telemetry (checkpoints and atomic writes: checkpoint.py)."""
 from __future__ import annotations
 
 import contextlib
-import errno
-import io
 import os
 import random
 import resource
 import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,15 +98,40 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-# ----------------------------------------------------------------------------- checkpoints and RNG
+def replica_checksums(model: torch.nn.Module, info: DistInfo) -> dict | None:
+    """Under DDP, replicas must end training with identical weights: one exact checksum per rank (take it
+    before anything replaces the weights), gathered, then a barrier. None without DDP."""
+    if not info.enabled:
+        return None
+    with torch.no_grad():
+        checksum = sum(float(p.double().sum()) for p in model.parameters())
+    out = {"world_size": info.world_size, "replica_checksums": all_gather_objects(checksum, info)}
+    barrier(info)
+    return out
+
+
+def wrap_for_training(model: torch.nn.Module, info: DistInfo, device: torch.device, compile_mode: str | None,
+                      find_unused_parameters: bool) -> torch.nn.Module:
+    """The model the training step calls: DDP under torchrun, then torch.compile unless compile_mode is
+    None or "off". find_unused_parameters: epochs that leave some parameters without gradients (the
+    blocks during a warm-up)."""
+    if info.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids,
+                                                          find_unused_parameters=find_unused_parameters)
+    if compile_mode not in (None, "off"):
+        # fullgraph: the whole model, ICL blocks and wsol_fast ops included, is one graph (the ops have
+        # fake kernels). Under DDP, Dynamo splits the graph at gradient buckets, so no fullgraph there.
+        model = torch.compile(model, mode=None if compile_mode == "default" else compile_mode,
+                              fullgraph=not info.enabled)
+    return model
+
+
+# ----------------------------------------------------------------------------- errors and seeds
 
 class UserError(Exception):
     """An expected failure (a bad flag, file or folder): the commands print its message, one clear line
     naming the file, line or flag, and exit with code 2 (--debug shows the traceback)."""
-
-
-class CheckpointError(UserError):
-    """A checkpoint that is missing, unreadable, of another kind, or does not fit the model."""
 
 
 class ConfigError(UserError, ValueError):
@@ -116,130 +140,6 @@ class ConfigError(UserError, ValueError):
 
 class UnavailableError(UserError, RuntimeError):
     """Something the settings ask for is not installed here (e.g. --loader dali without DALI)."""
-
-
-class DiskFullError(UserError):
-    """A write that failed for want of space (or quota); the partial file has been removed."""
-
-
-CHECKPOINT_KEYS = ("model", "epoch", "step", "config", "num_classes")
-
-
-def _write_all(fh, data) -> None:
-    """The one place checkpoint bytes reach the disk (a seam the full-disk drill replaces)."""
-    fh.write(data)
-
-
-def atomic_write_bytes(data, path: str) -> None:
-    """Write to `path.tmp-PID` in the same folder, fsync, then rename: a crash never leaves a torn file.
-    Any failure removes the temp file, so nothing partial is left; a full disk (ENOSPC, EDQUOT) is a
-    DiskFullError that says so and names the path."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as fh:
-            _write_all(fh, data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(f"no space left on device writing {path} (nothing partial was left; "
-                                f"the previous {os.path.basename(path)}, if any, is intact)") from exc
-        raise
-
-
-def atomic_write_text(text: str, path: str) -> None:
-    atomic_write_bytes(text.encode("utf-8"), path)
-
-
-def atomic_save(obj, path: str) -> None:
-    """torch.save into memory, then one atomic write. Serialising to a buffer first makes a full disk an
-    ordinary OSError (ENOSPC) instead of torch's zip writer's "enforce fail" without the reason."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(buf.getbuffer(), path)
-
-
-def remove_stale_temp_files(folder: str) -> list[str]:
-    """Remove `*.tmp-*` / `*.tmp` files that an earlier crash left in a run folder (call it holding the
-    folder's lock, so no live writer owns them). Returns the names removed."""
-    removed = []
-    with contextlib.suppress(OSError):
-        for name in sorted(os.listdir(folder)):
-            if ".tmp-" in name or name.endswith(".tmp"):
-                path = os.path.join(folder, name)
-                if os.path.isfile(path):
-                    with contextlib.suppress(OSError):
-                        os.remove(path)
-                        removed.append(name)
-    return removed
-
-
-def load_checkpoint(path: str, require=CHECKPOINT_KEYS) -> dict:
-    """Checkpoints hold only tensors and plain Python values, so weights_only=True loads them. A missing,
-    truncated or foreign file, or one without the `require`d keys (e.g. a bare state dict), is a
-    CheckpointError naming it."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        what = "is a folder, not a file" if os.path.isdir(path) else "not found"
-        raise CheckpointError(f"checkpoint {path}: {what}")
-    try:
-        st = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be read (truncated, corrupt or not a PyTorch "
-                              f"checkpoint): {reason}") from exc
-    if not isinstance(st, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(st).__name__}, not a wsol_fast checkpoint")
-    missing = [k for k in require if k not in st]
-    if missing:
-        bare = all(isinstance(v, torch.Tensor) for v in st.values())
-        kind = "a bare state dict" if bare and st else "not a checkpoint written by wsol_fast.train"
-        raise CheckpointError(f"checkpoint {path} is {kind} (no {', '.join(repr(k) for k in missing)}); "
-                              "pass the last.pt or best.pt of a run folder")
-    return st
-
-
-def load_weights(model: torch.nn.Module, weights: dict, path: str, what: str = "the model") -> None:
-    """model.load_state_dict(weights), with a short CheckpointError (counts and the first few keys)
-    instead of PyTorch's dump of every mismatched tensor."""
-    target = model.state_dict()
-    missing = [k for k in target if k not in weights]
-    unexpected = [k for k in weights if k not in target]
-    shapes = [f"{k} {tuple(weights[k].shape)} vs {tuple(target[k].shape)}" for k in target
-              if k in weights and hasattr(weights[k], "shape") and weights[k].shape != target[k].shape]
-    if missing or unexpected or shapes:
-        parts = [f"{len(x)} {name} (first: {x[0]})" for x, name in
-                 ((missing, "missing"), (unexpected, "unexpected"), (shapes, "of another shape")) if x]
-        raise CheckpointError(f"the weights in {path} do not fit {what}: " + "; ".join(parts))
-    model.load_state_dict(weights)
-
-
-def rng_state() -> dict:
-    """All RNG states as weights_only-loadable values (tensors, lists, ints)."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
-        "python": {"version": py_state[0], "state": list(py_state[1]),
-                   "gauss": py_state[2]},
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
 
 
 def seed_everything(seed: int) -> None:
@@ -261,3 +161,23 @@ def peak_memory_mb(device: torch.device) -> float:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class FirstStepTimer:
+    """`with timer:` around each training step: the first one of a compiled model pays for tracing and
+    code generation; it is timed (synchronised) into `seconds` and reported once on stderr."""
+
+    def __init__(self, enabled: bool, device: torch.device, report: bool):
+        self.pending, self.device, self.report, self.seconds = enabled, device, report, 0.0
+
+    def __enter__(self):
+        self._t = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if not self.pending or exc_type is not None:
+            return
+        synchronize(self.device)
+        self.seconds, self.pending = time.perf_counter() - self._t, False
+        if self.report:
+            print(f"torch.compile: first step took {self.seconds:.1f} s (compilation included)", file=sys.stderr)

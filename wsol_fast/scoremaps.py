@@ -22,11 +22,11 @@ depend on N.
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 
 from . import metrics
+from .checkpoint import atomic_open
 
 SCOREMAP_SIZE = (224, 224)   # (W, H), as wsolevaluation's _RESIZE_LENGTH
 
@@ -45,15 +45,8 @@ def save_scoremap(root: str, image_id: str, scoremap: np.ndarray) -> str:
     path = scoremap_path(root, image_id)
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, np.asarray(scoremap, dtype=np.float64))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path, "wb", fsync=False) as fh:   # one per image: no sync each
+        np.save(fh, np.asarray(scoremap, dtype=np.float64))
     return path
 
 

@@ -68,7 +68,7 @@ class TensorBoardLog:
 
     def _grid_inputs(self, device):
         """The first GRID_IMAGES val images: model input, 224 x 224 pictures, labels, GT boxes at 224."""
-        from .data.loaders import read_image_rgb
+        from .data.images import read_image_rgb
         from .data.transforms import eval_resize
         from .evaluate import CAM_SIZE, _boxes_224
         from .predict import normalise

@@ -16,8 +16,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import guard
-from . import builtin, dali
-from .loaders import BadImageError, read_image_rgb
+from . import builtin, images
+from .images import BadImageError, read_image_rgb
 from .metadata import MetadataError, load_splits
 
 
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
 
 def _command(a) -> int:
     if a.command == "check":
-        dali.set_max_image_pixels(a.max_image_pixels)
+        images.set_max_image_pixels(a.max_image_pixels)
         return check(a.metadata_root, a.data_root, a.dataset, a.splits, a.workers, not a.no_progress)
     root = os.path.abspath(a.root or builtin.default_root())
     sizes = {k: getattr(a, k) for k in builtin.DEFAULTS}

@@ -1,3 +1,4 @@
+# Over 400 lines: one generated dataset end to end (drawing, splits, metadata, the locked build-and-swap).
 """The built-in dataset: handwritten digits placed on cluttered photo backgrounds, generated on first use.
 
 What it contains (defaults; every number is a parameter of `generate`):
@@ -55,6 +56,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
+
+from ..checkpoint import atomic_write
 
 VERSION = 2   # 2: dark, low-contrast backgrounds and light objects (1: photo contrast, either polarity)
 DATASET = "builtin"
@@ -149,8 +152,8 @@ def _generate(root: str, dataset: str, params: dict, manifest_name: str, build, 
             os.makedirs(os.path.dirname(target), exist_ok=True)
             os.replace(os.path.join(folder, sub, dataset), target)
         shutil.rmtree(folder, ignore_errors=True)
-        _write_atomic(os.path.join(root, manifest_name),
-                      json.dumps({"version": params["version"], "params": params, "counts": counts}, indent=2))
+        atomic_write(json.dumps({"version": params["version"], "params": params, "counts": counts}, indent=2),
+                     os.path.join(root, manifest_name))
     return metadata_root(root)
 
 
@@ -439,11 +442,3 @@ def _remove(path: str) -> None:
     except FileNotFoundError:
         pass
 
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

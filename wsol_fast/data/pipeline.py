@@ -1,15 +1,14 @@
 """What the trainer and the evaluator get from the data side: validated metadata, checked images, loaders.
 
-    data = prepare_data(cfg, info, device)                       # all splits, before any training
-    train_loader = make_train_loader(cfg, data, info, device, amp_dtype)
-    for images, labels, ids in data.val_loader: ...
+    data = prepare_data(cfg.data, info, device, batch_size=32, seed=0)   # all splits and loaders
+    for images, labels, ids in data.train_loader: ...
 
 Order of checks, all before the first step: (1) the built-in dataset is generated if needed (by local rank
 0 of each node, the others wait at a barrier); (2) the metadata of every requested split is read and
 validated (`metadata.load_splits`: errors name file and line; one class count for all splits); (3) every
-image gets the loaders' cheap integrity check: an unreadable one is a `BadImageError` naming the file,
-or, with `skip_bad_images`, it is dropped from its split's metadata (so evaluation counts stay
-consistent) and listed in `RunData.bad_images`.
+image gets the cheap integrity check (`images.scan`): an unreadable one is a `BadImageError` naming the
+file, or, with `skip_bad_images`, it is dropped from its split's metadata (so evaluation counts stay
+consistent) and listed in `RunData.bad_images`; (4) one loader per split, none of which scans again.
 
 `--loader auto` picks DALI when it imports (the issue's rule) and OpenCV otherwise. Measured on the 2-core
 CPU this was written on (shared, so best of 3 interleaved epochs; batch 32, 2 DALI threads against 2
@@ -24,14 +23,16 @@ this rank's device.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
 import torch
 
 from .. import guard, runtime
-from . import builtin, builtin_masks, dali, loaders
+from . import builtin, builtin_masks, dali, images
 from .metadata import SplitMetadata, check_mask_files, load_splits
+from .opencv import OpenCVLoader
 
 
 @dataclass
@@ -50,6 +51,15 @@ class RunData:
     val_loader: object | None = None
     test_loader: object | None = None
     bad_images: list[str] = field(default_factory=list)   # ids left out (skip_bad_images), all splits
+    _train_loader: object | None = None
+
+    @property
+    def train_loader(self):
+        """Shuffled per (seed, epoch), sharded per rank, the last incomplete batch dropped unless the data
+        config's partial_batches."""
+        if self._train_loader is None:
+            raise ValueError("prepare_data was called without the train split")
+        return self._train_loader
 
 
 def choose_loader(requested: str, device: torch.device) -> str:
@@ -66,10 +76,9 @@ def choose_loader(requested: str, device: torch.device) -> str:
     return "dali" if dali.dali_available() else "opencv"
 
 
-def resolve_roots(cfg, info: runtime.DistInfo) -> tuple[str, str]:
-    """(metadata_root, data_root). The built-in dataset is generated on first use under data_root (its
-    cache root; default `builtin.default_root()`) unless a metadata root is given too."""
-    d = cfg.data
+def resolve_roots(d, info: runtime.DistInfo) -> tuple[str, str]:
+    """(metadata_root, data_root) of the data config `d`. The built-in dataset is generated on first use
+    under data_root (its cache root; default `builtin.default_root()`) unless a metadata root is given too."""
     if d.dataset == builtin_masks.DATASET and not d.metadata_root:   # the mask variant (PxAP), same way
         root = os.path.abspath(d.data_root or builtin_masks.default_root())
         if info.local_rank == 0:
@@ -87,13 +96,14 @@ def resolve_roots(cfg, info: runtime.DistInfo) -> tuple[str, str]:
     return d.metadata_root, d.data_root
 
 
-def prepare_data(cfg, info: runtime.DistInfo, device: torch.device,
+def prepare_data(d, info: runtime.DistInfo, device: torch.device, *, batch_size: int, seed: int = 0,
+                 channels_last: bool = False, amp_dtype: torch.dtype | None = None,
                  splits=("train", "val", "test")) -> RunData:
-    """Validate metadata and images of `splits`, and build the eval loaders (sharded over the ranks, so
-    gathering their results covers every image once)."""
-    d = cfg.data
-    metadata_root, data_root = resolve_roots(cfg, info)
-    dali.set_max_image_pixels(getattr(d, "max_image_pixels", None))
+    """Validate metadata and images of `splits` (data config `d`) and build their loaders: batch_size per
+    rank, the train order and crops drawn from `seed`, eval sharded over the ranks (gathering their results
+    covers every image once). amp_dtype float16 on CUDA: the train loader hands over fp16 batches."""
+    metadata_root, data_root = resolve_roots(d, info)
+    images.set_max_image_pixels(getattr(d, "max_image_pixels", None))
     metas = load_splits(metadata_root, d.dataset, splits, getattr(d, "num_classes", None))
     for meta in metas.values():   # masks (OpenImages) at <mask_root>/<dataset>/<mask_path>, default the data root
         if meta.has_masks:
@@ -104,17 +114,8 @@ def prepare_data(cfg, info: runtime.DistInfo, device: torch.device,
         paths = [os.path.join(data_root, d.dataset, i) for i in meta.image_ids]
         if info.is_main:
             guard.warn_escaping_symlinks(paths, os.path.join(data_root, d.dataset))
-        bad = loaders.find_bad_images(paths)
-        if bad and not d.skip_bad_images:
-            shown = "\n  ".join(f"{paths[k]}: {dali.image_problem(paths[k]) or 'unreadable'}" for k in bad[:10])
-            raise loaders.BadImageError(
-                f"{len(bad)} unreadable image(s) in the {split} split (missing, truncated or not an image):\n"
-                f"  {shown}{chr(10) + '  ...' if len(bad) > 10 else ''}\nfix or remove them, or pass "
-                "--skip-bad-images to leave them out")
-        if bad and len(bad) == len(paths):
-            use = "train on" if split == "train" else "score"
-            raise loaders.BadImageError(f"every image of the {split} split ({len(paths)}) is unreadable "
-                                        f"(first: {paths[0]}); nothing is left to {use}")
+        bad = images.scan(paths, d.skip_bad_images, f"the {split} split",
+                          "train on" if split == "train" else "score")
         if bad:
             dropped = {meta.image_ids[k] for k in bad}
             bad_ids += [meta.image_ids[k] for k in bad]
@@ -124,35 +125,42 @@ def prepare_data(cfg, info: runtime.DistInfo, device: torch.device,
                    image_root=os.path.join(data_root, d.dataset), num_classes=num_classes,
                    loader_name=choose_loader(d.loader, device), train_meta=metas.get("train"),
                    val_meta=metas.get("val"), test_meta=metas.get("test"), bad_images=bad_ids)
+    common = dict(batch_size=batch_size, seed=seed, channels_last=channels_last)
     if data.val_meta is not None:
-        data.val_loader = _build(data, cfg, info, device, data.val_meta, train=False, persistent=True)
+        data.val_loader = _build(data, d, info, device, data.val_meta, train=False, persistent=True, **common)
     if data.test_meta is not None:  # used once: no workers kept between passes
-        data.test_loader = _build(data, cfg, info, device, data.test_meta, train=False, persistent=False)
+        data.test_loader = _build(data, d, info, device, data.test_meta, train=False, persistent=False, **common)
+    if data.train_meta is not None:
+        data._train_loader = make_train_loader(data, d, info, device, amp_dtype=amp_dtype, **common)
     return data
 
 
-def make_train_loader(cfg, data: RunData, info: runtime.DistInfo, device: torch.device, amp_dtype=None):
-    """The training loader: shuffled per (seed, epoch), sharded per rank, last incomplete batch dropped."""
-    if data.train_meta is None:
-        raise ValueError("prepare_data was called without the train split")
+def make_train_loader(data: RunData, d, info, device, *, amp_dtype=None, **common):
+    """The training loader (a seam the tests wrap to stop a run mid-epoch). A train split smaller than one
+    batch per rank (without partial batches) is an error: no step would run."""
     fp16 = amp_dtype is torch.float16 and device.type == "cuda"
-    partial = bool(getattr(cfg.data, "partial_batches", False))   # keep the last, incomplete batch
-    return _build(data, cfg, info, device, data.train_meta, train=True, persistent=True, fp16=fp16,
-                  **({"drop_last": False} if partial else {}))
+    partial = bool(getattr(d, "partial_batches", False))   # keep the last, incomplete batch
+    loader = _build(data, d, info, device, data.train_meta, train=True, persistent=True, fp16=fp16,
+                    **({"drop_last": False} if partial else {}), **common)
+    if len(loader) == 0:
+        n = len(data.train_meta)
+        raise runtime.UserError(
+            f"--batch-size {common['batch_size']} is larger than the train split ({n} images"
+            f"{f', {math.ceil(n / info.world_size)} per rank' if info.enabled else ''}): no step "
+            "would run; lower --batch-size or pass --allow-partial-batches")
+    return loader
 
 
-def _build(data: RunData, cfg, info, device, meta, *, train: bool, persistent: bool, fp16: bool = False,
-           **extra):
+def _build(data: RunData, d, info, device, meta, *, train: bool, persistent: bool, batch_size: int, seed: int,
+           channels_last: bool, fp16: bool = False, **extra):
     """A loader over `meta`; prepare_data has already checked its images, so no loader scans them again."""
-    d = cfg.data
-    common = dict(train=train, batch_size=cfg.optim.batch_size, resize_size=d.resize_size,
-                  crop_size=d.crop_size, seed=cfg.runtime.seed, shard_id=info.rank,
-                  num_shards=info.world_size, skip_bad_images=d.skip_bad_images, device=device, fp16=fp16,
-                  **extra)
+    ids = list(meta.image_ids)
+    common = dict(train=train, batch_size=batch_size, resize_size=d.resize_size, crop_size=d.crop_size,
+                  seed=seed, shard_id=info.rank, num_shards=info.world_size, skip_bad_images=d.skip_bad_images,
+                  device=device, fp16=fp16, check_images=False, **extra)
+    args = (ids, [meta.class_labels[i] for i in ids], data.data_root, data.dataset)
     if data.loader_name == "dali":
         threads = max(1, d.workers)  # --workers 0 (no worker processes) still needs one DALI thread
-        return dali.build_dali_loader(meta, data.data_root, data.dataset, num_threads=threads,
-                                      check_images=False, **common)
-    return loaders.build_opencv_loader(meta, data.data_root, data.dataset, num_workers=d.workers,
-                                       check_images=False, persistent_workers=persistent,
-                                       channels_last=bool(cfg.runtime.channels_last), **common)
+        return dali.DaliLoader(*args, num_threads=threads, **common)
+    return OpenCVLoader(*args, num_workers=d.workers, persistent_workers=persistent, channels_last=channels_last,
+                        sizes=[meta.sizes.get(i) for i in ids] if meta.sizes else None, **common)

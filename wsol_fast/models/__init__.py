@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .base import ALL_OPTIONS, METHODS, WSOLModel, resolve_config
 from .conv import use_im2col_wgrad
-from .base import ALL_OPTIONS, METHODS, BlockRecord, WSOLModel, WSOLOutput, resolve_config
+from .outputs import BlockRecord, WSOLOutput
 from .pretrained import PretrainedMismatchError, PretrainedReport, load_pretrained
 
 __all__ = ["create_model", "list_models", "register_model", "model_defaults", "WSOLModel", "WSOLOutput",

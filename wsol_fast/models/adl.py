@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import BlockRecord
+from .outputs import BlockRecord
 
 
 def channel_mean_attention(x: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""What every WSOL backbone shares: the output records, the stage/block loop, CAM extraction, the
+"""What every WSOL backbone shares: the stage/block loop, CAM extraction, the
 split of parameters into pretrained backbone and new layers, and block construction from a config.
 
 A backbone subclass provides three stages (each ends where an attention block sits, SPEC 2), an optional
@@ -9,10 +9,11 @@ parameter names stay torchvision's and pretrained weights load by name.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+
+from .outputs import BlockRecord, WSOLOutput
 
 NUM_STAGES = 3  # three attention blocks per backbone (SPEC 2); the last one is the L_fc reference
 
@@ -50,45 +51,6 @@ COMMON_DEFAULTS = {
 }
 
 
-@dataclass
-class BlockRecord:
-    """What one attention block hands to the losses (training only). Nothing is kept in module state.
-
-    attention:  [B, h, w] the raw attention map A (non-local or channel mean), with its graph.
-    embeddings: [B, 3, D] e_fg, e_dfg, e_bg (ICL with the contrastive loss), else None.
-    counts:     [B, 3] int64 sizes of the fg, dfg, bg masks (ICL), else None.
-    drop_mask:  [B, h, w] bool, the hard mask used when the drop branch was drawn.
-    dropped:    [B] bool, which samples got the drop mask (all or none unless per_sample_drop).
-    """
-    attention: Tensor
-    embeddings: Tensor | None = None
-    counts: Tensor | None = None
-    drop_mask: Tensor | None = None
-    dropped: Tensor | None = None
-
-    @property
-    def e_fg(self) -> Tensor | None:
-        return None if self.embeddings is None else self.embeddings[:, 0]
-
-    @property
-    def e_dfg(self) -> Tensor | None:
-        return None if self.embeddings is None else self.embeddings[:, 1]
-
-    @property
-    def e_bg(self) -> Tensor | None:
-        return None if self.embeddings is None else self.embeddings[:, 2]
-
-
-@dataclass
-class WSOLOutput:
-    """Training-mode output of a WSOL model. `blocks` are in network order; the last is the L_fc reference.
-    `use_contrastive` / `use_fc` say which auxiliary losses this model's config asks for."""
-    logits: Tensor
-    blocks: list[BlockRecord] = field(default_factory=list)
-    use_contrastive: bool = False
-    use_fc: bool = False
-
-
 def resolve_config(method: str, backbone_defaults: dict, overrides: dict) -> tuple[dict, dict]:
     """(defaults, resolved) block options for `method`. None-valued overrides are dropped (timm style)
     so CLI defaults stay model defaults; unknown keys are an error naming them."""
@@ -113,6 +75,8 @@ def resolve_config(method: str, backbone_defaults: dict, overrides: dict) -> tup
 
 def build_attention_blocks(method: str, channels: list[int], options: dict) -> nn.ModuleList:
     """One block per stage: none for CAM, ADL blocks, or ICL blocks, configured by the resolved options."""
+    # Imported on use, not for a cycle (the blocks import only .outputs): icl.py loads wsol_fast.ops (the
+    # C++ library, Triton), which a CAM model or a plain `import wsol_fast.models` does not need.
     from .adl import ADLBlock
     from .icl import ICLBlock
 

@@ -31,7 +31,7 @@ import torch
 
 from .. import ops
 from .adl import adl_drop_mask, apply_selected_map, channel_mean_attention, draw_drop
-from .base import BlockRecord
+from .outputs import BlockRecord
 
 ATTENTION_FORMS = ("paper", "relu", "residual")
 MASK_NORMS = ("none", "minmax")

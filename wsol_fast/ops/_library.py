@@ -13,7 +13,7 @@ backward calls the backward ops, so that it dispatches per device (C++ on CPU, T
 
 Without the built library (not compiled, or WSOL_FAST_DISABLE_CPP=1) it warns once and defines the
 same schemas from `SCHEMAS`, so the CUDA kernels (ops/_triton.py) still have ops to register to;
-CPU calls then go through the reference (`CPP_AVAILABLE` is False). tests/test_ops_registration.py
+CPU calls then go through the reference (`CPP_AVAILABLE` is False). tests/ops/test_ops_registration.py
 proves that `SCHEMAS` equals what the C++ library registers.
 """
 from __future__ import annotations

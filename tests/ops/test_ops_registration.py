@@ -15,10 +15,10 @@ import torch
 import wsol_fast
 from wsol_fast import ops
 from wsol_fast.ops import _library
+from op_testing import GAMMA_BG, GAMMA_FG, OPCHECK_SAMPLES, opcheck_samples
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 needs_cpp = pytest.mark.skipif(not _library.CPP_AVAILABLE, reason="wsol_fast._C is not built")
-GAMMA_FG, GAMMA_BG = 0.72, 1.2
 
 
 def _canonical(name: str, schema: str) -> str:
@@ -56,57 +56,13 @@ def test_backends_report_cpp():
 
 # ---------------------------------------------------------------- opcheck
 
-def _attention_samples():
-    def make(b, n, c, dtype, requires_grad, scale):
-        ts = [torch.randn(b, n, c, dtype=dtype), torch.randn(b, n, c, dtype=dtype), torch.randn(b, n, dtype=dtype)]
-        return [t.requires_grad_(requires_grad) for t in ts] + [scale]
-    return [
-        make(2, 17, 4, torch.float32, True, 1.0),
-        make(1, 9, 1, torch.float64, True, 0.5),
-        make(2, 33, 3, torch.float32, False, 2.0),
-        make(2, 13, 8, torch.bfloat16, False, 1.0),
-        [torch.randn(2, 8, 12).transpose(1, 2).requires_grad_(), torch.randn(2, 12, 8),
-         torch.randn(2, 24)[:, ::2], 1.0],   # non-contiguous
-    ]
-
-
-def _masked_gap_samples():
-    def make(b, c, n, dtype, requires_grad):
-        return [torch.randn(b, c, n, dtype=dtype, requires_grad=requires_grad), torch.randn(b, n, dtype=dtype),
-                GAMMA_FG, GAMMA_BG]
-    return [
-        make(2, 5, 17, torch.float32, True),
-        make(1, 3, 9, torch.float64, True),
-        make(3, 4, 7, torch.float32, False),
-        make(2, 6, 10, torch.bfloat16, False),
-        [torch.randn(2, 7, 4).transpose(1, 2).requires_grad_(), torch.zeros(2, 7), 0.86, 1.2],  # empty masks
-    ]
-
-
 @needs_cpp
-@pytest.mark.parametrize("sample", range(len(_attention_samples())))
-def test_opcheck_nonlocal_attention_map(sample):
-    torch.manual_seed(sample)
-    torch.library.opcheck(torch.ops.wsol_fast.nonlocal_attention_map.default, _attention_samples()[sample])
-
-
-@needs_cpp
-@pytest.mark.parametrize("sample", range(len(_masked_gap_samples())))
-def test_opcheck_masked_gap(sample):
-    torch.manual_seed(sample)
-    torch.library.opcheck(torch.ops.wsol_fast.masked_gap.default, _masked_gap_samples()[sample])
-
-
-@needs_cpp
-def test_opcheck_backward_ops():
-    f, g, zbar = torch.randn(2, 11, 3), torch.randn(2, 11, 3), torch.randn(2, 11)
-    A, lse = torch.ops.wsol_fast.nonlocal_attention_map(f, g, zbar, 1.0)
-    torch.library.opcheck(torch.ops.wsol_fast.nonlocal_attention_map_backward.default,
-                          [torch.randn(2, 11), f, g, zbar, A, lse, 1.0])
-    x, attention = torch.randn(2, 5, 11), torch.randn(2, 11)
-    _, counts, _ = torch.ops.wsol_fast.masked_gap(x, attention, GAMMA_FG, GAMMA_BG)
-    torch.library.opcheck(torch.ops.wsol_fast.masked_gap_backward.default,
-                          [torch.randn(2, 3, 5), x, attention, counts, GAMMA_FG, GAMMA_BG])
+@pytest.mark.parametrize("sample", [n for n in OPCHECK_SAMPLES if not n.startswith("triton-op-")])
+def test_opcheck_on_cpu(sample):
+    # Schema, fake kernel (shapes, dtypes and strides of the real outputs), autograd registration and
+    # AOT dispatch, through the C++ kernels registered for "cpu".
+    op, args = opcheck_samples("cpu")[sample]
+    torch.library.opcheck(op, args)
 
 
 # ---------------------------------------------------------------- torch.compile

@@ -7,7 +7,7 @@ import torch
 from wsol_fast.losses import WSOLLoss
 from wsol_fast.models import create_model, list_models, model_defaults
 from wsol_fast.models.adl import ADLBlock
-from wsol_fast.models.base import WSOLOutput
+from wsol_fast.models.outputs import WSOLOutput
 from wsol_fast.models.icl import ICLBlock
 
 BACKBONES = ("vgg16", "inceptionv3", "resnet50")

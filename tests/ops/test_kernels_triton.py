@@ -9,7 +9,7 @@ tl.dot is told, so the precision policy is tested on what the launchers pass.
 With a GPU and TRITON_INTERPRET=0 the same tests run compiled on CUDA, bf16 included, plus the
 CUDA-only ones at the end: opcheck of the ops (the C++-declared ones with their CUDA kernels and the
 triton_op versions), torch.compile(fullgraph=True) through them, and an ICL block's training steps
-against the reference (fp32 and bf16 autocast). scripts/gpu_check.sh runs them on a GPU machine.
+against the reference (fp32 and bf16 autocast). scripts/dev/gpu_check.sh runs them on a GPU machine.
 
 Tolerance rule (flash-attention): max |fused - ref64| <= 2 * max |ref_dtype - ref64| + atol
 + rtol * max |ref64|, where ref64 is the reference in fp64 on the same (rounded) inputs and ref_dtype
@@ -31,6 +31,7 @@ import wsol_fast.ops as ops  # noqa: E402
 from wsol_fast.kernels import masked_gap as gap_kernels  # noqa: E402
 from wsol_fast.kernels import nonlocal_attention as attention_kernels  # noqa: E402
 from wsol_fast.ops import _triton, reference  # noqa: E402
+from op_testing import GAMMA_BG, GAMMA_FG, OPCHECK_SAMPLES, assert_close_to_reference, opcheck_samples  # noqa: E402
 
 INTERPRETING = attention_kernels.INTERPRETING and gap_kernels.INTERPRETING
 if INTERPRETING:
@@ -72,15 +73,6 @@ DTYPE_TOLERANCES = [
     pytest.param(torch.bfloat16, 1e-3, 8e-3, id="bf16",
                  marks=pytest.mark.skipif(DEVICE != "cuda", reason="bf16 needs compiled Triton on CUDA")),
 ]
-GAMMA_FG, GAMMA_BG = 0.72, 1.2   # vgg16's row of SPEC 1.4
-
-
-def assert_close_to_reference(name, fused, ref_same_dtype, ref64, atol, rtol, extra_rtol=0.0):
-    assert torch.isfinite(fused).all(), f"{name}: non-finite values"
-    err = (fused.double() - ref64).abs().max().item()
-    ref_err = (ref_same_dtype.double() - ref64).abs().max().item()
-    bound = 2 * ref_err + atol + (rtol + extra_rtol) * ref64.abs().max().item()
-    assert err <= bound, f"{name}: error {err:.3e} > bound {bound:.3e} (reference's own error {ref_err:.3e})"
 
 
 # ------------------------------------------------------------------------- non-local attention map
@@ -460,71 +452,12 @@ def test_fp64_fallback_of_the_cuda_kernels():
 # Compiled-only: the interpreter path is a torch.autograd.Function, not the registered op. The helpers
 # take (device, impl) so the same checks can be pointed at another registered kernel.
 
-def _opcheck_samples(device):
-    """(op, args) pairs: each op on fp32 with grad, bf16, fp64 (the CUDA kernels' PyTorch fallback) and
-    non-contiguous inputs; the masked GAP also on constant attention (empty masks)."""
-    def attention(b, n, c, dtype, requires_grad, scale=1.0):
-        ts = [torch.randn(b, n, c), torch.randn(b, n, c), torch.randn(b, n)]
-        return [t.to(device, dtype).requires_grad_(requires_grad) for t in ts] + [scale]
-
-    def gap(b, c, n, dtype, requires_grad):
-        return [torch.randn(b, c, n).to(device, dtype).requires_grad_(requires_grad),
-                torch.randn(b, n).to(device, dtype), GAMMA_FG, GAMMA_BG]
-
-    attention_op, gap_op = torch.ops.wsol_fast.nonlocal_attention_map.default, torch.ops.wsol_fast.masked_gap.default
-    samples = {
-        "attention-fp32-grad": (attention_op, attention(2, 37, 24, torch.float32, True, 0.5)),
-        "attention-bf16": (attention_op, attention(2, 40, 16, torch.bfloat16, False)),
-        "attention-fp64-grad": (attention_op, attention(1, 9, 3, torch.float64, True)),
-        "attention-noncontiguous-grad": (attention_op, [
-            torch.randn(2, 8, 12, device=device).transpose(1, 2).requires_grad_(),
-            torch.randn(2, 12, 8, device=device), torch.randn(2, 24, device=device)[:, ::2], 1.0]),
-        "attention-fp64-noncontiguous-grad": (attention_op, [
-            torch.randn(2, 4, 9, device=device, dtype=torch.float64).transpose(1, 2).requires_grad_(),
-            torch.randn(2, 9, 4, device=device, dtype=torch.float64).requires_grad_(),
-            torch.randn(2, 9, device=device, dtype=torch.float64).requires_grad_(), 0.7]),
-        "gap-fp32-grad": (gap_op, gap(2, 5, 70, torch.float32, True)),
-        "gap-bf16": (gap_op, gap(2, 6, 33, torch.bfloat16, False)),
-        "gap-fp64-grad": (gap_op, gap(1, 3, 9, torch.float64, True)),
-        "gap-noncontiguous-empty-masks": (gap_op, [
-            torch.randn(2, 7, 4, device=device).transpose(1, 2).requires_grad_(),
-            torch.zeros(2, 7, device=device), 0.86, 1.2]),
-    }
-    f, g, zbar = (t.detach() for t in attention(2, 21, 5, torch.float32, False)[:3])
-    a, lse = torch.ops.wsol_fast.nonlocal_attention_map(f, g, zbar, 1.0)
-    samples["attention-backward-op"] = (torch.ops.wsol_fast.nonlocal_attention_map_backward.default,
-                                        [torch.randn(2, 21, device=device), f, g, zbar, a, lse, 1.0])
-    x, att = torch.randn(2, 5, 21, device=device), torch.rand(2, 21, device=device)
-    counts = torch.ops.wsol_fast.masked_gap(x, att, GAMMA_FG, GAMMA_BG)[1]
-    samples["gap-backward-op"] = (torch.ops.wsol_fast.masked_gap_backward.default,
-                                  [torch.randn(2, 3, 5, device=device), x, att, counts, GAMMA_FG, GAMMA_BG])
-    # The triton_op versions (the torch.compile path), defined by wsol_fast.ops._triton.
-    if _triton.triton_ops():
-        triton_attention = torch.ops.wsol_fast.nonlocal_attention_map_triton.default
-        triton_gap = torch.ops.wsol_fast.masked_gap_triton.default
-        samples["triton-op-attention-fp32-grad"] = (triton_attention, attention(2, 37, 24, torch.float32, True, 0.5))
-        samples["triton-op-attention-bf16-grad"] = (triton_attention, attention(2, 40, 144, torch.bfloat16, True))
-        samples["triton-op-attention-noncontiguous-grad"] = (triton_attention, [
-            torch.randn(2, 8, 12, device=device).transpose(1, 2).requires_grad_(),
-            torch.randn(2, 12, 8, device=device), torch.randn(2, 24, device=device)[:, ::2], 1.0])
-        samples["triton-op-gap-fp32-grad"] = (triton_gap, gap(2, 5, 70, torch.float32, True))
-        samples["triton-op-gap-bf16-grad"] = (triton_gap, gap(2, 6, 33, torch.bfloat16, True))
-    return samples
-
-
-OPCHECK_SAMPLES = ["attention-fp32-grad", "attention-bf16", "attention-fp64-grad", "attention-noncontiguous-grad",
-                   "attention-fp64-noncontiguous-grad", "gap-fp32-grad", "gap-bf16", "gap-fp64-grad",
-                   "gap-noncontiguous-empty-masks", "attention-backward-op", "gap-backward-op",
-                   "triton-op-attention-fp32-grad", "triton-op-attention-bf16-grad",
-                   "triton-op-attention-noncontiguous-grad", "triton-op-gap-fp32-grad", "triton-op-gap-bf16-grad"]
-
-
 @needs_cuda
 @pytest.mark.parametrize("sample", OPCHECK_SAMPLES)
 def test_opcheck_on_cuda(sample):
     # Schema, fake kernel (shapes, dtypes and strides of the real outputs), autograd registration and
     # AOT dispatch, all through the Triton kernels registered for "cuda".
-    op, args = _opcheck_samples("cuda")[sample]
+    op, args = opcheck_samples("cuda")[sample]
     torch.library.opcheck(op, args)
 
 

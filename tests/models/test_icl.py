@@ -4,7 +4,7 @@ import torch
 
 from wsol_fast.losses import WSOLLoss
 from wsol_fast.models.adl import ADLBlock, adl_drop_mask, channel_mean_attention
-from wsol_fast.models.base import WSOLOutput
+from wsol_fast.models.outputs import WSOLOutput
 from wsol_fast.models.icl import ICLBlock
 from wsol_fast.ops import reference
 

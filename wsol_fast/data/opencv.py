@@ -1,77 +1,35 @@
-"""The CPU input pipeline: OpenCV decoding and transforms in torch DataLoader worker processes.
+"""The default input pipeline: OpenCV decoding and transforms in torch DataLoader worker processes.
 
-    loader = build_opencv_loader(meta, data_root, "CUB", train=True, batch_size=32, num_workers=2,
-                                 resize_size=256, crop_size=224, seed=0)
-    loader.set_epoch(epoch, start)            # start = samples of this rank's share already done
-    for images, labels, ids in loader: ...    # float32 (N,3,H,W), int64 (N,), list[str]
+    loader = OpenCVLoader(image_ids, labels, data_root, "CUB", train=True, batch_size=32, num_workers=2,
+                          resize_size=256, crop_size=224, seed=0)
 
-The same interface, sample order and augmentation draws as `dali.DaliLoader`: the order comes from the
-shared samplers (TrainSampler / ShardSampler) and the crop offsets and flips from
-`transforms.augment_draws`, which DaliLoader calls too, so the two loaders give the same crops for the same (seed, epoch, shard), and a
-run resumed mid-epoch (`set_epoch(epoch, start)`) gets exactly the remaining batches it would have had.
+Order, sharding, resume and augmentation draws: data/base.py (the same as dali.DaliLoader's).
 
 Transforms (the wsolevaluation ones): train = resize to resize_size x resize_size (cv2.INTER_LINEAR),
 random crop_size crop, horizontal flip with p = 0.5, ImageNet normalisation; eval = resize to
-crop_size x crop_size. Workers decode and resize, and send uint8 HWC crops (4x less inter-process
-traffic than float); the batch is normalised in the consuming process, on the GPU when `device` is CUDA
-(pinned memory, non-blocking copy). The output is NCHW; `channels_last=True` keeps the channels-last
-strides the uint8 batch already has (no copy), for a model that runs channels-last.
+crop_size x crop_size. Workers decode (`images.read_image_rgb`) and resize, and send uint8 HWC crops (4x
+less inter-process traffic than float); the batch is normalised in the consuming process, on the GPU when
+`device` is CUDA (pinned memory, non-blocking copy). The output is NCHW; `channels_last=True` keeps the
+channels-last strides the uint8 batch already has (no copy), for a model that runs channels-last.
 
-Decoding: `read_image_rgb` turns JPEG/PNG, grayscale, CMYK JPEG (Adobe-inverted, as Photoshop writes
-it) and RGBA (alpha dropped) into uint8 RGB. EXIF orientation is ignored, as in wsolevaluation (PIL), so
-the decoded size is the one in image_sizes.txt that the boxes refer to.
-
-Bad images: before the first pass every file gets the cheap check DALI's loader uses (JPEG start and end
-markers, two small reads; other formats are decoded): about 10 us per file, against 0.13 ms for a full
-decode of a built-in image and 1 ms for a 500 x 375 photo (measured on one core; CUB's 11,788 images
-would take ~12 s to decode, ~0.1 s to check). A failure is a `BadImageError` naming the file,
-or, with skip_bad_images, the image is left out and listed in `bad_images`. A file that passes the check
-but does not decode during a pass is handled the same way: a `BadImageError` naming it in the consuming
-process, or, with skip_bad_images, dropped from its batch and listed in `skipped` (id -> reason).
-`python -m wsol_fast.data check` decodes every image to find all such files up front. An image whose
-header claims more than `dali.MAX_IMAGE_PIXELS` (--max-image-pixels) is refused before it is decoded,
-and a decoded size other than image_sizes.txt's is recorded in `size_mismatches` (the trainer warns).
+Bad images: the pre-scan (images.scan) before the first pass. A file that passes it but does not decode
+during a pass is a `BadImageError` naming it in the consuming process, or, with skip_bad_images, dropped
+from its batch and listed in `skipped` (id -> reason). A decoded size other than image_sizes.txt's is
+recorded in `size_mismatches` (the trainer warns).
 """
 from __future__ import annotations
 
-import math
-import os
 from contextlib import contextmanager
 
-import numpy as np
 import torch
 
-from . import dali
-from .dali import IMAGENET_MEAN, IMAGENET_STD, BadImageError, find_bad_images, plan_split, resolve_device
+from .base import SplitLoader
+from .images import IMAGENET_MEAN, IMAGENET_STD, BadImageError, read_image_rgb
 from .transforms import augment_draws, eval_resize, train_crop
-
-__all__ = ["BadImageError", "OpenCVLoader", "augment_draws", "build_opencv_loader", "find_bad_images",
-           "read_image_rgb"]
-
-
-def read_image_rgb(path: str) -> np.ndarray:
-    """Decode an image file to uint8 H x W x 3 RGB; a missing, truncated or undecodable file raises
-    BadImageError naming it."""
-    import cv2
-
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as exc:
-        raise BadImageError(f"cannot read image {path!r}: {exc.strerror or exc}") from None
-    if data.size >= 2 and data[0] == 0xFF and data[1] == 0xD8 and not (data[-2] == 0xFF and data[-1] == 0xD9):
-        # libjpeg decodes a truncated JPEG with a grey bottom and only a warning: refuse it instead.
-        raise BadImageError(f"cannot decode image {path!r}: truncated JPEG (no end-of-image marker)")
-    big = dali.too_many_pixels(path)   # from the header, before a decompression bomb is decoded
-    if big:
-        raise BadImageError(f"refusing to decode image {path!r}: {big}")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
-    if image is None:
-        raise BadImageError(f"cannot decode image {path!r}: empty, not an image, or an unsupported format")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 @contextmanager
-def _cv2_single_threaded():
+def cv2_single_threaded():
     """OpenCV at one thread while DataLoader workers are forked, so they start with one thread and no
     thread pool. Calling cv2.setNumThreads(1) inside a forked worker instead deadlocks when this process
     had already used OpenCV's pthreads pool (it waits for pool threads that fork did not copy)."""
@@ -85,7 +43,7 @@ def _cv2_single_threaded():
         cv2.setNumThreads(previous)
 
 
-def _worker_init(_worker_id: int) -> None:
+def worker_init(_worker_id: int) -> None:
     import signal
 
     import cv2
@@ -97,7 +55,7 @@ def _worker_init(_worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     # One decode per worker process (OpenCV's own pool would oversubscribe the cores). Forked workers
-    # already have one thread (see _cv2_single_threaded); spawned ones start fresh and are set here.
+    # already have one thread (see cv2_single_threaded); spawned ones start fresh and are set here.
     if cv2.getNumThreads() != 1:
         cv2.setNumThreads(1)
 
@@ -178,37 +136,24 @@ class _Plan(torch.utils.data.Sampler):
         return iter([(k, int(off_y[s + j]), int(off_x[s + j]), int(flip[s + j])) for j, k in enumerate(order)])
 
 
-class OpenCVLoader:
-    """Iterable of (images, labels, ids) batches over one split (the interface of dali.DaliLoader).
-
-    Train: the TrainSampler order for (seed, epoch, shard) with the last incomplete batch dropped. Eval:
-    the ShardSampler order (shard r sees r, r+W, ...), every image exactly once, the last batch partial.
-    """
+class OpenCVLoader(SplitLoader):
+    """Iterable of (images, labels, ids) batches over one split (data/base.py: order and batches)."""
 
     def __init__(self, image_ids, labels, data_root, dataset, *, train, batch_size, num_workers=2,
                  resize_size=256, crop_size=224, seed=0, shard_id=0, num_shards=1, skip_bad_images=False,
                  device=None, fp16=False, drop_last=None, check_images=True, persistent_workers=None,
                  channels_last=False, sizes=None):
-        if resize_size < crop_size and train:
-            raise ValueError(f"resize_size ({resize_size}) must be >= crop_size ({crop_size})")
-        self.image_ids = list(image_ids)
+        super().__init__(image_ids, data_root, dataset, train=train, batch_size=batch_size,
+                         resize_size=resize_size, crop_size=crop_size, seed=seed, shard_id=shard_id,
+                         num_shards=num_shards, skip_bad_images=skip_bad_images, device=device,
+                         drop_last=drop_last, check_images=check_images)
         self.labels = [int(v) for v in labels]
-        self.paths = [os.path.join(data_root, dataset, i) for i in self.image_ids]
-        self.train, self.batch_size, self.num_workers = train, batch_size, num_workers
-        self.resize_size, self.crop_size, self.seed = resize_size, crop_size, seed
-        self.shard_id, self.num_shards = shard_id, num_shards
-        self.drop_last = train if drop_last is None else drop_last
-        self.skip_bad_images, self.sizes = skip_bad_images, sizes
+        self.num_workers, self.sizes = num_workers, sizes
         self.skipped: dict[str, str] = {}                # id -> why, images that failed to decode in a pass
         self.size_mismatches: dict[str, tuple] = {}      # id -> (decoded (w, h), image_sizes.txt (w, h))
-        self.device = resolve_device(device)
         self.dtype = torch.float16 if (fp16 and self.device.type == "cuda") else torch.float32
         self.channels_last = channels_last
         self.persistent_workers = num_workers > 0 if persistent_workers is None else persistent_workers
-        self._keep, self.bad_images, self.sampler = plan_split(
-            self.paths, self.image_ids, train=train, seed=seed, shard_id=shard_id, num_shards=num_shards,
-            skip_bad_images=skip_bad_images, check_images=check_images)
-        self.epoch, self.start = 0, 0
         self._plan = _Plan(self._keep, self.sampler, train, seed, shard_id, resize_size, crop_size)
         self._dataloader = None
         mean = torch.tensor(IMAGENET_MEAN) * 255
@@ -217,15 +162,8 @@ class OpenCVLoader:
         self._scale = scale.view(1, 3, 1, 1).to(self.device, self.dtype)
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Epoch `epoch`, skipping the first `start` samples of this shard's share (for resuming)."""
-        self.epoch, self.start = epoch, start
+        super().set_epoch(epoch, start)
         self._plan.epoch, self._plan.start = epoch, start
-        if self.train:
-            self.sampler.set_epoch(epoch, start)
-
-    def __len__(self) -> int:
-        n = len(self.sampler)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def _loader(self):
         if self._dataloader is None:  # built once: persistent workers survive from pass to pass
@@ -234,7 +172,7 @@ class OpenCVLoader:
             self._dataloader = torch.utils.data.DataLoader(
                 dataset, batch_size=self.batch_size, sampler=self._plan, drop_last=self.drop_last,
                 collate_fn=_collate, num_workers=self.num_workers,
-                worker_init_fn=_worker_init if self.num_workers else None,
+                worker_init_fn=worker_init if self.num_workers else None,
                 persistent_workers=self.persistent_workers and self.num_workers > 0,
                 pin_memory=self.device.type == "cuda",
                 # A private generator: each pass's worker seed would otherwise be drawn from the global
@@ -258,7 +196,7 @@ class OpenCVLoader:
             return
         loader = self._loader()
         if self.num_workers:
-            with _cv2_single_threaded():
+            with cv2_single_threaded():
                 batches = iter(loader)  # forks the workers (the first time, when they persist)
         else:
             batches = iter(loader)
@@ -273,15 +211,3 @@ class OpenCVLoader:
                     self.skipped[image_id] = note[1]
             if images is not None:
                 yield self.normalise(images), labels, list(ids)
-
-
-def build_opencv_loader(meta, data_root, dataset, train, batch_size, num_workers=2, resize_size=256,
-                        crop_size=224, seed=0, shard_id=0, num_shards=1, skip_bad_images=False, device=None,
-                        fp16=False, **kwargs) -> OpenCVLoader:
-    """The trainer's entry point: an OpenCVLoader over the split `meta` describes (like build_dali_loader)."""
-    image_ids = list(meta.image_ids)
-    kwargs.setdefault("sizes", [meta.sizes.get(i) for i in image_ids] if meta.sizes else None)
-    return OpenCVLoader(image_ids, [meta.class_labels[i] for i in image_ids], data_root, dataset, train=train,
-                        batch_size=batch_size, num_workers=num_workers, resize_size=resize_size,
-                        crop_size=crop_size, seed=seed, shard_id=shard_id, num_shards=num_shards,
-                        skip_bad_images=skip_bad_images, device=device, fp16=fp16, **kwargs)

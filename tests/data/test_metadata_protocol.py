@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
+from test_metadata import assert_load_error  # noqa: E402
 from wsol_fast.data.metadata import (DuplicateLinesWarning, MetadataError, check_mask_files, load_metadata,
                                      mask_paths)
 
@@ -178,10 +179,8 @@ def test_bad_mask_lines_name_file_and_line(tmp_path, case):
     loc = list(OI_LOC)
     loc[index] = text
     folder = _openimages(tmp_path, loc)
-    with pytest.raises(MetadataError) as err:
-        load_metadata(str(tmp_path), "OpenImages", "test")
-    assert str(err.value).startswith(f"{os.path.join(folder, 'localization.txt')}:{index + 1}: ")
-    assert message in str(err.value)
+    assert_load_error(str(tmp_path), "OpenImages", "test", os.path.join(folder, "localization.txt"), index + 1,
+                      message)
 
 
 def test_duplicate_mask_lines_warn(tmp_path):

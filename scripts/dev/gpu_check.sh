@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
-# Every check that needs a CUDA GPU, in one pass of at most ~5 minutes on one H100/H200 with a fresh
-# install and no network (torch, triton, pytest, pytest-benchmark already installed).
+# Development: every check that needs a CUDA GPU, in one pass of about 5 minutes on one H100/H200
+# (torch, triton, pytest and pytest-benchmark installed).
 #
-#   bash scripts/gpu_check.sh            (from the repository root; outputs under $OUT, default ./gpu_out)
+#   bash scripts/dev/gpu_check.sh        (outputs under $OUT, default ./gpu_out)
 #
-# Outputs: $OUT/gpu_results.json, the ONE results file (every benchmark row, pytest-benchmark format,
-# plus an "environment" block: GPU, driver, versions, test counts), and $OUT/gpu_log.txt (everything
-# printed). Tables from it:
+# Outputs: $OUT/gpu_results.json (every benchmark row, pytest-benchmark format, plus an "environment"
+# block: GPU, driver, versions, test counts) and $OUT/gpu_log.txt (everything printed). Tables from it:
 #   python scripts/bench_table.py gpu_out/gpu_results.json             # the README's GPU tables
 #   python scripts/bench_table.py --targets gpu_out/gpu_results.json   # issue 15's targets, met / missed
 #   python scripts/bench_table.py --policy gpu_out/gpu_results.json   # attention backward policy
@@ -14,12 +13,12 @@
 # Steps, each under its own `timeout` and all under one deadline (GPU_CHECK_DEADLINE_S, default 290 s);
 # a failing step does not stop the next:
 #   env         nvidia-smi, versions, the GPU -> environment block
-#   install     wsol_fast importable offline: `pip install -e .` without index, build isolation or the
-#               C++ build; if that fails, a shadow package on PYTHONPATH
-#   precompile  (in the background, beside the tests) scripts/gpu_precompile.py: every Triton config the
+#   install     `pip install -e .` (no index, no build isolation, no C++ build); wsol_fast and its
+#               Triton kernels must then import from this checkout
+#   precompile  (in the background, beside the tests) scripts/dev/gpu_precompile.py: every Triton config the
 #               op benchmarks will autotune, compiled in parallel into Triton's cache, and one ICL step
 #               per backbone
-#   tests       tests/test_kernels_triton.py compiled on CUDA (TRITON_INTERPRET=0): fp32/fp16/bf16, every
+#   tests       tests/ops/test_kernels_triton.py compiled on CUDA (TRITON_INTERPRET=0): fp32/fp16/bf16, every
 #               autotune config, every backward variant, opcheck, torch.compile(fullgraph=True), an ICL
 #               block's training steps against the reference
 #   bench-*     the CUDA rows: masked GAP; attention B=32, N=784 C' 128/256/512/1024 and N=3136 C'
@@ -27,7 +26,7 @@
 #               plain CAM, ICL on the reference ops)
 # Exit status 1 if any step failed or timed out (all steps still ran).
 set -o pipefail
-cd "$(dirname "$0")/.." || exit 1
+cd "$(dirname "$0")/../.." || exit 1
 REPO=$(pwd)
 OUT=${OUT:-$REPO/gpu_out}
 mkdir -p "$OUT"
@@ -119,30 +118,17 @@ EOF
 
 install() {
   "$PY" -m pip install --no-build-isolation --no-deps --no-index --no-cache-dir --disable-pip-version-check -q -e . \
-    && importable && return 0
-  echo "pip install -e . did not give an importable wsol_fast; falling back to a shadow package on PYTHONPATH"
-  local shadow=$WORK/shadow
-  rm -rf "$shadow" && mkdir -p "$shadow/wsol_fast"
-  for entry in "$REPO"/wsol_fast/*; do
-    case $(basename "$entry") in __pycache__|*.so|kernels) continue;; esac
-    ln -s "$entry" "$shadow/wsol_fast/$(basename "$entry")"
-  done
-  ln -s "$REPO/kernels" "$shadow/wsol_fast/kernels"
-  echo "$shadow" >"$WORK/shadow_path"
-  PYTHONPATH=$shadow${PYTHONPATH:+:$PYTHONPATH} PYTHONSAFEPATH=1 importable
+    && importable
 }
 
 export -f env_info importable install
 step env 40 env_info
 step install 60 install
-if [[ -f $WORK/shadow_path ]]; then   # no current directory on sys.path, so ./wsol_fast cannot shadow it
-  export PYTHONPATH=$(cat "$WORK/shadow_path")${PYTHONPATH:+:$PYTHONPATH} PYTHONSAFEPATH=1
-fi
 
 # Compiles beside the tests: both are CPU-bound compilation, the GPU is nearly idle.
 PRECOMPILE_S=$(( DEADLINE_S / 2 ))
 echo "=== [precompile] background, deadline ${PRECOMPILE_S}s"
-timeout -k 5 $(( PRECOMPILE_S + 10 )) "$PY" scripts/gpu_precompile.py --steps --workers 8 --deadline "$PRECOMPILE_S" \
+timeout -k 5 $(( PRECOMPILE_S + 10 )) "$PY" scripts/dev/gpu_precompile.py --steps --workers 8 --deadline "$PRECOMPILE_S" \
   >"$WORK/precompile.log" 2>&1 &
 PRECOMPILE_PID=$!
 
@@ -153,7 +139,7 @@ TEST_TIMEOUT=()
 # Stop the session (reports and junit still written) before the step's own timeout kills it.
 "$PY" -m pytest --help 2>/dev/null | grep -q -- "--session-timeout" && TEST_TIMEOUT+=(--session-timeout 130)
 step tests 140 "$PY" -m pytest -q -rfEs -p no:cacheprovider "${PARALLEL[@]}" "${TEST_TIMEOUT[@]}" \
-  --durations=8 --junitxml "$WORK/tests_junit.xml" tests/test_kernels_triton.py
+  --durations=8 --junitxml "$WORK/tests_junit.xml" tests/ops/test_kernels_triton.py
 
 wait "$PRECOMPILE_PID"
 echo "=== [precompile] rc=$? after $(elapsed)s"
@@ -204,5 +190,5 @@ echo "=== summary after $(elapsed)s"
 for line in "${SUMMARY[@]}"; do echo "  $line"; done
 "$PY" -c "import json; print('  tests:', json.load(open('$WORK/env.json')).get('tests'))" 2>/dev/null
 exec 1>&- 2>&-
-wait "$TEE_PID" 2>/dev/null   # let tee write the last lines before the caller reads the output
+wait "$TEE_PID" 2>/dev/null   # let tee write the last lines
 exit $(( FAILED_STEPS > 0 ? 1 : 0 ))

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fill Triton's on-disk kernel cache in parallel before the GPU benchmarks (scripts/gpu_check.sh).
+"""Fill Triton's on-disk kernel cache in parallel before the GPU benchmarks (scripts/dev/gpu_check.sh).
 
 The autotuner compiles each config of each kernel serially, the first time a shape is seen: on a fresh
 machine that is minutes. This launches every (kernel, dtype, C', config) that the op benchmarks will
@@ -7,7 +7,7 @@ autotune, each once, in its own process (several at a time), so that the benchma
 in the cache and only time them. Optional "step" jobs run one ICL training step per backbone (their
 own shapes, autotuned in that process: the compiles land in the cache too).
 
-    python scripts/gpu_precompile.py [--workers 8] [--steps] [--deadline 150]
+    python scripts/dev/gpu_precompile.py [--workers 8] [--steps] [--deadline 150]
 
 Failures are reported and counted, never fatal: the benchmarks compile whatever is missing.
 """
@@ -68,7 +68,7 @@ def _run(job) -> tuple[tuple, float, str]:
         import torch
 
         if kind == "step":
-            sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
+            sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "benchmarks"))
             from test_bench_icl_step_cuda import make_step
             make_step(dtype_name, "icl", None)()
             return job, time.time() - start, "ok"

@@ -8,16 +8,17 @@ import os
 import numpy as np
 import pytest
 import torch
-from image_reference import cv2_normalised  # noqa: E402
+from image_reference import break_image, cv2_normalised  # noqa: E402
 
 pytest.importorskip("nvidia.dali")
 cv2 = pytest.importorskip("cv2")
 
-from wsol_fast.data import dali  # noqa: E402
-from wsol_fast.data.dali import BadImageError, DaliLoader  # noqa: E402
+from wsol_fast.data import images as image_checks  # noqa: E402
+from wsol_fast.data.dali import DaliLoader  # noqa: E402
+from wsol_fast.data.images import IMAGENET_MEAN, IMAGENET_STD, BadImageError  # noqa: E402
 
-MEAN = np.array(dali.IMAGENET_MEAN, np.float32)
-STD = np.array(dali.IMAGENET_STD, np.float32)
+MEAN = np.array(IMAGENET_MEAN, np.float32)
+STD = np.array(IMAGENET_STD, np.float32)
 # One uint8 level after normalisation: cv2's fixed-point uint8 resize and DALI's rounded float resize
 # disagree by at most one level on some pixels (see wsol_fast/data/dali.py).
 ONE_LEVEL = 1.0 / 255 / STD.min()
@@ -77,10 +78,10 @@ def test_eval_matches_opencv(tmp_path, resize):
 def test_eval_matches_opencv_loader(tmp_path, resize):
     """Against the package's OpenCV loader itself: same ids in the same order, the same tensors (to float
     rounding with resize="opencv", within one level with DALI's resize)."""
-    loaders = pytest.importorskip("wsol_fast.data.loaders")
+    from wsol_fast.data import opencv
     ids = _write_images(tmp_path, EVAL_SIZES)
     ours = _loader(tmp_path, ids, train=False, batch_size=2, crop_size=224, resize=resize)
-    theirs = loaders.OpenCVLoader(ids, list(range(len(ids))), str(tmp_path), "DS", train=False, batch_size=2,
+    theirs = opencv.OpenCVLoader(ids, list(range(len(ids))), str(tmp_path), "DS", train=False, batch_size=2,
                                   crop_size=224, num_workers=0, device="cpu")
     diffs = []
     for (x, labels_x, ids_x), (y, labels_y, ids_y) in zip(ours, theirs, strict=True):
@@ -115,35 +116,6 @@ def test_train_crops_flips_and_range(tmp_path, resize):
     assert orientations == {False, True}, "both flipped and unflipped crops must occur"
 
 
-def test_train_resume_mid_epoch_gives_the_same_batches(tmp_path):
-    ids = _write_images(tmp_path, [(40, 50)] * 7)
-    loader = _loader(tmp_path, ids, train=True, batch_size=2, resize_size=40, crop_size=32, seed=1)
-    loader.set_epoch(2)
-    full = list(loader)
-    loader.set_epoch(2, start=2)  # one batch already done
-    resumed = list(loader)
-    assert len(full) == 3 and len(resumed) == 2  # 7 samples, batch 2, last partial batch dropped
-    for (a, la, ia), (b, lb, ib) in zip(full[1:], resumed):
-        assert ia == ib and torch.equal(la, lb) and torch.equal(a, b)
-
-
-# 1: a lone sample; batch-1 / batch+1: one short or one spilling batch; 23: several batches, odd tail.
-@pytest.mark.parametrize("size", [1, 3, 5, 23])
-@pytest.mark.parametrize("num_shards", [1, 2])
-def test_eval_sees_every_image_exactly_once(tmp_path, size, num_shards):
-    ids = _write_images(tmp_path, [(20, 24)] * size)
-    seen = []
-    for shard in range(num_shards):
-        loader = _loader(tmp_path, ids, train=False, batch_size=4, crop_size=16, shard_id=shard,
-                         num_shards=num_shards)
-        batches = [batch_ids for _, _, batch_ids in loader]
-        assert len(batches) == len(loader)
-        for _ in range(2):  # a second pass is identical: nothing leaks over from the padding
-            assert [b for _, _, b in loader] == batches
-        seen += [i for b in batches for i in b]
-    assert sorted(seen) == sorted(ids)
-
-
 def test_train_shards_are_even_and_cover_the_split(tmp_path):
     ids = _write_images(tmp_path, [(20, 24)] * 9)
     shards = [_loader(tmp_path, ids, train=True, batch_size=2, resize_size=20, crop_size=16, shard_id=r,
@@ -153,29 +125,12 @@ def test_train_shards_are_even_and_cover_the_split(tmp_path):
     assert set(seen[0]) | set(seen[1]) == set(ids)
 
 
-def _break(path, how):
-    data = open(path, "rb").read()
-    with open(path, "wb") as f:
-        f.write(data[: len(data) // 3] if how == "truncated" else b"definitely not a JPEG " * 20)
-
-
-@pytest.mark.parametrize("how", ["truncated", "garbage"])
-def test_bad_jpeg_is_named_or_skipped_and_counted(tmp_path, how):
-    ids = _write_images(tmp_path, [(40, 50)] * 5)
-    _break(tmp_path / "DS" / ids[2], how)
-    with pytest.raises(BadImageError, match=ids[2]):
-        _loader(tmp_path, ids, train=False, batch_size=2, crop_size=32)
-    loader = _loader(tmp_path, ids, train=False, batch_size=2, crop_size=32, skip_bad_images=True)
-    assert loader.bad_images == [ids[2]]
-    assert sorted(i for _, _, b in loader for i in b) == sorted(ids[:2] + ids[3:])
-
-
 @pytest.mark.parametrize("how", ["truncated", "garbage"])
 def test_decode_failure_inside_dali_names_the_file(tmp_path, how, monkeypatch):
     """If a file passes the pre-scan but DALI cannot decode it, the error still names it (no hang)."""
     ids = _write_images(tmp_path, [(40, 50)] * 6)
-    _break(tmp_path / "DS" / ids[3], how)
-    monkeypatch.setattr(dali, "looks_like_image", lambda path: True)
+    break_image(tmp_path / "DS" / ids[3], how)
+    monkeypatch.setattr(image_checks, "looks_like_image", lambda path: True)
     loader = _loader(tmp_path, ids, train=False, batch_size=2, crop_size=32)
     with pytest.raises(BadImageError, match=ids[3]):
         list(loader)

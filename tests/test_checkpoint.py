@@ -1,0 +1,76 @@
+"""wsol_fast.checkpoint: the atomic write every file goes through, the RNG round trip, and a fork's
+learning-rate schedule placed by the scheduler itself. Expected values are computed by hand."""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from wsol_fast import checkpoint
+from wsol_fast.config import OptimConfig
+from wsol_fast.optim import build_scheduler
+
+
+def test_atomic_write_bytes_and_text(tmp_path):
+    path = str(tmp_path / "a.txt")
+    checkpoint.atomic_write("héllo\n", path)
+    assert open(path, "rb").read() == "héllo\n".encode("utf-8")
+    checkpoint.atomic_write(b"\x00\x01", path, fsync=False)
+    assert open(path, "rb").read() == b"\x00\x01"
+    assert os.listdir(tmp_path) == ["a.txt"]
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path):
+    path = str(tmp_path / "metrics.csv")
+    checkpoint.atomic_write("old\n", path)
+    with pytest.raises(RuntimeError, match="half-way"):
+        with checkpoint.atomic_open(path, "w", newline="") as fh:
+            fh.write("new, partial")
+            raise RuntimeError("failed half-way")
+    assert open(path).read() == "old\n" and os.listdir(tmp_path) == ["metrics.csv"]
+
+
+def test_rng_state_round_trip():
+    state = checkpoint.rng_state()
+    draws = (random.random(), float(np.random.rand()), float(torch.rand(())))
+    checkpoint.set_rng_state(state)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == draws
+
+
+def _lrs(scheduler, optimizer, epochs):
+    out = []
+    for _ in range(epochs):
+        out.append(optimizer.param_groups[0]["lr"])
+        scheduler.step()
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)` before")
+def test_a_scheduler_placed_at_an_epoch_continues_the_schedule():
+    # lr 0.02, decay 0.1 at the start of each 1-based epoch that is a multiple of 2: 0-based epochs
+    # 0, 1, 2, 3, 4 run at 0.02, 0.002, 0.002, 0.0002, 0.0002.
+    cfg = OptimConfig(lr=0.02, lr_decay_every=2, lr_decay=0.1)
+    param = torch.nn.Parameter(torch.zeros(1))
+    fresh = torch.optim.SGD([param], lr=cfg.lr)
+    assert _lrs(build_scheduler(fresh, cfg, 0), fresh, 5) == pytest.approx([0.02, 0.002, 0.002, 2e-4, 2e-4])
+    forked = torch.optim.SGD([param], lr=0.5)          # a checkpoint's optimizer, another lr
+    forked.param_groups[0]["initial_lr"] = cfg.lr       # fork() sets this config's base lr
+    scheduler = build_scheduler(forked, cfg, 2)         # epoch index 2 is the next to train
+    assert scheduler.last_epoch == 2
+    assert _lrs(scheduler, forked, 3) == pytest.approx([0.002, 2e-4, 2e-4])
+
+
+def test_fork_mismatch_reasons():
+    from wsol_fast.config import TrainConfig
+
+    cfg = TrainConfig()
+    cfg.model.backbone = "vgg16"
+    state = {"config": {"model": {"backbone": "vgg16", "method": "cam"}}, "epoch": 3, "step": 0}
+    assert checkpoint.fork_mismatch(cfg, state, 5) is None
+    assert "--epochs must be larger" in checkpoint.fork_mismatch(cfg, state, 3)
+    assert "mid-epoch" in checkpoint.fork_mismatch(cfg, {**state, "step": 4}, 5)
+    cfg.model.backbone = "resnet50"
+    assert "vgg16 / cam run" in checkpoint.fork_mismatch(cfg, state, 5)

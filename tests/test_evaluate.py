@@ -1,0 +1,77 @@
+"""wsol_fast.evaluate on hand-made inputs: a stand-in model whose class maps are known, so the protocol's
+numbers are known too (a map on the object scores 100, a map in the wrong corner 0), every image counted
+exactly once, the coverage of a box and the headline number of a results dict."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from wsol_fast import evaluate
+
+
+class MapModel(torch.nn.Module):
+    """Logits pick class `label`; the class map of every class is 1 on rows/cols lo:hi of an 8 x 8 grid."""
+
+    def __init__(self, lo, hi, num_classes=3):
+        super().__init__()
+        self.lo, self.hi, self.num_classes = lo, hi, num_classes
+
+    def forward_features(self, images, use_blocks=True):
+        return images, []
+
+    def logits(self, features):
+        return torch.nn.functional.one_hot(features[:, 0, 0, 0].long(), self.num_classes).float()
+
+    def class_map(self, features, labels):
+        maps = torch.zeros(features.shape[0], 8, 8)
+        maps[:, self.lo:self.hi, self.lo:self.hi] = 1.0
+        return maps
+
+
+def _split(n=2):
+    # 80 x 80 images, the object at pixels 20..59: 2..5 of the 8 x 8 grid (10 pixels per cell).
+    ids = [f"im{k}.jpg" for k in range(n)]
+    return SimpleNamespace(has_masks=False, image_ids=ids, split="test", sizes={i: (80, 80) for i in ids},
+                           boxes={i: np.array([[20, 20, 59, 59]]) for i in ids})
+
+
+def _batches(meta, labels):
+    images = torch.zeros(len(labels), 1, 1, 1)
+    images[:, 0, 0, 0] = torch.tensor(labels, dtype=torch.float32)   # the stand-in's predicted class
+    return [(images, torch.tensor(labels), list(meta.image_ids))]
+
+
+CFG = SimpleNamespace(runtime=SimpleNamespace(cam_curve_interval=0.01, channels_last=False), data=SimpleNamespace())
+
+
+def test_a_map_on_the_object_scores_100_and_one_in_the_corner_0():
+    meta = _split()
+    on = evaluate.evaluate_model(MapModel(2, 6), _batches(meta, [1, 2]), meta, "cpu", None, CFG, loc_threshold=0.5)
+    assert on["num_images"] == 2 and on["top1_cls"] == 100.0
+    assert on["maxboxacc"][30] == on["maxboxacc"][50] == 100.0
+    assert on["top1_loc"] == on["gt_known_loc"] == 100.0
+    off = evaluate.evaluate_model(MapModel(6, 8), _batches(meta, [1, 2]), meta, "cpu", None, CFG, loc_threshold=0.5)
+    assert off["maxboxacc"][50] == 0.0 and off["gt_known_loc"] == 0.0 and off["top1_loc"] == 0.0
+
+
+def test_every_image_is_scored_exactly_once():
+    meta = _split(3)
+    twice = _batches(meta, [0, 0, 0])
+    twice[0][2][2] = meta.image_ids[0]                  # im0 seen twice, im2 never
+    with pytest.raises(RuntimeError, match="exactly once"):
+        evaluate.evaluate_model(MapModel(2, 6), twice, meta, "cpu", None, CFG)
+
+
+def test_box_coverage():
+    # B = 10 x 10 pixels at the origin; G1 = 20 x 10 holds all of it; G2 = 5 x 5 inside it.
+    assert evaluate.box_coverage((0, 0, 9, 9), [(0, 0, 19, 9)]) == (0.5, 1.0, 0.5)
+    assert evaluate.box_coverage((0, 0, 9, 9), [(0, 0, 4, 4), (0, 0, 19, 9)]) == (1.0, 0.25, 4.0)
+
+
+def test_localization_score_picks_the_protocols_headline():
+    assert evaluate.localization_score({"pxap": 61.5, "pxap_best_threshold": 0.3}) == ("pxap", 61.5, 0.3)
+    boxes = {"maxboxacc_v2": 55.0, "best_threshold_iou50": 0.25}
+    assert evaluate.localization_score(boxes) == ("maxboxacc_v2", 55.0, 0.25)

@@ -1,0 +1,270 @@
+"""Files a run writes, and the checkpoint format: one atomic write for every file (temp file, fsync,
+rename), then save, load (weights_only), resume and fork, and the build-then-load of a model that the
+train, evaluate and predict commands share.
+
+A checkpoint (RUN/last.pt, RUN/best.pt) holds only tensors and plain values, so `torch.load(...,
+weights_only=True)` reads it: the model's weights, optimizer, scheduler and scaler state, epoch and step
+(the step is > 0 for a save mid-epoch), best and history, the resolved config, the model's options, the
+class count and every RNG state.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import os
+import random
+
+import numpy as np
+import torch
+
+from .runtime import ConfigError, UserError
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, unreadable, of another kind, or does not fit the model."""
+
+
+class DiskFullError(UserError):
+    """A write that failed for want of space (or quota); the partial file has been removed."""
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+def _write_all(fh, data) -> None:
+    """The one place checkpoint bytes reach the disk (a seam the full-disk drill replaces)."""
+    fh.write(data)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "wb", fsync: bool = True, **open_kwargs):
+    """Write `path` through `path.tmp-PID` in the same folder, flushed (and fsynced), then renamed over
+    `path`: a crash never leaves a torn file. Any failure removes the temp file, so nothing partial is
+    left; a full disk (ENOSPC, EDQUOT) is a DiskFullError that says so and names the path.
+
+    fsync=False for the many small per-image files of evaluate and predict (score maps, overlays), where
+    a sync per file would cost more than the file."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    if "b" not in mode:
+        open_kwargs.setdefault("encoding", "utf-8")
+    try:
+        with open(tmp, mode, **open_kwargs) as fh:
+            yield fh
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(f"no space left on device writing {path} (nothing partial was left; "
+                                f"the previous {os.path.basename(path)}, if any, is intact)") from exc
+        raise
+
+
+def atomic_write(data, path: str, fsync: bool = True) -> None:
+    """Write bytes (or a str, as UTF-8) to `path` atomically (atomic_open)."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    with atomic_open(path, "wb", fsync=fsync) as fh:
+        _write_all(fh, data)
+
+
+def atomic_save(obj, path: str) -> None:
+    """torch.save into memory, then one atomic write. Serialising to a buffer first makes a full disk an
+    ordinary OSError (ENOSPC) instead of torch's zip writer's "enforce fail" without the reason."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(buf.getbuffer(), path)
+
+
+def remove_stale_temp_files(folder: str) -> list[str]:
+    """Remove `*.tmp-*` / `*.tmp` files that an earlier crash left in a run folder (call it holding the
+    folder's lock, so no live writer owns them). Returns the names removed."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for name in sorted(os.listdir(folder)):
+            if ".tmp-" in name or name.endswith(".tmp"):
+                path = os.path.join(folder, name)
+                if os.path.isfile(path):
+                    with contextlib.suppress(OSError):
+                        os.remove(path)
+                        removed.append(name)
+    return removed
+
+
+# ----------------------------------------------------------------------------- RNG state
+
+def rng_state() -> dict:
+    """All RNG states as weights_only-loadable values (tensors, lists, ints)."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "python": {"version": py_state[0], "state": list(py_state[1]),
+                   "gauss": py_state[2]},
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+# ----------------------------------------------------------------------------- save and load
+
+def save(path: str, model, optimizer, scheduler, scaler, *, epoch: int, step: int, best: dict, history: list,
+         config: dict, model_config: dict, num_classes: int) -> None:
+    """Everything a resume needs (the module doc's format), written atomically. `model` is the
+    uncompiled, unwrapped one, so the keys are the model's own."""
+    atomic_save({
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "epoch": epoch, "step": step,
+        "best": dict(best), "history": list(history),
+        "config": config,
+        "model_config": dict(model_config),
+        "num_classes": num_classes,
+        "rng": rng_state(),
+    }, path)
+
+
+CHECKPOINT_KEYS = ("model", "epoch", "step", "config", "num_classes")
+
+
+def load_checkpoint(path: str, require=CHECKPOINT_KEYS) -> dict:
+    """Checkpoints hold only tensors and plain Python values, so weights_only=True loads them. A missing,
+    truncated or foreign file, or one without the `require`d keys (e.g. a bare state dict), is a
+    CheckpointError naming it."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        what = "is a folder, not a file" if os.path.isdir(path) else "not found"
+        raise CheckpointError(f"checkpoint {path}: {what}")
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be read (truncated, corrupt or not a PyTorch "
+                              f"checkpoint): {reason}") from exc
+    if not isinstance(st, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(st).__name__}, not a wsol_fast checkpoint")
+    missing = [k for k in require if k not in st]
+    if missing:
+        bare = all(isinstance(v, torch.Tensor) for v in st.values())
+        kind = "a bare state dict" if bare and st else "not a checkpoint written by wsol_fast.train"
+        raise CheckpointError(f"checkpoint {path} is {kind} (no {', '.join(repr(k) for k in missing)}); "
+                              "pass the last.pt or best.pt of a run folder")
+    return st
+
+
+def load_weights(model: torch.nn.Module, weights: dict, path: str, what: str = "the model") -> None:
+    """model.load_state_dict(weights), with a short CheckpointError (counts and the first few keys)
+    instead of PyTorch's dump of every mismatched tensor."""
+    target = model.state_dict()
+    missing = [k for k in target if k not in weights]
+    unexpected = [k for k in weights if k not in target]
+    shapes = [f"{k} {tuple(weights[k].shape)} vs {tuple(target[k].shape)}" for k in target
+              if k in weights and hasattr(weights[k], "shape") and weights[k].shape != target[k].shape]
+    if missing or unexpected or shapes:
+        parts = [f"{len(x)} {name} (first: {x[0]})" for x, name in
+                 ((missing, "missing"), (unexpected, "unexpected"), (shapes, "of another shape")) if x]
+        raise CheckpointError(f"the weights in {path} do not fit {what}: " + "; ".join(parts))
+    model.load_state_dict(weights)
+
+
+def build_model(cfg, num_classes: int, device: torch.device, state: dict | None = None, path: str = "",
+                pretrained=None, keep_classifier: bool = False, sync_bn: bool = False) -> torch.nn.Module:
+    """create_model from a resolved TrainConfig, with `state`'s weights when given (load_weights: a model
+    that does not fit is a CheckpointError naming `path`), on `device` in the config's memory format.
+    The one build-then-load of train (pretrained; SyncBatchNorm under DDP), evaluate and predict."""
+    from .models import create_model
+
+    m = cfg.model
+    model = create_model(m.backbone, num_classes, method=m.method, pretrained=pretrained,
+                         keep_classifier=keep_classifier, **m.overrides())
+    if sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if state is not None:
+        load_weights(model, state["model"], path, f"a {m.backbone} / {m.method} model with {num_classes} classes")
+    model.to(device)
+    if cfg.runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+# ----------------------------------------------------------------------------- resume and fork
+
+def resume(state: dict, path: str, model, optimizer, scheduler, scaler, num_classes: int) -> None:
+    """Continue a run: weights, optimizer, scheduler, scaler and RNG exactly as saved."""
+    cfg = state["config"]["model"]
+    load_weights(model, state["model"], path,
+                 f"a {cfg['backbone']} / {cfg['method']} model with {num_classes} classes")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+
+
+def fork(state: dict, path: str, cfg, model, optimizer, scaler, num_classes: int, make_scheduler):
+    """--init-from: the checkpoint's weights, optimizer buffers (momentum), scaler and RNG at its epoch;
+    everything else from this run's config `cfg`. Every optimizer hyperparameter is cfg's, and the lr is
+    cfg's schedule at that epoch: `make_scheduler(optimizer, start_epoch)` places the scheduler there.
+    With cfg.runtime.fork_weights_only, or when the checkpoint's method differs, only the weights
+    (fork_weights) and the RNG. Returns the new scheduler."""
+    if state["num_classes"] != num_classes:
+        raise ConfigError(f"--init-from {path}: the checkpoint has {state['num_classes']} classes, this "
+                          f"dataset {num_classes}")
+    if cfg.runtime.fork_weights_only or state["config"]["model"]["method"] != cfg.model.method:
+        fork_weights(model, state["model"], path)
+    else:   # as a resume, then this run's own settings on top
+        load_weights(model, state["model"], path,
+                     f"a {cfg.model.backbone} / {cfg.model.method} model with {num_classes} classes")
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    o = cfg.optim
+    for group, base in zip(optimizer.param_groups, (o.lr, o.lr * o.new_layer_lr_mult)):
+        group.update(initial_lr=base, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
+    return make_scheduler(optimizer, state["epoch"])
+
+
+def fork_weights(model, weights: dict, path: str) -> None:
+    """A fork into another method (or --fork-weights-only): the backbone's weights must all load; the
+    attention blocks' load where both models have them (ICL blocks keep their fresh init when the
+    checkpoint has none, e.g. a CAM warm-up); optimizer momentum starts at zero."""
+    mine = model.state_dict()
+    theirs = {k: v for k, v in weights.items() if not k.startswith("attention_blocks.")}
+    blocks = {k: v for k, v in weights.items() if k.startswith("attention_blocks.") and k in mine
+              and mine[k].shape == v.shape}
+    missing = [k for k in mine if not k.startswith("attention_blocks.") and k not in theirs]
+    unexpected = [k for k in theirs if k not in mine]
+    if missing or unexpected:
+        raise ValueError(f"--init-from {path}: the backbone's weights do not match "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.load_state_dict({**theirs, **blocks}, strict=False)
+
+
+def fork_mismatch(cfg, state: dict, total_epochs: int) -> str | None:
+    """Why --init-from cannot start this run (cfg, `total_epochs` once resolved) from `state`, or None."""
+    saved = state["config"]
+    if saved["model"]["backbone"] != cfg.model.backbone:
+        return (f"the checkpoint is a {saved['model']['backbone']} / {saved['model']['method']} run, "
+                f"this command trains {cfg.model.backbone} / {cfg.model.method}")
+    if state["step"] != 0:
+        return (f"the checkpoint was written mid-epoch (epoch {state['epoch'] + 1}, step {state['step']}); fork "
+                "from an epoch-end best.pt or last.pt, or --resume it")
+    if total_epochs <= state["epoch"]:
+        return f"it ends epoch {state['epoch']}, so --epochs must be larger (the run's total), got {total_epochs}"
+    return None

@@ -1,0 +1,197 @@
+"""The train command's flags: argparse over the config dataclasses (each flag's dest is its field's name),
+--config FILE's values as defaults, and the settings of a --resume (the run's own, with the few flags a
+resume may change)."""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import fields
+
+from . import guard, runtime
+from .config import DataConfig, ModelConfig, OptimConfig, RuntimeConfig, TrainConfig
+from .config_file import ConfigFileError, apply_to_parser, output_in_use
+from .models import list_models
+
+DESCRIPTION = ("Trains a WSOL model (ICL, ADL or plain CAM) on wsolevaluation-format data, or on the built-in dataset\n"
+               "when no data flags are given, evaluates every epoch on val, and ends with the test evaluation, a\n"
+               "results table, results.json and CAM overlays. Works under `torchrun --nproc_per_node=N`.")
+
+
+def parse_args(argv=None) -> TrainConfig:
+    """The command line (over --config FILE's values) as a TrainConfig; cfg.cli says how it was given."""
+    p = argparse.ArgumentParser(prog="python -m wsol_fast.train", description=DESCRIPTION,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    m = p.add_argument_group("model")
+    m.add_argument("--backbone", default="inceptionv3", choices=list_models())
+    m.add_argument("--method", default="icl", choices=["icl", "adl", "cam"])
+    m.add_argument("--pretrained", default=None,
+                   help="PATH to a torchvision ImageNet state dict, 'imagenet' (torchvision's hub cache) or "
+                        "'none'. Default: imagenet on real data, none on the built-in dataset")
+    m.add_argument("--drop-rate", type=guard.unit_interval, default=None, help="default: per backbone (SPEC 1.4)")
+    m.add_argument("--gamma-fg", type=guard.unit_interval, default=None)
+    m.add_argument("--gamma-bg", type=guard.unit_interval, default=None)
+    m.add_argument("--no-contrastive", dest="use_contrastive", action="store_const", const=False,
+                   help="ablation: no contrastive attention loss")
+    m.add_argument("--no-fc", dest="use_fc", action="store_const", const=False,
+                   help="ablation: no foreground consistency loss")
+    m.add_argument("--no-nonlocal", dest="nonlocal_attention", action="store_const", const=False,
+                   help="ablation: channel-mean attention instead of the non-local block")
+    m.add_argument("--no-dfg-mask", dest="use_dfg_mask", action="store_const", const=False,
+                   help="ablation: ADL's drop mask instead of the dropped-foreground mask")
+    m.add_argument("--attention-form", default=None, choices=["paper", "relu", "residual"],
+                   help="ICL's attention map: the paper's literal signed form, a ReLU value, or the channel "
+                        "mean plus the non-local term (default residual; docs/method.md)")
+    m.add_argument("--mask-norm", default=None, choices=["none", "minmax"],
+                   help="thresholds of Eq. 1-2 on the raw map (paper) or the per-sample min-max normalised "
+                        "map (default minmax)")
+    m.add_argument("--attention-scale", default=None,
+                   help="logit scale s of softmax(f g^T s): a number (paper: 1) or inv_sqrt (1/sqrt(C'), "
+                        "default)")
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", default=None,
+                   help="dataset name under the metadata root (CUB, ILSVRC, OpenImages), or a generated one: "
+                        "builtin (digits), builtin-parts (a small discriminative head on a weakly "
+                        "informative body) or builtin-masks (digits with instance masks in OpenImages' layout, "
+                        "scored by PxAP); default: builtin")
+    d.add_argument("--data-root", default=None, help="images at DATA_ROOT/DATASET/<image_id>")
+    d.add_argument("--metadata-root", default=None, help="metadata at METADATA_ROOT/DATASET/<split>/")
+    d.add_argument("--resize-size", type=guard.positive_int, default=None,
+                   help="train resize (default 256; built-in profile 73)")
+    d.add_argument("--crop-size", type=guard.positive_int, default=None,
+                   help="train crop / eval size (default 224; built-in profile 64); at least "
+                        + ", ".join(f"{v} for {k}" for k, v in guard.MIN_CROP.items()))
+    d.add_argument("--workers", type=guard.nonneg_int, default=None)
+    d.add_argument("--loader", default="auto", choices=["auto", "dali", "opencv"])
+    d.add_argument("--skip-bad-images", action="store_true",
+                   help="skip and count corrupt/missing images (listed in RUN/skipped_images.txt)")
+    d.add_argument("--num-classes", type=guard.positive_int, default=None,
+                   help="class count (default: the train split's, max label + 1, every label present)")
+    d.add_argument("--max-image-pixels", type=guard.positive_int, default=None,
+                   help="refuse images whose header claims more pixels (default 64,000,000)")
+    d.add_argument("--builtin-seed", type=int, default=0)
+    d.add_argument("--mask-root", default=None,
+                   help="masks at MASK_ROOT/DATASET/<mask_path> (OpenImages, PxAP); default: the data root")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=guard.positive_int, default=None,
+                   help="total epochs; on --resume, a larger value extends the run")
+    o.add_argument("--batch-size", type=guard.positive_int, default=32)
+    o.add_argument("--allow-partial-batches", dest="partial_batches", action="store_true",
+                   help="train on the last incomplete batch too (needed when the train split is smaller "
+                        "than --batch-size)")
+    o.add_argument("--lr", type=guard.positive_float, default=None,
+                   help="default 1e-3 (paper); 0.02 on the built-in from-scratch profile (0 freezes the weights)")
+    o.add_argument("--lr-decay-every", type=guard.positive_int, default=None)
+    o.add_argument("--block-warmup-epochs", type=guard.nonneg_int, default=None,
+                   help="epochs trained with the attention blocks (ICL / ADL) off, i.e. identities, and the "
+                        "classification loss alone, before the method's blocks and losses come on (default 0 "
+                        "on real data, the paper's; the built-in from-scratch profile's otherwise)")
+    o.add_argument("--new-layer-lr-mult", type=guard.nonneg_float, default=None,
+                   help="lr multiplier of new layers (default 10 on real data, 0.1 on the built-in profile)")
+    o.add_argument("--weight-decay", type=guard.nonneg_float, default=1e-4)
+    o.add_argument("--lambda-ca", type=guard.nonneg_float, default=1.0)
+    o.add_argument("--lambda-fc", type=guard.nonneg_float, default=1.0)
+    o.add_argument("--fc-norm", default=None, choices=["max", "minmax", "none"],
+                   help="L_fc map normalisation (default minmax; SPEC 1.2's max diverged from scratch)")
+    o.add_argument("--fc-reduction", default="mean", choices=["mean", "sum"])
+    r = p.add_argument_group("run")
+    r.add_argument("--output", default=None, help="run folder (default runs/<backbone>-<method>-<time>); one "
+                                                   "run at a time (RUN/.lock)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace the finished or interrupted run in --output (default: refuse)")
+    r.add_argument("--resume", default=None, help="RUN/last.pt to continue from, with that run's settings")
+    r.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="fork a run: start from CKPT's weights, optimizer state and epoch (an epoch-end "
+                        "RUN/best.pt or RUN/last.pt) with this command's settings, e.g. an ablation of the "
+                        "last epochs or a new schedule; --epochs counts from 0, so it must exceed "
+                        "CKPT's epoch. The lr is this command's schedule at that epoch")
+    r.add_argument("--fork-weights-only", action="store_true",
+                   help="with --init-from: take only the checkpoint's weights (fresh optimizer momentum); "
+                        "implied when the checkpoint's method differs (e.g. ICL, ADL and CAM rows forked from one "
+                        "CAM warm-up, as `python -m wsol_fast.ablate` does)")
+    r.add_argument("--eval-checkpoint", default="last", choices=["last", "best"],
+                   help="which checkpoint the final test scores: the last epoch's (wsolevaluation's default) or "
+                        "the best by val MaxBoxAccV2")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    r.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"])
+    r.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)
+    r.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    r.add_argument("--compile", nargs="?", const="default", default=None,
+                   help="torch.compile the model (optionally a mode: default, reduce-overhead, max-autotune). "
+                        "Default: on where the training-step benchmark measured it faster (resnet50 on CPU)")
+    r.add_argument("--no-compile", dest="compile", action="store_const", const="off")
+    r.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP")
+    r.add_argument("--cam-curve-interval", type=guard.open_interval, default=0.01,
+                   help="in (0, 1); 0.001 for the paper protocol")
+    r.add_argument("--num-overlays", type=guard.nonneg_int, default=16)
+    r.add_argument("--max-steps-per-epoch", type=guard.positive_int, default=None,
+                   help="cap steps per epoch (smoke runs)")
+    r.add_argument("--debug", action="store_true", help="show the traceback of an expected error too")
+    r.add_argument("--save-scoremaps", default=None, metavar="DIR",
+                   help="write the final test's GT-class CAMs as DIR/<image_id>.npy (224 x 224 float64, min-max "
+                        "normalised: wsolevaluation's layout, for `evaluate --scoremap-root` or its evaluate_wsol)")
+    r.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
+                   help="no TensorBoard events in the run folder (without this flag: tensorboard=%(default)s)")
+    r.add_argument("--config", default=None, metavar="FILE",
+                   help="settings from a JSON or YAML file (a run's config.json reruns it); flags given on "
+                        "the command line override them")
+    # --config: the file's values become the defaults, then the command line is parsed again over them.
+    config_file, without_flag = p.parse_known_args(argv)[0].config, {}
+    if config_file:
+        try:
+            without_flag = apply_to_parser(p, config_file)
+        except ConfigFileError as exc:
+            p.error(str(exc))
+    a = p.parse_args(argv)
+    guard.check_crop(p, a.backbone, a.crop_size, a.resize_size)
+    if config_file and a.output == p.get_default("output") and output_in_use(a.output):
+        p.error(f"--config {config_file}: its output folder {a.output} already holds a run; give --output")
+    if a.resume and a.init_from:
+        p.error("--resume continues a run with its own settings, --init-from forks it with new ones: "
+                "give one of them")
+
+    a.dataset = a.dataset or ("builtin" if a.data_root is None and a.metadata_root is None else "CUB")
+    if not a.dataset.startswith("builtin") and (a.data_root is None or a.metadata_root is None):
+        p.error(f"--dataset {a.dataset} needs both --data-root and --metadata-root")
+    # Every flag's dest is its config field's name (config_file relies on it too); fields without a flag
+    # keep their dataclass default, or the value --config FILE gives them.
+    cfg = TrainConfig(*(cls(**{f.name: getattr(a, f.name) for f in fields(cls) if hasattr(a, f.name)})
+                        for cls in (DataConfig, ModelConfig, OptimConfig, RuntimeConfig)))
+    for (section, name), value in without_flag.items():   # e.g. optim.momentum: no flag, only the file
+        setattr(getattr(cfg, section), name, value)
+    # How the command was given (not part of the run's settings): flags written, --overwrite, --debug.
+    cfg.cli = {"given": guard.given_dests(p, argv), "overwrite": a.overwrite, "debug": a.debug}
+    return cfg
+
+
+def run_dir(cfg: TrainConfig) -> str:
+    if cfg.runtime.output:
+        return cfg.runtime.output
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", f"{cfg.model.backbone}-{cfg.model.method}-{cfg.data.dataset}-{stamp}")
+
+
+def resumed_config(cfg: TrainConfig, state: dict) -> TrainConfig:
+    """The run's own settings, with the flags that may change on a resume (guard.RESUME_MAY_CHANGE, e.g.
+    --epochs to extend it) taken from this command; any other flag that differs is an error listing them."""
+    given = cfg.cli["given"]
+    conflicts = guard.resume_conflicts(cfg.to_dict(), state["config"], given)
+    if conflicts:
+        raise runtime.UserError(
+            f"--resume {cfg.runtime.resume}: these settings differ from the run's and cannot change on a "
+            f"resume: {'; '.join(conflicts)}. Drop them to continue the run as it was, or fork it with "
+            "--init-from to train on with new settings")
+    saved = TrainConfig.from_dict(state["config"])
+    for section in ("data", "model", "optim", "runtime"):
+        mine, theirs = getattr(cfg, section), getattr(saved, section)
+        for key in given & guard.RESUME_MAY_CHANGE:
+            if hasattr(theirs, key):
+                setattr(theirs, key, getattr(mine, key))
+    if saved.optim.epochs < state["epoch"] + (state["step"] > 0):
+        raise runtime.UserError(f"--epochs {saved.optim.epochs}: the run in {cfg.runtime.resume} has already "
+                                f"trained {state['epoch']} epoch(s){' and part of the next' if state['step'] else ''}")
+    saved.runtime.resume = cfg.runtime.resume
+    saved.runtime.output = cfg.runtime.output or os.path.dirname(os.path.abspath(cfg.runtime.resume))
+    saved.cli = cfg.cli
+    return saved
