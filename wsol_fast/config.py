@@ -20,7 +20,8 @@ DATASET_SCHEDULES = {
 BUILTIN_PROFILE = {
     # Measured on the 2-core Intel Xeon of 2026-11-30 (bf16 with AMX, channels_last): 0.71 s per step of 32
     # images at 64 x 64, so 6 epochs of the 3,000 training images (558 steps) plus generation, val every
-    # epoch and test took 7 min 35 s (test MaxBoxAccV2 35.7 vs the centre prior's 24.3). The earlier 8-epoch
+    # epoch and test took 7 min 35 s, and 9 min 41 s (0.93 s per step) in a second run on a slower moment of the
+    # same VM (test MaxBoxAccV2 35.7 vs the centre prior's 24.3 both times). The earlier 8-epoch
     # profile (3 ICL epochs) took about 17 minutes there, and its last two epochs lowered val localization;
     # 48 x 48 fell below the prior and 56 x 56 was not faster per step (docs/experiments.md).
     "epochs": 6,
