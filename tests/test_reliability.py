@@ -25,6 +25,7 @@ from wsol_fast import checkpoint, evaluate, guard, runtime, train
 from wsol_fast.data import __main__ as data_cli
 from wsol_fast.data import builtin, dali, images, opencv, pipeline
 from wsol_fast.data.metadata import MetadataError, load_splits
+from interrupting import InterruptingLoader
 
 TINY = dict(num_train=16, num_val=4, num_test=4, min_size=40, max_size=48)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -133,23 +134,6 @@ def test_double_sigint_waits_for_the_save_and_the_checkpoint_holds_its_step(tiny
     real_make, real_write = pipeline.make_train_loader, checkpoint._write_all
     calls = {"batches": 0, "writes": 0}
 
-    class Interrupting:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def set_epoch(self, *a):
-            self.inner.set_epoch(*a)
-
-        def __len__(self):
-            return len(self.inner)
-
-        def __iter__(self):
-            for batch in self.inner:
-                calls["batches"] += 1
-                if calls["batches"] == 3:
-                    os.kill(os.getpid(), signal.SIGINT)
-                yield batch
-
     def write_with_a_signal(fh, data):
         if calls["batches"] >= 3 and fh.name.endswith(f"last.pt.tmp-{os.getpid()}"):
             calls["writes"] += 1
@@ -159,7 +143,8 @@ def test_double_sigint_waits_for_the_save_and_the_checkpoint_holds_its_step(tiny
         else:
             real_write(fh, data)
 
-    monkeypatch.setattr(pipeline, "make_train_loader", lambda *a, **k: Interrupting(real_make(*a, **k)))
+    monkeypatch.setattr(pipeline, "make_train_loader",
+                        lambda *a, **k: InterruptingLoader(real_make(*a, **k), 3, calls))
     monkeypatch.setattr(checkpoint, "_write_all", write_with_a_signal)
     with pytest.raises(SystemExit) as stop:
         train.main(_args(tiny_root, out, "--epochs", "2"))

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 
 import pytest
 import torch
 
 from wsol_fast import checkpoint, evaluate, train
 from wsol_fast.data import builtin, pipeline
+from interrupting import InterruptingLoader
 
 TINY = dict(num_train=32, num_val=12, num_test=12, min_size=72, max_size=96)
 
@@ -115,26 +115,9 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_to_the_same_weights(tiny_root, tmp_p
     real_make = pipeline.make_train_loader
     calls = {"batches": 0}
 
-    class InterruptingLoader:
-        """Delivers a real SIGINT while the 6th batch (epoch 2, step 2) is being trained."""
-
-        def __init__(self, inner):
-            self.inner = inner
-
-        def set_epoch(self, epoch, start=0):
-            self.inner.set_epoch(epoch, start)
-
-        def __len__(self):
-            return len(self.inner)
-
-        def __iter__(self):
-            for batch in self.inner:
-                calls["batches"] += 1
-                if calls["batches"] == 6:
-                    os.kill(os.getpid(), signal.SIGINT)
-                yield batch
-
-    monkeypatch.setattr(pipeline, "make_train_loader", lambda *a, **k: InterruptingLoader(real_make(*a, **k)))
+    # a real SIGINT while the 6th batch (epoch 2, step 2) is being trained
+    monkeypatch.setattr(pipeline, "make_train_loader",
+                        lambda *a, **k: InterruptingLoader(real_make(*a, **k), 6, calls))
     with pytest.raises(SystemExit) as exit_info:
         train.main(_args(tiny_root, stopped, "--epochs", "2"))
     assert exit_info.value.code == 130
