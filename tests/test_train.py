@@ -85,6 +85,19 @@ def test_train_then_evaluate_writes_everything(tiny_root, tmp_path):
     assert len(list((ev_out / "overlays").glob("*.png"))) == 2
 
 
+def test_a_finished_run_leaves_no_loader_workers_behind(tiny_root, tmp_path):
+    """Several runs in one process (python -m wsol_fast.ablate): each stops its persistent loader workers when
+    it ends. Left to the interpreter's exit, multiprocessing would SIGTERM them, which they ignore, and wait
+    for them forever (seen: every ablate process hung after writing its table)."""
+    import multiprocessing
+
+    before = set(multiprocessing.active_children())
+    for k in range(2):
+        assert train.main(_args(tiny_root, tmp_path / f"run{k}", "--epochs", "1", "--workers", "1",
+                                "--max-steps-per-epoch", "2", "--num-overlays", "0")) == 0
+        assert set(multiprocessing.active_children()) == before
+
+
 def test_resume_after_a_crash_at_an_epoch_boundary_equals_the_uninterrupted_run(tiny_root, tmp_path,
                                                                                  monkeypatch):
     full = tmp_path / "full"

@@ -67,6 +67,7 @@ def evaluate_model(model, loader, meta, device, autocast, cfg, info=None, loc_th
     else:
         box_eval = metrics.BoxEvaluator(cam_curve_interval=interval, multi_contour=True)
     per_image, samples = [], []
+    part_boxes = getattr(meta, "part_boxes", None)
     for images, labels, ids in loader:
         images = images.to(device, non_blocking=True)
         if cfg.runtime.channels_last:
@@ -103,6 +104,9 @@ def evaluate_model(model, loader, meta, device, autocast, cfg, info=None, loc_th
                     rec["iou_pred"] = rec["iou_gt"] if pred == label else metrics.best_iou_at_threshold(
                         _scoremap(cam_pred[k].numpy()), gt, loc_threshold)
                     rec["coverage"] = box_coverage(box[0], gt)
+                    if part_boxes:   # builtin-parts: the head's share of that box, and the map's peak
+                        part = metrics.rescale_boxes(part_boxes[image_id], meta.sizes[image_id], CAM_SIZE)
+                        rec["part"] = part_coverage(box[0], gt[0], part[0], gt_map)
             per_image.append(rec)
             if len(samples) < overlays:
                 samples.append((image_id, gt_map, gt))
@@ -162,6 +166,14 @@ def evaluate_model(model, loader, meta, device, autocast, cfg, info=None, loc_th
         out["box_coverage"] = 100.0 * float(np.mean([r["coverage"][0] for r in per_image]))
         out["box_precision"] = 100.0 * float(np.mean([r["coverage"][1] for r in per_image]))
         out["box_area_ratio"] = float(np.median([r["coverage"][2] for r in per_image]))
+        if part_boxes:
+            # CAM's known failure, measured: a box that covers the discriminative part (the head) but not the
+            # rest of the object, and a map whose peak lies on the part more often than its area share.
+            parts = np.array([r["part"] for r in per_image])
+            out.update({"part_coverage": 100.0 * float(parts[:, 0].mean()),
+                        "rest_coverage": 100.0 * float(parts[:, 1].mean()),
+                        "peak_on_part": 100.0 * float(parts[:, 2].mean()),
+                        "part_area_share": 100.0 * float(parts[:, 3].mean())})
     if with_baseline:
         out["baselines"] = {"centre_prior": centre_prior(meta, interval)}
     out["_samples"] = samples if info.is_main else []
@@ -188,6 +200,21 @@ def box_coverage(box, gt_boxes) -> tuple[float, float, float]:
         if area(box) and inter / area(g) >= best[0]:
             best = (inter / area(g), inter / area(box), area(box) / area(g))
     return best
+
+
+def part_coverage(box, gt_box, part_box, scoremap) -> tuple[float, float, float, float]:
+    """Where a predicted box B lies on an object of GT box G with a discriminative part P (P inside G; all
+    x0, y0, x1, y1 inclusive): (|B ∩ P| / |P|, |B ∩ (G \\ P)| / |G \\ P|, whether the score map's maximum lies in
+    P (1.0 or 0.0; the first maximum in row-major order), |P| / |G|)."""
+    area = lambda b: max(0, b[2] - b[0] + 1) * max(0, b[3] - b[1] + 1)  # noqa: E731
+    meet = lambda a, b: (max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3]))  # noqa: E731
+    part = meet(part_box, gt_box)             # the part as far as it lies in the GT box
+    on_part = area(meet(box, part))
+    rest = area(gt_box) - area(part)
+    y, x = np.unravel_index(int(np.argmax(scoremap)), scoremap.shape)
+    peak = float(part[0] <= x <= part[2] and part[1] <= y <= part[3])
+    return (on_part / max(area(part), 1), (area(meet(box, gt_box)) - on_part) / max(rest, 1), peak,
+            area(part) / max(area(gt_box), 1))
 
 
 def centre_prior(meta, interval: float) -> dict:
@@ -263,6 +290,12 @@ def print_table(results: dict, title: str) -> None:
         rows.append(("MaxBoxAccV2", results["maxboxacc_v2"]))
     if "maxboxacc_v1" in results:
         rows.append(("MaxBoxAccV1 (IoU 50)", results["maxboxacc_v1"]))
+    if "box_coverage" in results:    # the one box per image at the val threshold (GT-known's)
+        rows += [("  object in its box", results["box_coverage"]), ("  box on the object", results["box_precision"])]
+    if "part_coverage" in results:   # builtin-parts: the head against the rest of the object
+        rows += [("  head in its box", results["part_coverage"]), ("  rest in its box", results["rest_coverage"]),
+                 ("  map peak on the head", results["peak_on_part"]),
+                 ("  head's share of GT box", results["part_area_share"])]
     if "pxap" in results:
         rows += [("PxAP", results["pxap"]), ("PR best threshold", results["pxap_best_threshold"]),
                  ("  pixel F1 there", 100.0 * results["pxap_best_f1"])]
@@ -384,6 +417,7 @@ def _evaluate_checkpoint(a) -> int:
     loader, meta = (data.test_loader, data.test_meta) if a.split == "test" else (data.val_loader, data.val_meta)
     results = evaluate_model(model, loader, meta, device, autocast, cfg, info, loc_threshold=threshold,
                              with_baseline=True, overlays=a.num_overlays, save_scoremaps=a.save_scoremaps)
+    data.close()
     if info.is_main:
         out = a.output or os.path.dirname(os.path.abspath(a.checkpoint))
         write_outputs(results, out, data, cfg, name=f"results_{a.split}.json" if a.split != "test" else

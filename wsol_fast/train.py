@@ -258,12 +258,16 @@ def _run(cfg: TrainConfig) -> int:
     main_rank = int(os.environ.get("RANK", "0")) == 0
     lock = guard.claim_run_folder(cfg.runtime.output, resume=bool(cfg.runtime.resume),
                                   overwrite=cfg.cli["overwrite"]) if main_rank else None
+    trainer = None
     try:
-        Trainer(cfg, resume_state, fork=fork).fit()
+        trainer = Trainer(cfg, resume_state, fork=fork)
+        trainer.fit()
     except NonFiniteLoss as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     finally:
+        if trainer is not None:   # its loader workers end now, not at the interpreter's exit (data/opencv.py)
+            trainer.data.close()
         if lock is not None:
             lock.release()
     return 0

@@ -182,8 +182,14 @@ class OpenCVLoader(SplitLoader):
         return self._dataloader
 
     def close(self) -> None:
-        """Stop the worker processes now (they also stop when the loader is garbage-collected)."""
-        self._dataloader = None
+        """Stop the worker processes now. Garbage collection would stop them too, but a loader caught in a
+        reference cycle lives until the interpreter's exit, where multiprocessing ends its children with
+        SIGTERM, which the workers ignore (worker_init): the process would then wait for them forever (seen
+        with several train runs in one process, as `python -m wsol_fast.ablate` makes)."""
+        loader, self._dataloader = self._dataloader, None
+        workers = getattr(loader, "_iterator", None)     # the persistent workers' iterator, if started
+        if workers is not None and hasattr(workers, "_shutdown_workers"):
+            workers._shutdown_workers()
 
     def normalise(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 N x H x W x 3 -> normalised N x 3 x H x W on self.device, in self.dtype."""

@@ -61,6 +61,12 @@ class RunData:
             raise ValueError("prepare_data was called without the train split")
         return self._train_loader
 
+    def close(self) -> None:
+        """Stop every loader's worker processes (the run is over)."""
+        for loader in (self._train_loader, self.val_loader, self.test_loader):
+            if hasattr(loader, "close"):
+                loader.close()
+
 
 def choose_loader(requested: str, device: torch.device) -> str:
     """`--loader`: 'dali', 'opencv', or 'auto' (DALI when it imports, else OpenCV; see the module doc)."""
