@@ -53,6 +53,11 @@ def test_ablate_forks_rows_from_one_warmup_and_summarises_over_seeds(parts_root,
         assert cell["diff_to_icl"] == pytest.approx(cell["mean"] - data["table"]["icl"]["maxboxacc_v2"]["mean"])
     table = (out / "ablation.md").read_text()
     assert "| CAM |" in table and "| w/o L_ca |" in table and "±" in table
+    # builtin-parts: where each row's boxes lie (head versus the rest of the object), from results.json.
+    assert "| method | object covered | head covered | rest covered |" in table
+    for row in ("cam", "icl"):
+        values = [json.loads((out / f"seed{s}" / row / "results.json").read_text())["part_coverage"] for s in (0, 1)]
+        assert data["table"][row]["part_coverage"]["values"] == pytest.approx(values)
     assert (out / "ablation.csv").read_text().splitlines()[0].startswith("row,label,maxboxacc_30_mean")
 
     # Resumable: a second call reruns nothing and rewrites the same table.
@@ -81,5 +86,12 @@ def test_only_seeds_runs_a_subset_and_defers_the_table(parts_root, tmp_path, mon
     assert ablate.main(argv + ["--only-seeds", "1"]) == 0
     assert len(calls) == 2 and all(a[a.index("--seed") + 1] == "1" for a in calls)
     assert not (out / "ablation.json").exists()
+    # --table-only trains nothing and summarises the seeds that finished every row, saying which.
+    calls.clear()
+    assert ablate.main(argv + ["--table-only"]) == 0
+    assert calls == []
+    partial = json.loads((out / "ablation.json").read_text())
+    assert partial["meta"]["seeds"] == [1] and "Only seeds [1] of 0..1" in (out / "ablation.md").read_text()
     assert ablate.main(argv + ["--only-seeds", "0"]) == 0
-    assert (out / "ablation.json").is_file()    # every seed's rows exist now
+    whole = json.loads((out / "ablation.json").read_text())    # every seed's rows exist now
+    assert whole["meta"]["seeds"] == [0, 1] and len(whole["table"]["cam"]["maxboxacc_v2"]["values"]) == 2

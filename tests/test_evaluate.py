@@ -71,6 +71,31 @@ def test_box_coverage():
     assert evaluate.box_coverage((0, 0, 9, 9), [(0, 0, 4, 4), (0, 0, 19, 9)]) == (1.0, 0.25, 4.0)
 
 
+def test_part_coverage_hand_computed():
+    # G = 20 x 10 at the origin, its part P = the left 5 x 10 (50 px, a quarter of G); B = the left 10 x 10.
+    scoremap = np.zeros((10, 20))
+    scoremap[4, 2] = 1.0                                           # the peak, inside P
+    assert evaluate.part_coverage((0, 0, 9, 9), (0, 0, 19, 9), (0, 0, 4, 9), scoremap) == (1.0, 50 / 150, 1.0, 0.25)
+    scoremap[4, 2], scoremap[4, 12] = 0.0, 1.0                     # the peak on the rest: not on the part
+    cov = evaluate.part_coverage((10, 0, 19, 9), (0, 0, 19, 9), (0, 0, 4, 9), scoremap)
+    assert cov == (0.0, 100 / 150, 0.0, 0.25)
+    # A part that sticks out of G counts only where it lies in G.
+    assert evaluate.part_coverage((0, 0, 19, 9), (0, 0, 19, 9), (15, 0, 24, 9), scoremap)[0::3] == (1.0, 0.25)
+
+
+def test_part_numbers_come_out_when_the_split_has_part_boxes():
+    """builtin-parts' part_boxes.txt: the box of a map on the whole object covers the part and the rest."""
+    meta = _split()
+    meta.part_boxes = {i: np.array([[20, 20, 39, 39]]) for i in meta.image_ids}   # a quarter of the GT box
+    out = evaluate.evaluate_model(MapModel(2, 6), _batches(meta, [1, 2]), meta, "cpu", None, CFG,
+                                  loc_threshold=0.5)
+    # At 224 x 224: G = 56..165 (110 px a side), P = 56..109 (54 px), wsolevaluation's truncating rescale.
+    assert out["part_area_share"] == pytest.approx(100 * 54 ** 2 / 110 ** 2)
+    assert out["part_coverage"] == 100.0 and out["rest_coverage"] > 95.0 and out["box_coverage"] > 95.0
+    assert "part_coverage" not in evaluate.evaluate_model(MapModel(2, 6), _batches(_split(), [1, 2]), _split(),
+                                                          "cpu", None, CFG, loc_threshold=0.5)
+
+
 def test_localization_score_picks_the_protocols_headline():
     assert evaluate.localization_score({"pxap": 61.5, "pxap_best_threshold": 0.3}) == ("pxap", 61.5, 0.3)
     boxes = {"maxboxacc_v2": 55.0, "best_threshold_iou50": 0.25}

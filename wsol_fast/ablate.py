@@ -45,6 +45,11 @@ ROWS = {
 TABLE2 = ("cam", "adl", "icl", "no_ca", "no_fc", "no_nonlocal", "no_dfg")
 METRICS = (("maxboxacc_30", "MaxBoxAcc@30"), ("maxboxacc_50", "@50"), ("maxboxacc_70", "@70"),
            ("maxboxacc_v2", "MaxBoxAccV2"), ("top1_cls", "top-1 cls"), ("val_maxboxacc_v2", "val MaxBoxAccV2"))
+# builtin-parts only (results.json has them when the metadata has part_boxes.txt): where the val-threshold box
+# lies, the CAM failure the paper fixes (a box on the discriminative head that misses the body).
+PART_METRICS = (("box_coverage", "object covered"), ("part_coverage", "head covered"),
+                ("rest_coverage", "rest covered"), ("box_precision", "box on object"),
+                ("peak_on_part", "peak on head"), ("gt_known_loc", "GT-known"))
 BUILTIN = ("builtin", "builtin-parts")
 
 
@@ -72,6 +77,9 @@ def parse_args(argv=None):
     p.add_argument("--only-seeds", type=int, nargs="+", default=None, metavar="S",
                    help="run only these seeds' jobs (e.g. one process per seed on a machine with the cores for "
                         "it); the table is written by the call that finds every seed's rows finished")
+    p.add_argument("--table-only", action="store_true",
+                   help="train nothing: write the table from the seeds whose rows are all finished (e.g. after "
+                        "--only-seeds processes, some of them stopped)")
     p.add_argument("--output", default=None, help="default runs/ablate-<backbone>-<dataset>")
     a, passthrough = p.parse_known_args(argv)
     if a.seeds < 1:
@@ -117,6 +125,7 @@ def _row_numbers(folder: str) -> dict:
     out.update(maxboxacc_v2=float(r["maxboxacc_v2"]), top1_cls=float(r["top1_cls"]),
                top1_loc=float(r["top1_loc"]), gt_known_loc=float(r["gt_known_loc"]),
                val_maxboxacc_v2=float(last["val_maxboxacc_v2"]))
+    out.update({k: float(r[k]) for k in (*(k for k, _ in PART_METRICS), "part_area_share") if k in r})
     return out
 
 
@@ -152,6 +161,15 @@ def render_table(table: dict, rows: list[str], seeds: int) -> str:
                      ("—" if diff is None or row == "icl" else f"{diff:+.1f}") + " |")
     lines.append(f"\nmean ± std over {seeds} seed(s); test split (last epoch, CAM threshold chosen on val) except "
                  "the val column.")
+    part = [(k, label) for k, label in PART_METRICS if all(k in table[row] for row in rows)]
+    if any(k == "part_coverage" for k, _ in part):
+        lines += ["", "Where the boxes lie (test, % of images' mean; one largest-component box per image at the "
+                      "val threshold; the head is about "
+                      f"{table[rows[0]].get('part_area_share', {}).get('mean', float('nan')):.0f}% of the GT box):", "",
+                  "| method | " + " | ".join(label for _, label in part) + " |", "|" + "---|" * (len(part) + 1)]
+        for row in rows:
+            lines.append(f"| {ROWS[row][0]} | " + " | ".join(
+                f"{table[row][k]['mean']:.1f} ± {table[row][k]['std']:.1f}" for k, _ in part) + " |")
     return "\n".join(lines)
 
 
@@ -186,26 +204,31 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     done = sum(os.path.isfile(os.path.join(f, "results.json")) for _, f, _ in jobs)
     with tqdm(total=len(jobs), initial=done, desc="ablation", unit="run", file=sys.stderr,
-              dynamic_ncols=True) as bar:
-        for desc, folder, argv_run in jobs:
+              dynamic_ncols=True, disable=a.table_only) as bar:
+        for desc, folder, argv_run in ([] if a.table_only else jobs):
             if os.path.isfile(os.path.join(folder, "results.json")):
                 continue
             bar.set_postfix_str(desc)
             print(f"\n== {desc}: python -m wsol_fast.train {' '.join(argv_run)}", file=sys.stderr)
             _run(argv_run, folder)
             bar.update(1)
-    missing = [f"seed{s}/{row}" for s in range(a.seeds) for row in a.rows
-               if not os.path.isfile(os.path.join(out, f"seed{s}", row, "results.json"))]
-    if missing:
+    finished = lambda s: all(os.path.isfile(os.path.join(out, f"seed{s}", row, "results.json"))  # noqa: E731
+                             for row in a.rows)
+    seeds = [s for s in range(a.seeds) if finished(s)]
+    if len(seeds) < a.seeds and not (a.table_only and seeds):
+        missing = [f"seed{s}/{row}" for s in range(a.seeds) for row in a.rows
+                   if not os.path.isfile(os.path.join(out, f"seed{s}", row, "results.json"))]
         print(f"\n{len(missing)} row run(s) not finished yet ({', '.join(missing[:4])}...): the table is written "
               "when every seed's rows are done")
         return 0
-    per_seed = {row: [_row_numbers(os.path.join(out, f"seed{s}", row)) for s in range(a.seeds)] for row in a.rows}
+    per_seed = {row: [_row_numbers(os.path.join(out, f"seed{s}", row)) for s in seeds] for row in a.rows}
     table = summarise(per_seed, a.rows)
-    text = render_table(table, a.rows, a.seeds)
+    text = render_table(table, a.rows, len(seeds))
+    if len(seeds) < a.seeds:
+        text += f" Only seeds {seeds} of 0..{a.seeds - 1} had finished every row (--table-only)."
     if a.shared_warmup:
         text += " One shared CAM warm-up (seed 0): the spread covers the forked epochs only."
-    meta = {"backbone": a.backbone, "dataset": a.dataset, "seeds": a.seeds, "epochs": epochs,
+    meta = {"backbone": a.backbone, "dataset": a.dataset, "seeds": seeds, "epochs": epochs,
             "warmup_epochs": warmup, "rows": a.rows, "train_args": passthrough,
             "shared_warmup": a.shared_warmup, "row_steps_per_epoch": a.row_steps_per_epoch,
             "wall_seconds_this_call": time.perf_counter() - t0}

@@ -54,6 +54,11 @@ def test_layout_and_metadata_pass_the_reader(tiny, metas):
             assert image_id.split("/")[:2] == [meta.split, str(meta.labels[image_id])]
 
 
+def test_the_digits_set_has_no_part_boxes(tiny, metas):
+    assert all(m.part_boxes == {} for m in metas.values())
+    assert not os.path.exists(os.path.join(builtin.metadata_root(tiny), builtin.DATASET, "val", "part_boxes.txt"))
+
+
 def test_at_least_ten_balanced_classes(metas):
     for meta in metas.values():
         assert meta.num_classes == 10

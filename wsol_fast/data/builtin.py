@@ -127,7 +127,9 @@ def _complete(root: str, dataset: str, params: dict, manifest_name: str) -> bool
             manifest = json.load(fh)
     except (OSError, ValueError):
         return False
-    files = [os.path.join(metadata_root(root), dataset, s, "image_ids.txt") for s in SPLITS]
+    # builtin-parts also writes the heads' boxes; a cache made before they were written is rebuilt (same images).
+    names = ("image_ids.txt", "part_boxes.txt") if dataset == "builtin-parts" else ("image_ids.txt",)
+    files = [os.path.join(metadata_root(root), dataset, s, n) for s in SPLITS for n in names]
     return manifest.get("params") == params and all(os.path.isfile(f) for f in files)
 
 
@@ -194,7 +196,7 @@ def _build(folder: str, p: dict, progress: bool, dataset: str = DATASET) -> dict
             for i in range(n):
                 rng = np.random.default_rng([p["seed"], split_no, i, version])
                 label = int(labels[i])
-                image, box = render(rng, p, label, masks, pools[split], backgrounds)
+                image, box, *part = render(rng, p, label, masks, pools[split], backgrounds)
                 image_id = f"{split}/{label}/{split}_{i:05d}.jpg"
                 pending.append(writer.submit(_write_jpeg, image, os.path.join(folder, "images", dataset, image_id),
                                              p["quality"]))
@@ -203,6 +205,8 @@ def _build(folder: str, p: dict, progress: bool, dataset: str = DATASET) -> dict
                 lines["class_labels"].append(f"{image_id},{label}")
                 lines["image_sizes"].append(f"{image_id},{w},{h}")
                 lines["localization"].append(f"{image_id},{box[0]},{box[1]},{box[2]},{box[3]}")
+                if part:   # builtin-parts: the head's box (data/builtin_parts.py)
+                    lines.setdefault("part_boxes", []).append(f"{image_id},{','.join(map(str, part[0]))}")
                 bar.update(1)
             meta = os.path.join(folder, "metadata", dataset, split)
             os.makedirs(meta, exist_ok=True)

@@ -5,6 +5,7 @@
                                       class_labels.txt   path,label
                                       image_sizes.txt    path,w,h
                                       localization.txt   path,x0,y0,x1,y1   (several lines per image allowed)
+                                      part_boxes.txt     path,x0,y0,x1,y1   (optional; builtin-parts' heads)
 
 Images live at `<data_root>/<DATASET>/<image_id>`. For OpenImages, `localization.txt` holds
 `path,mask_path,ignore_path` lines (masks for PxAP), read as wsolevaluation's `get_mask_paths` reads
@@ -72,6 +73,9 @@ class SplitMetadata:
     # id -> (mask paths, ignore path or "" for none), paths relative to <mask_root>/<dataset>
     masks: dict[str, tuple[list[str], str]] = field(default_factory=dict)
     mask_root: str | None = None    # where the masks were found (prepare_data sets it), for the evaluator
+    # id -> [k, 4] boxes of a discriminative part (builtin-parts' heads: part_boxes.txt, optional), for the
+    # evaluator's part-versus-rest coverage
+    part_boxes: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def has_masks(self) -> bool:
@@ -91,7 +95,8 @@ class SplitMetadata:
         keep = list(image_ids)
         pick = lambda d: {i: d[i] for i in keep if i in d}  # noqa: E731
         return SplitMetadata(self.dataset, self.split, keep, pick(self.labels), self.num_classes,
-                             pick(self.sizes), pick(self.boxes), pick(self.masks), self.mask_root)
+                             pick(self.sizes), pick(self.boxes), pick(self.masks), self.mask_root,
+                             pick(self.part_boxes))
 
 
 def check_relative_path(path: str, where: str) -> None:
@@ -420,9 +425,13 @@ def load_metadata(metadata_root: str, dataset: str, split: str, num_classes: int
         boxes = _read_boxes(file("localization.txt"), ids, sizes)
         _require_all(file("localization.txt"), ids, boxes)
 
+    parts = {}
+    if boxes and _has_lines(file("part_boxes.txt")):
+        parts = _read_boxes(file("part_boxes.txt"), ids, sizes)
+        _require_all(file("part_boxes.txt"), ids, parts)
     inferred = max(labels.values()) + 1
     return SplitMetadata(dataset, split, list(ids), labels, num_classes if num_classes is not None else inferred,
-                         sizes, boxes, masks)
+                         sizes, boxes, masks, part_boxes=parts)
 
 
 def load_splits(metadata_root: str, dataset: str, splits=("train", "val", "test"),
