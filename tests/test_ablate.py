@@ -51,6 +51,10 @@ def test_ablate_forks_rows_from_one_warmup_and_summarises_over_seeds(parts_root,
         assert cell["mean"] == pytest.approx(sum(values) / 2)
         assert cell["std"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)   # sample std of two
         assert cell["diff_to_icl"] == pytest.approx(cell["mean"] - data["table"]["icl"]["maxboxacc_v2"]["mean"])
+        # Paired over seeds: the sample std of the two per-seed differences to ICL.
+        icl = data["table"]["icl"]["maxboxacc_v2"]["values"]
+        d0, d1 = values[0] - icl[0], values[1] - icl[1]
+        assert cell["diff_to_icl_std"] == pytest.approx(abs(d0 - d1) / 2 ** 0.5, abs=1e-9)
     table = (out / "ablation.md").read_text()
     assert "| CAM |" in table and "| w/o L_ca |" in table and "±" in table
     # builtin-parts: where each row's boxes lie (head versus the rest of the object), from results.json.
@@ -59,6 +63,7 @@ def test_ablate_forks_rows_from_one_warmup_and_summarises_over_seeds(parts_root,
         values = [json.loads((out / f"seed{s}" / row / "results.json").read_text())["part_coverage"] for s in (0, 1)]
         assert data["table"][row]["part_coverage"]["values"] == pytest.approx(values)
     assert (out / "ablation.csv").read_text().splitlines()[0].startswith("row,label,maxboxacc_30_mean")
+    assert (out / "ablation.csv").read_text().splitlines()[0].endswith(",diff_v2_to_icl,diff_v2_to_icl_std")
 
     # Resumable: a second call reruns nothing and rewrites the same table.
     calls.clear()

@@ -145,22 +145,27 @@ def summarise(per_seed: dict, rows: list[str]) -> dict:
             m, s = _mean_std([r[key] for r in runs])
             table[row][key] = {"mean": m, "std": s, "values": [r[key] for r in runs]}
     if "icl" in table:
+        # Paired over seeds: a seed's rows fork from its own warm-up, so the spread of the per-seed differences
+        # is what a row's difference to ICL must exceed (the rows' own spreads also hold the warm-ups').
         for row in rows:
             for key in table[row]:
-                table[row][key]["diff_to_icl"] = table[row][key]["mean"] - table["icl"][key]["mean"]
+                diffs = [a - b for a, b in zip(table[row][key]["values"], table["icl"][key]["values"])]
+                table[row][key]["diff_to_icl"], table[row][key]["diff_to_icl_std"] = _mean_std(diffs)
     return table
 
 
 def render_table(table: dict, rows: list[str], seeds: int) -> str:
-    head = "| method | " + " | ".join(label for _, label in METRICS) + " | Δ MaxBoxAccV2 vs ICL |"
+    head = "| method | " + " | ".join(label for _, label in METRICS) + " | Δ MaxBoxAccV2 vs ICL, paired |"
     lines = [head, "|" + "---|" * (len(METRICS) + 2)]
     for row in rows:
         cells = [f"{table[row][k]['mean']:.1f} ± {table[row][k]['std']:.1f}" for k, _ in METRICS]
-        diff = table[row]["maxboxacc_v2"].get("diff_to_icl")
-        lines.append(f"| {ROWS[row][0]} | " + " | ".join(cells) + " | " +
-                     ("—" if diff is None or row == "icl" else f"{diff:+.1f}") + " |")
+        cell = table[row]["maxboxacc_v2"]
+        diff = "—" if "diff_to_icl" not in cell or row == "icl" else \
+            f"{round(cell['diff_to_icl'], 1) + 0.0:+.1f} ± {cell['diff_to_icl_std']:.1f}"
+        lines.append(f"| {ROWS[row][0]} | " + " | ".join(cells) + f" | {diff} |")
     lines.append(f"\nmean ± std over {seeds} seed(s); test split (last epoch, CAM threshold chosen on val) except "
-                 "the val column.")
+                 "the val column; the last column is the mean ± std of the per-seed differences (each seed's rows "
+                 "share its warm-up).")
     part = [(k, label) for k, label in PART_METRICS if all(k in table[row] for row in rows)]
     if any(k == "part_coverage" for k, _ in part):
         lines += ["", "Where the boxes lie (test, % of images' mean; one largest-component box per image at the "
@@ -234,12 +239,14 @@ def main(argv=None) -> int:
             "wall_seconds_this_call": time.perf_counter() - t0}
     _write(os.path.join(out, "ablation.json"), json.dumps({"meta": meta, "table": table, "per_seed": per_seed},
                                                           indent=2))
-    fields = ["row", "label", *(f"{k}_{s}" for k, _ in METRICS for s in ("mean", "std")), "diff_v2_to_icl"]
+    fields = ["row", "label", *(f"{k}_{s}" for k, _ in METRICS for s in ("mean", "std")), "diff_v2_to_icl",
+              "diff_v2_to_icl_std"]
     lines = [",".join(fields)]
     for row in a.rows:
         vals = [f"{table[row][k][s]:.4f}" for k, _ in METRICS for s in ("mean", "std")]
-        diff = table[row]["maxboxacc_v2"].get("diff_to_icl")
-        lines.append(",".join([row, f'"{ROWS[row][0]}"', *vals, "" if diff is None else f"{diff:.4f}"]))
+        cell = table[row]["maxboxacc_v2"]
+        diffs = [f"{cell[k]:.4f}" if k in cell else "" for k in ("diff_to_icl", "diff_to_icl_std")]
+        lines.append(",".join([row, f'"{ROWS[row][0]}"', *vals, *diffs]))
     _write(os.path.join(out, "ablation.csv"), "\n".join(lines) + "\n")
     _write(os.path.join(out, "ablation.md"), f"{a.backbone} on {a.dataset}\n\n{text}\n")
     print(f"\n{a.backbone} on {a.dataset}\n\n{text}\n\nwritten: {out}/ablation.json, ablation.csv, ablation.md")
