@@ -24,7 +24,7 @@ DEADLINE_S=${DEADLINE_S:-450}
 SEEDS=${SEEDS:-3}
 DEVICE=${DEVICE:-cuda}
 IMPL=${IMPL:-reference}
-SETS=${SETS:-"builtin builtin-parts"}
+SETS=${SETS-"builtin builtin-parts"}   # SETS="" runs no set of the CPU profile (PARTS128 only)
 ROWS=${ROWS:-"cam adl icl no_ca no_fc no_nonlocal no_dfg icl_paper"}
 EXTRA=${EXTRA:-}
 PARTS128=${PARTS128:-0}
