@@ -9,11 +9,34 @@ CUDA the same number comes from torch.cuda.max_memory_allocated.
 
 CUDA rows are timed by `benchmarks/cuda_timing.py` (`measure_cuda`: device time from CUDA-graph replay
 or the profiler beside the host-inclusive time).
+
+`pytest benchmarks --benchmark-only` runs the quick set: every file, but rows marked `full` skip. Those are
+the training-step ladder of VGG16 and ResNet50 and InceptionV3's channels_last and compile steps, and the
+old contour-search path over the whole CUB test split. About 5 minutes on 2 cores; `--bench-full` adds
+them, for about 13.
 """
 from __future__ import annotations
 
 import pytest
 import torch
+
+
+def pytest_addoption(parser):
+    parser.addoption("--bench-full", action="store_true",
+                     help="also run the benchmark rows marked `full` (about 13 minutes on 2 cores instead of 5)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "full: a long benchmark row, run only with --bench-full")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--bench-full"):
+        return
+    skip = pytest.mark.skip(reason="a long row of the full set: run with --bench-full")
+    for item in items:
+        if item.get_closest_marker("full") is not None:
+            item.add_marker(skip)
 
 
 def synchronize(device: str) -> None:

@@ -5,7 +5,7 @@ Input: batch 32 at 128 x 128 on the CPU, fixed here (not the default run's profi
 so that rows stay comparable across versions. The CUDA row uses the paper's 224 input and skips
 without a GPU. Each row records images/s in extra_info.
 
-    pytest benchmarks/test_bench_train_step.py --benchmark-only
+    pytest benchmarks/test_bench_train_step.py --benchmark-only [--bench-full]   # 3 rows, or all 15
 """
 from __future__ import annotations
 
@@ -60,8 +60,16 @@ def _make_step(backbone: str, impl, channels_last: bool, amp, compile_: bool, de
     return step
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[c[0] for c in CONFIGS])
-@pytest.mark.parametrize("backbone", ["vgg16", "inceptionv3", "resnet50"])
+# The quick set (without --bench-full): the default backbone's step on the reference ops, on the fused ops,
+# and in the default run's setting (channels_last, bf16). The other rows are marked `full`.
+QUICK = {("inceptionv3", "fp32-eager-reference"), ("inceptionv3", "fp32-eager-fused"),
+         ("inceptionv3", "+bf16-autocast")}
+BACKBONES = ["vgg16", "inceptionv3", "resnet50"]
+CPU_ROWS = [pytest.param(b, c, id=f"{b}-{c[0]}", marks=() if (b, c[0]) in QUICK else pytest.mark.full)
+            for b in BACKBONES for c in CONFIGS]
+
+
+@pytest.mark.parametrize("backbone,config", CPU_ROWS)
 def test_train_step_cpu(benchmark, backbone, config):
     name, impl, channels_last, amp, compile_ = config
     size = CPU_SIZE
@@ -74,7 +82,7 @@ def test_train_step_cpu(benchmark, backbone, config):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA row: needs a GPU")
-@pytest.mark.parametrize("backbone", ["vgg16", "inceptionv3", "resnet50"])
+@pytest.mark.parametrize("backbone", BACKBONES)
 def test_train_step_cuda(benchmark, backbone):
     step = _make_step(backbone, None, True, torch.bfloat16, False, "cuda", 224)
     for _ in range(3):
