@@ -189,16 +189,25 @@ def localization_score(results: dict) -> tuple[str, float, float | None]:
     return "maxboxacc_v2", results["maxboxacc_v2"], results.get("best_threshold_iou50")
 
 
+def _area(b) -> int:
+    """Pixels of an inclusive box (x0, y0, x1, y1), 0 when empty."""
+    return max(0, b[2] - b[0] + 1) * max(0, b[3] - b[1] + 1)
+
+
+def _meet(a, b) -> tuple:
+    """The intersection of two inclusive boxes (empty when x0 > x1 or y0 > y1)."""
+    return max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+
+
 def box_coverage(box, gt_boxes) -> tuple[float, float, float]:
     """(|B ∩ G| / |G|, |B ∩ G| / |B|, |B| / |G|) of a predicted box B (x0, y0, x1, y1; the largest
     component's at the val threshold) and the GT box G it covers most (pixel areas with the +1
     convention; the no-contour box (0, 0, 0, 0) counts as the one pixel it spans)."""
-    area = lambda b: max(0, b[2] - b[0] + 1) * max(0, b[3] - b[1] + 1)  # noqa: E731
     best = (0.0, 0.0, 0.0)
     for g in np.asarray(gt_boxes):
-        inter = area((max(box[0], g[0]), max(box[1], g[1]), min(box[2], g[2]), min(box[3], g[3])))
-        if area(box) and inter / area(g) >= best[0]:
-            best = (inter / area(g), inter / area(box), area(box) / area(g))
+        inter = _area(_meet(box, g))
+        if _area(box) and inter / _area(g) >= best[0]:
+            best = (inter / _area(g), inter / _area(box), _area(box) / _area(g))
     return best
 
 
@@ -206,15 +215,13 @@ def part_coverage(box, gt_box, part_box, scoremap) -> tuple[float, float, float,
     """Where a predicted box B lies on an object of GT box G with a discriminative part P (P inside G; all
     x0, y0, x1, y1 inclusive): (|B ∩ P| / |P|, |B ∩ (G \\ P)| / |G \\ P|, whether the score map's maximum lies in
     P (1.0 or 0.0; the first maximum in row-major order), |P| / |G|)."""
-    area = lambda b: max(0, b[2] - b[0] + 1) * max(0, b[3] - b[1] + 1)  # noqa: E731
-    meet = lambda a, b: (max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3]))  # noqa: E731
-    part = meet(part_box, gt_box)             # the part as far as it lies in the GT box
-    on_part = area(meet(box, part))
-    rest = area(gt_box) - area(part)
+    part = _meet(part_box, gt_box)             # the part as far as it lies in the GT box
+    on_part = _area(_meet(box, part))
+    rest = _area(gt_box) - _area(part)
     y, x = np.unravel_index(int(np.argmax(scoremap)), scoremap.shape)
     peak = float(part[0] <= x <= part[2] and part[1] <= y <= part[3])
-    return (on_part / max(area(part), 1), (area(meet(box, gt_box)) - on_part) / max(rest, 1), peak,
-            area(part) / max(area(gt_box), 1))
+    return (on_part / max(_area(part), 1), (_area(_meet(box, gt_box)) - on_part) / max(rest, 1), peak,
+            _area(part) / max(_area(gt_box), 1))
 
 
 def centre_prior(meta, interval: float) -> dict:
@@ -340,7 +347,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-multi-contour", dest="multi_contour", action="store_false",
                    help="with --scoremap-root: only the largest contour's box per threshold (MaxBoxAcc V1; "
                         "wsolevaluation's multi_contour_eval=False). Default: all contours (V2)")
-    p.add_argument("--workers", type=guard.positive_int, default=1, help="with --scoremap-root: processes scoring the maps")
+    p.add_argument("--workers", type=guard.positive_int, default=1,
+                   help="with --scoremap-root: processes scoring the maps")
     p.add_argument("--save-scoremaps", default=None, metavar="DIR",
                    help="with --checkpoint: write every GT-class CAM of the split as DIR/<image_id>.npy "
                         "(224 x 224 float64, min-max normalised, as wsolevaluation writes them)")
@@ -373,7 +381,8 @@ def _evaluate_scoremaps(a) -> int:
                                            a.multi_contour, a.workers)
     if a.output:
         os.makedirs(a.output, exist_ok=True)
-        checkpoint.atomic_write(json.dumps(_jsonable(results), indent=2), os.path.join(a.output, "results.json"))
+        checkpoint.atomic_write(json.dumps(_jsonable(results), indent=2),
+                                os.path.join(a.output, "results.json"))
     results["top1_cls"] = None
     contour = "" if a.multi_contour or meta.has_masks else ", largest contour only"
     print_table(results, f"score maps {a.scoremap_root} on {a.dataset} ({a.split} split, interval {interval:g}"
