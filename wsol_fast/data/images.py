@@ -108,8 +108,10 @@ def image_problem(path: str) -> str | None:
 
 
 def looks_like_image(path: str) -> bool:
-    """The pre-scan's check of one file (a seam the tests replace to reach a loader's own failure)."""
-    return _intact(path)
+    """The pre-scan's check of one file (`image_problem` finds nothing): JPEGs must start with SOI and end
+    with EOI, which catches the common truncated download; no header may claim more than the pixel cap;
+    other formats are decoded with OpenCV. A seam the tests replace to reach a loader's own failure."""
+    return image_problem(path) is None
 
 
 def find_bad_images(paths) -> list[int]:
@@ -132,13 +134,6 @@ def scan(paths, skip: bool, what: str = "the split", use: str = "load") -> list[
         raise BadImageError(f"every image of {what} ({len(paths)}) is unreadable (first: {paths[0]}); "
                             f"nothing is left to {use}")
     return bad
-
-
-def _intact(path: str) -> bool:
-    """Cheap integrity check (small reads, no decode for JPEGs): JPEGs must start with SOI and end with EOI,
-    which catches the common truncated download; no header may claim more than the pixel cap; other
-    formats are decoded with OpenCV."""
-    return image_problem(path) is None
 
 
 def _cv2_decodes(path: str) -> bool:
