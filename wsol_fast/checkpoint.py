@@ -184,6 +184,11 @@ def load_weights(model: torch.nn.Module, weights: dict, path: str, what: str = "
     model.load_state_dict(weights)
 
 
+def _describe(backbone: str, method: str, num_classes: int) -> str:
+    """The model a load_weights error names."""
+    return f"a {backbone} / {method} model with {num_classes} classes"
+
+
 def build_model(cfg, num_classes: int, device: torch.device, state: dict | None = None, path: str = "",
                 pretrained=None, keep_classifier: bool = False, sync_bn: bool = False) -> torch.nn.Module:
     """create_model from a resolved TrainConfig, with `state`'s weights when given (load_weights: a model
@@ -197,7 +202,7 @@ def build_model(cfg, num_classes: int, device: torch.device, state: dict | None 
     if sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if state is not None:
-        load_weights(model, state["model"], path, f"a {m.backbone} / {m.method} model with {num_classes} classes")
+        load_weights(model, state["model"], path, _describe(m.backbone, m.method, num_classes))
     model.to(device)
     if cfg.runtime.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -209,8 +214,7 @@ def build_model(cfg, num_classes: int, device: torch.device, state: dict | None 
 def resume(state: dict, path: str, model, optimizer, scheduler, scaler, num_classes: int) -> None:
     """Continue a run: weights, optimizer, scheduler, scaler and RNG exactly as saved."""
     cfg = state["config"]["model"]
-    load_weights(model, state["model"], path,
-                 f"a {cfg['backbone']} / {cfg['method']} model with {num_classes} classes")
+    load_weights(model, state["model"], path, _describe(cfg["backbone"], cfg["method"], num_classes))
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
@@ -229,8 +233,7 @@ def fork(state: dict, path: str, cfg, model, optimizer, scaler, num_classes: int
     if cfg.runtime.fork_weights_only or state["config"]["model"]["method"] != cfg.model.method:
         fork_weights(model, state["model"], path)
     else:   # as a resume, then this run's own settings on top
-        load_weights(model, state["model"], path,
-                     f"a {cfg.model.backbone} / {cfg.model.method} model with {num_classes} classes")
+        load_weights(model, state["model"], path, _describe(cfg.model.backbone, cfg.model.method, num_classes))
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
