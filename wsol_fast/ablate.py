@@ -217,14 +217,13 @@ def main(argv=None) -> int:
             print(f"\n== {desc}: python -m wsol_fast.train {' '.join(argv_run)}", file=sys.stderr)
             _run(argv_run, folder)
             bar.update(1)
-    finished = lambda s: all(os.path.isfile(os.path.join(out, f"seed{s}", row, "results.json"))  # noqa: E731
-                             for row in a.rows)
-    seeds = [s for s in range(a.seeds) if finished(s)]
-    if len(seeds) < a.seeds and not (a.table_only and seeds):
-        missing = [f"seed{s}/{row}" for s in range(a.seeds) for row in a.rows
-                   if not os.path.isfile(os.path.join(out, f"seed{s}", row, "results.json"))]
-        print(f"\n{len(missing)} row run(s) not finished yet ({', '.join(missing[:4])}...): the table is written "
-              "when every seed's rows are done")
+    missing = [(s, row) for s in range(a.seeds) for row in a.rows
+               if not os.path.isfile(os.path.join(out, f"seed{s}", row, "results.json"))]
+    seeds = sorted(set(range(a.seeds)) - {s for s, _ in missing})   # the seeds with every row finished
+    if missing and not (a.table_only and seeds):
+        shown = ", ".join(f"seed{s}/{row}" for s, row in missing[:4])
+        print(f"\n{len(missing)} row run(s) not finished yet ({shown}...): the table is written when every seed's "
+              "rows are done")
         return 0
     per_seed = {row: [_row_numbers(os.path.join(out, f"seed{s}", row)) for s in seeds] for row in a.rows}
     table = summarise(per_seed, a.rows)
