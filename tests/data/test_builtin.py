@@ -3,7 +3,6 @@
 per split). Tiny sizes (40/20/20 images) keep each test well under a second after the first generation."""
 from __future__ import annotations
 
-import hashlib
 import os
 
 import numpy as np
@@ -11,24 +10,11 @@ import pytest
 
 cv2 = pytest.importorskip("cv2")
 
+from dataset_digest import digest  # noqa: E402
 from wsol_fast.data import builtin  # noqa: E402
 from wsol_fast.data.metadata import load_splits  # noqa: E402
 
 TINY = dict(num_train=40, num_val=20, num_test=20)
-
-
-def _digest(root: str) -> str:
-    """One hash over every file of the dataset (paths and bytes), manifest excluded."""
-    h = hashlib.sha256()
-    for base in (builtin.data_root(root), builtin.metadata_root(root)):
-        for folder, dirs, files in sorted(os.walk(base)):
-            dirs.sort()
-            for name in sorted(files):
-                path = os.path.join(folder, name)
-                h.update(os.path.relpath(path, root).encode())
-                with open(path, "rb") as fh:
-                    h.update(fh.read())
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -129,22 +115,22 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path, tiny):
     again, other = str(tmp_path / "again"), str(tmp_path / "other")
     builtin.generate(again, seed=0, progress=False, **TINY)
     builtin.generate(other, seed=1, progress=False, **TINY)
-    assert _digest(again) == _digest(tiny)
-    assert _digest(other) != _digest(tiny)
+    assert digest(again) == digest(tiny)
+    assert digest(other) != digest(tiny)
 
 
 def test_generate_is_idempotent(tiny):
     manifest = os.path.join(tiny, builtin.MANIFEST)
     stamp = os.stat(manifest).st_mtime_ns
-    before = _digest(tiny)
+    before = digest(tiny)
     assert builtin.generate(tiny, seed=0, progress=False, **TINY) == builtin.metadata_root(tiny)
-    assert os.stat(manifest).st_mtime_ns == stamp and _digest(tiny) == before
+    assert os.stat(manifest).st_mtime_ns == stamp and digest(tiny) == before
 
 
 def test_interrupted_generation_is_redone(tmp_path):
     root = str(tmp_path / "ds")
     builtin.generate(root, seed=0, progress=False, **TINY)
-    complete = _digest(root)
+    complete = digest(root)
     # An interruption: the manifest (written last) is missing, files are half there, a build folder lingers.
     os.remove(os.path.join(root, builtin.MANIFEST))
     victim = os.path.join(builtin.data_root(root), builtin.DATASET, "test", "0")
@@ -153,7 +139,7 @@ def test_interrupted_generation_is_redone(tmp_path):
     os.makedirs(os.path.join(root, ".building-999999", "images"))
     assert not builtin.is_complete(root, seed=0, **TINY)
     builtin.generate(root, seed=0, progress=False, **TINY)
-    assert builtin.is_complete(root, seed=0, **TINY) and _digest(root) == complete
+    assert builtin.is_complete(root, seed=0, **TINY) and digest(root) == complete
 
 
 def test_other_parameters_regenerate(tmp_path):

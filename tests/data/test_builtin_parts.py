@@ -1,9 +1,8 @@
 """builtin-parts (data/builtin_parts.py): every image's head box is written to part_boxes.txt, is the tight box of
 the head's ink, lies inside the GT box and is a small share of it; a cache made before part boxes existed is
-rebuilt with the same images. Tiny sizes keep it fast."""
+rebuilt with the same files. Tiny sizes keep it fast."""
 from __future__ import annotations
 
-import hashlib
 import os
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 
 cv2 = pytest.importorskip("cv2")
 
+from dataset_digest import digest  # noqa: E402
 from wsol_fast.data import builtin, builtin_parts  # noqa: E402
 from wsol_fast.data.metadata import load_splits  # noqa: E402
 
@@ -23,16 +23,6 @@ def root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("parts"))
     builtin.generate(root, seed=0, progress=False, dataset=DATASET, **TINY)
     return root
-
-
-def _image_digest(root: str) -> str:
-    h = hashlib.sha256()
-    for folder, dirs, files in sorted(os.walk(os.path.join(builtin.data_root(root), DATASET))):
-        dirs.sort()
-        for name in sorted(files):
-            with open(os.path.join(folder, name), "rb") as fh:
-                h.update(name.encode() + fh.read())
-    return h.hexdigest()
 
 
 def test_every_image_has_a_small_head_box_inside_its_gt_box(root):
@@ -70,12 +60,12 @@ def test_the_head_box_is_the_tight_box_of_the_head_ink(monkeypatch):
 def test_a_cache_without_part_boxes_is_rebuilt_with_the_same_images(tmp_path, root):
     copy = str(tmp_path / "parts")
     builtin.generate(copy, seed=0, progress=False, dataset=DATASET, **TINY)
-    images = _image_digest(copy)
-    assert images == _image_digest(root)          # deterministic
+    files = digest(copy)
+    assert files == digest(root)          # deterministic
     os.remove(os.path.join(builtin.metadata_root(copy), DATASET, "val", "part_boxes.txt"))
     assert not builtin.is_complete(copy, seed=0, dataset=DATASET, **TINY)
     builtin.generate(copy, seed=0, progress=False, dataset=DATASET, **TINY)
     assert builtin.is_complete(copy, seed=0, dataset=DATASET, **TINY)
-    assert _image_digest(copy) == images
+    assert digest(copy) == files             # the same images, and the same part boxes again
     assert os.path.isfile(os.path.join(builtin.metadata_root(copy), DATASET, "val", "part_boxes.txt"))
     assert len(load_splits(builtin.metadata_root(copy), DATASET)["val"].part_boxes) == TINY["num_val"]
