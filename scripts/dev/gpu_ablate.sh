@@ -61,7 +61,7 @@ if '$IMPL' == 'reference':
     t.TRITON_CUDA_AVAILABLE = False
 from wsol_fast import ablate
 sys.exit(ablate.main(sys.argv[1:]))"
-COMMON=(--backbone inceptionv3 --seeds "$SEEDS" --rows $ROWS --device "$DEVICE" --workers 2 --loader opencv
+COMMON=(--backbone inceptionv3 --seeds "$SEEDS" --device "$DEVICE" --workers 2 --loader opencv
         --no-tensorboard $EXTRA)
 JOB_START=$(elapsed)
 PIDS=()
@@ -73,7 +73,7 @@ launch() {   # launch NAME NICE ARGS...
 }
 for ds in $SETS; do
   for s in $(seq 0 $(( SEEDS - 1 ))); do
-    launch "$ds-seed$s" 0 --dataset "$ds" --output "$RUNS/$ds" --only-seeds "$s" "${COMMON[@]}"
+    launch "$ds-seed$s" 0 --dataset "$ds" --output "$RUNS/$ds" --only-seeds "$s" --rows $ROWS "${COMMON[@]}"
   done
 done
 if [[ $PARTS128 == 1 ]]; then
@@ -94,7 +94,7 @@ done
 
 echo "=== tables (--table-only: the seeds that finished every row)"
 for ds in $SETS; do
-  timeout 60 "$PY" -c "$RUNNER" --dataset "$ds" --output "$RUNS/$ds" --table-only "${COMMON[@]}" 2>/dev/null | tail -n 40
+  timeout 60 "$PY" -c "$RUNNER" --dataset "$ds" --output "$RUNS/$ds" --table-only --rows $ROWS "${COMMON[@]}" 2>/dev/null | tail -n 40
 done
 if [[ $PARTS128 == 1 ]]; then
   timeout 60 "$PY" -c "$RUNNER" --dataset builtin-parts --output "$RUNS/builtin-parts-128" --table-only \
