@@ -6,6 +6,7 @@ in about ten minutes on a 2-core laptop CPU. The resolved config is written to t
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 # Per-dataset schedule defaults (wsolevaluation's): epochs and lr step.
@@ -53,10 +54,38 @@ BUILTIN_PROFILE = {
 # Not measured on GPUs, so compile stays off there unless asked for.
 COMPILE_FASTER = {("cpu", "resnet50")}
 
+# --preset paper: every element of the method set to the paper's text (docs/method.md, "The paper's text and
+# the default"). Flags given explicitly (or by --config FILE) still override it.
+PAPER_TABLE1 = {   # paper Table 1: drop_rate, gamma_fg, gamma_bg per backbone
+    "vgg16": {"drop_rate": 0.33, "gamma_fg": 0.72, "gamma_bg": 1.2},
+    "inceptionv3": {"drop_rate": 0.69, "gamma_fg": 0.86, "gamma_bg": 1.2},
+    "resnet50": {"drop_rate": 0.85, "gamma_fg": 0.95, "gamma_bg": 1.2},
+}
+PRESETS = {
+    "paper": {
+        # Eq. 5 literally: A = E_C[softmax(f^T g) z] (signed zbar, logit scale 1); Eq. 1-2's thresholds
+        # gamma_fg * max A and gamma_bg * mean A on A itself.
+        "model": {"attention_form": "paper", "mask_norm": "none", "attention_scale": "1"},
+        # Eq. 4: the plain ||A_i - A_j||_2^2 per sample (a sum over positions, no normalisation), the
+        # reference detached (always, losses.py); Eq. 3 with m = 1 and Eq. 6's unit weights.
+        "optim": {"fc_norm": "none", "fc_reduction": "sum", "margin": 1.0, "lambda_ca": 1.0, "lambda_fc": 1.0},
+        # Section 4.1 on real data: SGD lr 1e-3, batch 32 (the built-in set keeps its from-scratch profile).
+        "real_data": {"lr": 1e-3, "batch_size": 32},
+    },
+}
+# What the default run uses instead of the paper's text, where they differ (the ICL elements only).
+PROJECT_DEFAULT = {"attention_form": "residual", "mask_norm": "minmax", "attention_scale": "inv_sqrt",
+                   "fc_norm": "minmax", "fc_reduction": "mean"}
+
 # fc_norm: SPEC 1.2's "max" diverged from scratch (L_fc ~190 at the first step, loss 4e12 within 6 steps) and
 # divides signed maps by a max near zero; "minmax" (the masks' own normalisation) is the default everywhere.
 PAPER_PROFILE = {"lr": 1e-3, "block_warmup_epochs": 0, "resize_size": 256, "crop_size": 224, "fc_norm": "minmax",
                  "new_layer_lr_mult": 10.0}
+
+
+# ModelConfig fields that are model options (create_model overrides), in config.json's order.
+MODEL_OPTION_FIELDS = ("drop_rate", "gamma_fg", "gamma_bg", "use_contrastive", "use_fc", "nonlocal_attention",
+                       "use_dfg_mask", "attention_form", "mask_norm", "attention_scale")
 
 
 @dataclass
@@ -78,10 +107,12 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    preset: str | None = None              # "paper": the paper's text (PRESETS); None: the project's defaults
     backbone: str = "inceptionv3"
     method: str = "icl"
     pretrained: str | None = None
-    # Model overrides; None keeps the model's own default (SPEC 1.4 per backbone).
+    # Model options; None takes the preset's value, else the model's own default (per backbone), and
+    # resolve() writes the value used back, so config.json says what ran.
     drop_rate: float | None = None
     gamma_fg: float | None = None
     gamma_bg: float | None = None
@@ -94,9 +125,7 @@ class ModelConfig:
     attention_scale: str | None = None     # logit scale: a number or "inv_sqrt"
 
     def overrides(self) -> dict:
-        keys = ("drop_rate", "gamma_fg", "gamma_bg", "use_contrastive", "use_fc", "nonlocal_attention",
-                "use_dfg_mask", "attention_form", "mask_norm", "attention_scale")
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        return {k: getattr(self, k) for k in MODEL_OPTION_FIELDS if getattr(self, k) is not None}
 
 
 @dataclass
@@ -114,8 +143,8 @@ class OptimConfig:
     lambda_ca: float = 1.0
     lambda_fc: float = 1.0
     margin: float = 1.0
-    fc_norm: str | None = None       # None: the profile's ("minmax" on both)
-    fc_reduction: str = "mean"
+    fc_norm: str | None = None       # None: the preset's, else the profile's ("minmax" on both)
+    fc_reduction: str | None = None  # None: the preset's ("sum" for paper), else "mean"
 
 
 @dataclass
@@ -162,6 +191,8 @@ def resolve(cfg: TrainConfig, device_type: str) -> TrainConfig:
     schedule = BUILTIN_PROFILE if builtin else DATASET_SCHEDULES.get(cfg.data.dataset, {"epochs": 10,
                                                                                          "lr_decay_every": 3})
     d, o, r, m = cfg.data, cfg.optim, cfg.runtime, cfg.model
+    if m.preset is not None:
+        _apply_preset(cfg, builtin)
     if d.resize_size is None:
         d.resize_size = profile["resize_size"]
     if d.crop_size is None:
@@ -180,6 +211,8 @@ def resolve(cfg: TrainConfig, device_type: str) -> TrainConfig:
         o.lr = profile["lr"]
     if o.fc_norm is None:
         o.fc_norm = profile["fc_norm"]
+    if o.fc_reduction is None:
+        o.fc_reduction = PROJECT_DEFAULT["fc_reduction"]
     if o.new_layer_lr_mult is None:
         o.new_layer_lr_mult = profile["new_layer_lr_mult"]
     if r.compile is None:
@@ -190,4 +223,71 @@ def resolve(cfg: TrainConfig, device_type: str) -> TrainConfig:
         m.pretrained = "imagenet"  # the paper starts from ImageNet weights
     if d.resize_size < d.crop_size:
         raise ValueError(f"--resize-size ({d.resize_size}) must be >= --crop-size ({d.crop_size})")
+    _resolve_model_options(m)
     return cfg
+
+
+def _apply_preset(cfg: TrainConfig, builtin: bool) -> None:
+    """Fill the fields a preset sets and the command left unset (None); the ICL options only for ICL."""
+    if cfg.model.preset not in PRESETS:
+        raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {cfg.model.preset!r}")
+    preset = PRESETS[cfg.model.preset]
+    m, o = cfg.model, cfg.optim
+    if m.method == "icl":
+        for key, value in {**preset["model"], **PAPER_TABLE1.get(m.backbone, {})}.items():
+            if getattr(m, key) is None:
+                setattr(m, key, value)
+    for key, value in preset["optim"].items():
+        if getattr(o, key) is None:
+            setattr(o, key, value)
+    if not builtin:
+        for key, value in preset["real_data"].items():
+            if getattr(o, key) is None:
+                setattr(o, key, value)
+
+
+def _resolve_model_options(m: ModelConfig) -> None:
+    """Write the model's own defaults (per backbone and method) into the options left unset, so that
+    config.json records every value the model uses. Options of another method stay None."""
+    from .models import METHOD_OPTIONS, model_defaults   # on use: a plain `import wsol_fast.config` stays light
+
+    defaults = model_defaults(m.backbone, m.method)
+    for key in MODEL_OPTION_FIELDS:
+        if key in METHOD_OPTIONS[m.method] and getattr(m, key) is None:
+            setattr(m, key, defaults[key])
+    check_model_options(m)
+
+
+def check_model_options(m: ModelConfig) -> None:
+    """The ranges the options' meaning allows (ValueError naming the flag)."""
+    def within(name, value, ok, what):
+        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                      and math.isfinite(value) and ok(value)):
+            raise ValueError(f"--{name.replace('_', '-')} must be {what}, got {value!r}")
+    within("drop_rate", m.drop_rate, lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+    within("gamma_fg", m.gamma_fg, lambda v: 0 < v <= 1, "a fraction of max A in (0, 1]")
+    within("gamma_bg", m.gamma_bg, lambda v: v > 0, "a positive multiple of mean A (the paper's is 1.2)")
+    if m.attention_scale is not None and m.attention_scale != "inv_sqrt":
+        try:
+            scale = float(m.attention_scale)
+        except (TypeError, ValueError):
+            scale = float("nan")
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"--attention-scale must be a positive number or inv_sqrt, got {m.attention_scale!r}")
+
+
+
+def icl_form(cfg: TrainConfig) -> str:
+    """One line naming the ICL form a resolved config trains: the paper's text, the project default, or
+    which elements differ from both."""
+    values = {**{k: getattr(cfg.model, k) for k in ("attention_form", "mask_norm", "attention_scale")},
+              "fc_norm": cfg.optim.fc_norm, "fc_reduction": cfg.optim.fc_reduction}
+    paper = {**PRESETS["paper"]["model"], "fc_norm": "none", "fc_reduction": "sum"}
+    table1 = PAPER_TABLE1.get(cfg.model.backbone, {})
+    same_table1 = all(getattr(cfg.model, k) == v for k, v in table1.items())
+    if values == paper and same_table1 and cfg.optim.margin == 1 and cfg.optim.lambda_ca == 1 == cfg.optim.lambda_fc:
+        return "paper (--preset paper: Eq. 1-5 as written, Table 1's values)"
+    if values == PROJECT_DEFAULT:
+        return "project default (see README, 'The paper and the default')"
+    moved = ", ".join(f"{k} {v}" for k, v in values.items() if v != PROJECT_DEFAULT[k])
+    return f"project default with {moved} (see README, 'The paper and the default')"

@@ -79,6 +79,24 @@ def unit_interval(text: str) -> float:
     return v
 
 
+def fraction_of_max(text: str) -> float:
+    """(0, 1]: a threshold as a fraction of a map's max (gamma_fg: 0 would make M_dfg empty)."""
+    v = _number(float, text)
+    if not 0.0 < v <= 1.0:   # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in (0, 1] (a fraction of max A), got {text}")
+    return v
+
+
+def attention_scale(text: str) -> str:
+    """The logit scale of the attention softmax: a positive number, or inv_sqrt (1 / sqrt(C'))."""
+    if text == "inv_sqrt":
+        return text
+    v = _number(float, text)
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number or inv_sqrt, got {text}")
+    return text
+
+
 def open_interval(text: str) -> float:
     """(0, 1): a CAM threshold step."""
     v = _number(float, text)
@@ -89,7 +107,7 @@ def open_interval(text: str) -> float:
 
 # The plain type each range-checked flag type converts to (the --config reader checks file values with it).
 for _fn, _base in ((positive_int, int), (nonneg_int, int), (nonneg_float, float), (positive_float, float),
-                   (unit_interval, float), (open_interval, float)):
+                   (unit_interval, float), (fraction_of_max, float), (open_interval, float)):
     _fn.base_type = _base
 
 

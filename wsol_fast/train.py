@@ -21,7 +21,7 @@ import time
 import torch
 
 from . import checkpoint, diagnostics, guard, plot, runlog, runtime
-from .config import TrainConfig, resolve
+from .config import TrainConfig, icl_form, resolve
 from .data import RunData, prepare_data
 from .evaluate import evaluate_model, localization_score, print_table, write_outputs
 from .losses import WSOLLoss
@@ -41,6 +41,8 @@ class Trainer:
         if self.info.is_main:
             os.makedirs(self.out, exist_ok=True)
             checkpoint.atomic_write(json.dumps(c.to_dict(), indent=2), os.path.join(self.out, "config.json"))
+            if c.model.method == "icl":
+                print(f"ICL form: {icl_form(c)}")
         runtime.seed_everything(c.runtime.seed)
         self.amp_dtype = runtime.resolve_amp(c.runtime.amp, self.device)
         self.data: RunData = prepare_data(c.data, self.info, self.device, batch_size=c.optim.batch_size,

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .base import ALL_OPTIONS, METHODS, WSOLModel, resolve_config
+from .base import ALL_OPTIONS, METHOD_OPTIONS, METHODS, WSOLModel, resolve_config
 from .conv import use_im2col_wgrad
 from .outputs import BlockRecord, WSOLOutput
 from .pretrained import PretrainedMismatchError, PretrainedReport, load_pretrained
 
 __all__ = ["create_model", "list_models", "register_model", "model_defaults", "WSOLModel", "WSOLOutput",
-           "BlockRecord", "METHODS", "ALL_OPTIONS", "PretrainedMismatchError", "PretrainedReport",
+           "BlockRecord", "METHODS", "METHOD_OPTIONS", "ALL_OPTIONS", "PretrainedMismatchError", "PretrainedReport",
            "load_pretrained"]
 
 _BUILDERS: dict[str, Callable[..., WSOLModel]] = {}

@@ -79,6 +79,10 @@ class ICLBlock(nn.Module):
         super().__init__()
         if not 0.0 <= drop_rate <= 1.0:
             raise ValueError(f"drop_rate must be in [0, 1], got {drop_rate}")
+        if not 0.0 < gamma_fg <= 1.0:
+            raise ValueError(f"gamma_fg must be in (0, 1] (theta_fg = gamma_fg * max A), got {gamma_fg}")
+        if not (0.0 < gamma_bg < math.inf):
+            raise ValueError(f"gamma_bg must be positive and finite (theta_bg = gamma_bg * mean A), got {gamma_bg}")
         if attention_form not in ATTENTION_FORMS:
             raise ValueError(f"attention_form must be one of {ATTENTION_FORMS}, got {attention_form!r}")
         if mask_norm not in MASK_NORMS:
