@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from test_train import _args, tiny_root  # noqa: F401  (the module-scoped tiny built-in set)
 from wsol_fast import train
@@ -84,3 +85,23 @@ def test_json_syntax_error_names_the_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--config", str(path)])
     assert f"{path}, line 2" in capsys.readouterr().err
+
+
+def test_a_paper_preset_run_records_what_ran_and_its_config_reruns_it(tiny_root, tmp_path, capsys):  # noqa: F811
+    first = tmp_path / "paper"
+    assert train.main(_args(tiny_root, first, "--preset", "paper", "--backbone", "resnet50", "--no-compile",
+                            "--epochs", "1", "--max-steps-per-epoch", "2", "--no-tensorboard")) == 0
+    assert "ICL form: paper (--preset paper" in capsys.readouterr().out
+    saved = json.loads((first / "config.json").read_text())
+    m, o = saved["model"], saved["optim"]
+    assert (m["preset"], m["attention_form"], m["mask_norm"], m["attention_scale"]) == ("paper", "paper", "none", "1")
+    assert (o["fc_norm"], o["fc_reduction"]) == ("none", "sum")
+    assert (m["gamma_bg"], m["gamma_fg"], m["drop_rate"]) == (1.2, 0.95, 0.85)
+    assert None not in [m[k] for k in ("use_contrastive", "use_fc", "nonlocal_attention", "use_dfg_mask")]
+    again = tmp_path / "again"
+    assert train.main(["--config", str(first / "config.json"), "--output", str(again)]) == 0
+    results = [json.loads((run / "results.json").read_text()) for run in (first, again)]
+    for key in ("maxboxacc_v2", "top1_cls", "gt_known_loc", "top1_loc"):
+        assert results[0][key] == results[1][key], key
+    weights = [torch.load(run / "last.pt", weights_only=True)["model"] for run in (first, again)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

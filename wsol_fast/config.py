@@ -278,16 +278,23 @@ def check_model_options(m: ModelConfig) -> None:
 
 
 def icl_form(cfg: TrainConfig) -> str:
-    """One line naming the ICL form a resolved config trains: the paper's text, the project default, or
-    which elements differ from both."""
-    values = {**{k: getattr(cfg.model, k) for k in ("attention_form", "mask_norm", "attention_scale")},
-              "fc_norm": cfg.optim.fc_norm, "fc_reduction": cfg.optim.fc_reduction}
-    paper = {**PRESETS["paper"]["model"], "fc_norm": "none", "fc_reduction": "sum"}
-    table1 = PAPER_TABLE1.get(cfg.model.backbone, {})
-    same_table1 = all(getattr(cfg.model, k) == v for k, v in table1.items())
-    if values == paper and same_table1 and cfg.optim.margin == 1 and cfg.optim.lambda_ca == 1 == cfg.optim.lambda_fc:
+    """One line naming the ICL form a resolved config trains: the paper's text (--preset paper), the project
+    default, or the nearer of the two with the elements that differ from it."""
+    m, o = cfg.model, cfg.optim
+    values = {"attention_form": m.attention_form, "mask_norm": m.mask_norm, "attention_scale": m.attention_scale,
+              "fc_norm": o.fc_norm, "fc_reduction": o.fc_reduction}
+    paper = {**PRESETS["paper"]["model"], **{k: PRESETS["paper"]["optim"][k] for k in ("fc_norm", "fc_reduction")}}
+    paper_values = {**PAPER_TABLE1.get(m.backbone, {}), **{k: PRESETS["paper"]["optim"][k]
+                                                          for k in ("margin", "lambda_ca", "lambda_fc")}}
+    actual = {**{k: getattr(m, k) for k in ("drop_rate", "gamma_fg", "gamma_bg")},
+              **{k: getattr(o, k) for k in ("margin", "lambda_ca", "lambda_fc")}}
+    off_paper = [f"{k} {v}" for k, v in values.items() if v != paper[k]] + \
+                [f"{k} {actual[k]}" for k, v in paper_values.items() if actual[k] != v]
+    off_default = [f"{k} {v}" for k, v in values.items() if v != PROJECT_DEFAULT[k]]
+    if not off_paper:
         return "paper (--preset paper: Eq. 1-5 as written, Table 1's values)"
-    if values == PROJECT_DEFAULT:
+    if not off_default:
         return "project default (see README, 'The paper and the default')"
-    moved = ", ".join(f"{k} {v}" for k, v in values.items() if v != PROJECT_DEFAULT[k])
-    return f"project default with {moved} (see README, 'The paper and the default')"
+    if m.preset == "paper" or len(off_paper) < len(off_default):
+        return f"paper except {', '.join(off_paper)} (see README, 'The paper and the default')"
+    return f"project default except {', '.join(off_default)} (see README, 'The paper and the default')"
