@@ -144,3 +144,80 @@ def test_top1_loc_threshold_follows_the_one_box_rule_of_its_box():
     assert test["gt_known_loc"] == test["top1_loc"] == 100.0
     old = evaluate.evaluate_model(model, _batches(meta, [1]), meta, "cpu", None, CFG, loc_threshold=0.0)
     assert old["gt_known_loc"] == old["top1_loc"] == 0.0
+
+
+class FlagSpy(MapModel):
+    """Records TF32's two flags when the CAM forward runs."""
+
+    def __init__(self):
+        super().__init__(2, 6)
+        self.seen = []
+
+    def forward_features(self, images, use_blocks=True):
+        self.seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+        return images, []
+
+
+@pytest.fixture
+def tf32_on():
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_cams_are_computed_with_tf32_off_and_the_flags_are_restored(tf32_on):
+    """wsolevaluation computes CAMs in fp32 (inference.py's CAMComputer: no autocast); on CUDA, fp32 without
+    TF32. Inside the evaluation both flags are off; after it, and after an error inside, they are as before."""
+    meta = _split()
+    model = FlagSpy()
+    evaluate.evaluate_model(model, _batches(meta, [1, 2]), meta, "cpu", None, CFG, loc_threshold=0.5)
+    assert model.seen == [(False, False)]
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
+    torch.backends.cudnn.allow_tf32 = False            # each flag is restored to its own value
+    with pytest.raises(RuntimeError, match="inside"):
+        with evaluate.true_fp32():
+            assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, False)
+            raise RuntimeError("inside")
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, False)
+
+
+class ConvCam(torch.nn.Module):
+    """One 3x3 convolution (cuDNN) and a 1x1 class map (a matmul): the parts of a CAM that TF32 would round."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(64, 256, 3, padding=1)
+        self.fc = torch.nn.Linear(256, 3)
+
+    def forward_features(self, images, use_blocks=True):
+        return self.conv(images), []
+
+    def logits(self, features):
+        return self.fc(features.mean(dim=(2, 3)))
+
+    def class_map(self, features, labels):
+        return torch.einsum("bc,bchw->bhw", self.fc.weight[labels], features)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: TF32 exists only on CUDA devices")
+def test_cuda_cams_match_a_float64_reference_as_fp32_does(tf32_on, monkeypatch):
+    """With TF32 allowed outside, the CAMs evaluate_model computes on CUDA are true fp32: within 1e-5 (relative
+    to the map's range) of the same network in float64 on the CPU, where TF32's 10-bit products would be ~1e-3."""
+    torch.manual_seed(0)
+    model = ConvCam().cuda().eval()
+    images = torch.randn(2, 64, 28, 28)
+    labels = torch.tensor([0, 2])
+    captured = []
+    real = evaluate._scoremap
+    monkeypatch.setattr(evaluate, "_scoremap", lambda cam: captured.append(cam.copy()) or real(cam))
+    meta = _split()
+    evaluate.evaluate_model(model, [(images, labels, list(meta.image_ids))], meta, torch.device("cuda"), None, CFG)
+    reference = ConvCam().double()
+    reference.load_state_dict({k: v.double().cpu() for k, v in model.state_dict().items()})
+    with torch.no_grad():
+        expected = reference.class_map(reference.forward_features(images.double())[0], labels).numpy()
+    got = np.stack(captured)
+    span = expected.max() - expected.min()
+    assert np.abs(got - expected).max() / span < 1e-5

@@ -17,11 +17,14 @@ largest contour, IoU 50; evaluation.py BoxEvaluator.compute), and the threshold 
 
 CAMs are computed in fp32 whatever the training precision: wsolevaluation's CAMComputer runs the
 model's CAM forward without autocast, and a bf16 map differs in the low bits that decide its uint8
-quantisation.
+quantisation. On CUDA that means true fp32 too: TF32 (10-bit mantissa products in matmuls and cuDNN
+convolutions, which PyTorch allows for cuDNN by default and a trainer may allow for matmuls) is switched
+off while the CAMs are computed (`true_fp32`), and the flags are restored afterwards.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -33,6 +36,20 @@ import torch
 from . import checkpoint, metrics, runtime, scoremaps
 
 CAM_SIZE = (224, 224)  # the protocol scores every map at 224 x 224
+
+
+@contextlib.contextmanager
+def true_fp32():
+    """TF32 off inside (torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32), both
+    flags restored to their values on the way out, whatever happens inside. No effect on CPU computations."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = cudnn
 
 
 def _boxes_224(meta, image_id: str) -> np.ndarray:
@@ -58,7 +75,7 @@ def evaluate_model(model, loader, meta, device, autocast, cfg, info=None, loc_th
     per-image results are gathered, so every image counts exactly once.
 
     `autocast` is not used for the CAMs: they are computed in fp32, as wsolevaluation computes them
-    (the argument stays for the callers' sake). Mask datasets (`meta.has_masks`) are scored by PxAP
+    (the argument stays for the callers' sake), with TF32 off on CUDA (true_fp32). Mask datasets (`meta.has_masks`) are scored by PxAP
     with masks read under `mask_root` (default: --mask-root, else the data root); box datasets by
     MaxBoxAcc. `save_scoremaps`: a folder that receives every GT-class map as wsolevaluation writes
     them (scoremaps.save_scoremap)."""
@@ -83,12 +100,14 @@ def evaluate_model(model, loader, meta, device, autocast, cfg, info=None, loc_th
         labels = labels.to(device)
         # fp32, no autocast (wsolevaluation's CAMComputer). One backbone pass; the class maps of the GT
         # class (MaxBoxAcc, GT-known, PxAP) and of the predicted class (top-1 loc) share the features.
-        features, _ = model.forward_features(images, use_blocks=False)
-        logits = model.logits(features)
-        preds = logits.argmax(dim=1)
-        cam_gt = model.class_map(features, labels).float().cpu()
-        cam_pred = (model.class_map(features, preds).float().cpu()
-                    if loc_threshold is not None and not use_masks else None)
+        # True fp32 on CUDA as well: TF32 off for this forward (true_fp32).
+        with true_fp32():
+            features, _ = model.forward_features(images, use_blocks=False)
+            logits = model.logits(features)
+            preds = logits.argmax(dim=1)
+            cam_gt = model.class_map(features, labels).float().cpu()
+            cam_pred = (model.class_map(features, preds).float().cpu()
+                        if loc_threshold is not None and not use_masks else None)
         preds, labels = preds.cpu(), labels.cpu()
         for k, image_id in enumerate(ids):
             label, pred = int(labels[k]), int(preds[k])
