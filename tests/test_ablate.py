@@ -128,9 +128,10 @@ def test_location_study_runs_table3_rows_cumulatively_and_prints_its_columns(par
     for row, points in expected.items():
         cfg = json.loads((out / "seed0" / row / "config.json").read_text())
         assert cfg["model"]["icl_blocks"] == points and cfg["model"]["method"] == "icl"
-        assert cfg["model"]["use_fc"] is None          # L_fc on (the model's default) in every trained row
         assert cfg["runtime"]["init_from"].endswith(os.path.join("seed0", "warmup", "last.pt"))
         state = checkpoint.load_checkpoint(out / "seed0" / row / "last.pt")
+        assert state["model_config"]["use_fc"] is True      # L_fc on in every trained row
+        assert state["model_config"]["icl_blocks"] == points
         assert len({k.split(".")[1] for k in state["model"] if k.startswith("attention_blocks.")}) == len(points)
     assert not (out / "seed0" / "blocks1").exists()
 
