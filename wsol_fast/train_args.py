@@ -157,11 +157,16 @@ def parse_args(argv=None) -> TrainConfig:
             p.error(str(exc))
     a = p.parse_args(argv)
     guard.check_crop(p, a.backbone, a.crop_size, a.resize_size)
+    if config_file and a.icl_blocks is not None and a.backbone != p.get_default("backbone") \
+            and "icl_blocks" not in guard.given_dests(p, argv) \
+            and list(a.icl_blocks) == default_blocks(p.get_default("backbone")):
+        a.icl_blocks = None   # the file's backbone's default points: the new --backbone's default ones instead
     if a.icl_blocks is not None:   # checked and put in network order (config.json records that order)
         try:
             a.icl_blocks = check_icl_blocks(a.backbone, a.icl_blocks, a.method, a.use_fc)
         except ValueError as exc:
-            p.error(str(exc))
+            p.error(str(exc) + (f" (the points of --config {config_file}; give --icl-blocks)"
+                                if config_file and "icl_blocks" not in guard.given_dests(p, argv) else ""))
     if config_file and a.output == p.get_default("output") and output_in_use(a.output):
         p.error(f"--config {config_file}: its output folder {a.output} already holds a run; give --output")
     if a.resume and a.init_from:
