@@ -100,3 +100,61 @@ def test_only_seeds_runs_a_subset_and_defers_the_table(parts_root, tmp_path, mon
     assert ablate.main(argv + ["--only-seeds", "0"]) == 0
     whole = json.loads((out / "ablation.json").read_text())    # every seed's rows exist now
     assert whole["meta"]["seeds"] == [0, 1] and len(whole["table"]["cam"]["maxboxacc_v2"]["values"]) == 2
+
+
+def _location_argv(root, out, *extra):
+    return ["--study", "location", "--backbone", "vgg16", "--dataset", "builtin-parts", "--seeds", "1",
+            "--epochs", "2", "--warmup-epochs", "1", "--row-steps-per-epoch", "1", "--output", str(out),
+            "--data-root", builtin.data_root(root), "--metadata-root", builtin.metadata_root(root),
+            "--batch-size", "8", "--resize-size", "72", "--crop-size", "64", "--workers", "0", "--loader",
+            "opencv", "--amp", "off", "--no-channels-last", "--lr", "0.002", "--num-overlays", "0", *extra]
+
+
+def test_location_study_runs_table3_rows_cumulatively_and_prints_its_columns(parts_root, tmp_path, monkeypatch,
+                                                                              capsys):
+    """--study location: the paper's Table 3 (section 4.3) on VGG16. conv_5_3 is the fixed reference and is
+    left empty ('-': L_fc needs two blocks), then + pool_4, + pool_3, + pool_2, + pool_1 are added one by one
+    from later to earlier; the paper's ADL-VGG16 pool_4 is the block in front of pool4 (wsolevaluation's
+    configs_dict['adl']['14x14'] in wsol/vgg.py, lines 42-44: 'A' after conv4_3, then 'M'), our conv4_3."""
+    out = tmp_path / "loc"
+    calls = []
+    real_main = train.main
+    monkeypatch.setattr(train, "main", lambda argv: calls.append(list(argv)) or real_main(argv))
+    assert ablate.main(_location_argv(parts_root, out)) == 0
+    assert len(calls) == 1 + 4                      # the CAM warm-up, then four rows (the reference is not trained)
+    expected = {"blocks2": ["conv4_3", "conv5_3"], "blocks3": ["pool3", "conv4_3", "conv5_3"],
+                "blocks4": ["pool2", "pool3", "conv4_3", "conv5_3"],
+                "blocks5": ["pool1", "pool2", "pool3", "conv4_3", "conv5_3"]}
+    for row, points in expected.items():
+        cfg = json.loads((out / "seed0" / row / "config.json").read_text())
+        assert cfg["model"]["icl_blocks"] == points and cfg["model"]["method"] == "icl"
+        assert cfg["runtime"]["init_from"].endswith(os.path.join("seed0", "warmup", "last.pt"))
+        state = checkpoint.load_checkpoint(out / "seed0" / row / "last.pt")
+        assert state["model_config"]["use_fc"] is True      # L_fc on in every trained row
+        assert state["model_config"]["icl_blocks"] == points
+        assert len({k.split(".")[1] for k in state["model"] if k.startswith("attention_blocks.")}) == len(points)
+    assert not (out / "seed0" / "blocks1").exists()
+
+    printed = capsys.readouterr().out
+    table = printed[printed.index("| Location |"):].splitlines()
+    assert table[0] == "| Location | Top-1 classification | MaxBoxAccV2 |"
+    assert [line.split(" | ")[0] for line in table[2:7]] == [
+        "| conv_5_3", "| + pool_4 (conv4_3)", "| + pool_3", "| + pool_2", "| + pool_1"]
+    assert table[2] == "| conv_5_3 | - | - |"
+    for line, row in zip(table[3:7], expected):
+        r = json.loads((out / "seed0" / row / "results.json").read_text())
+        # one seed: mean = the run's number, std 0
+        assert line.split(" | ")[1:] == [f"{r['top1_cls']:.2f} ± 0.00", f"{r['maxboxacc_v2']:.2f} ± 0.00 |"]
+    assert (out / "location.md").read_text().count("\n| ") == 6
+    csv_lines = (out / "location.csv").read_text().splitlines()
+    assert csv_lines[0] == "row,label,icl_blocks,top1_cls_mean,top1_cls_std,maxboxacc_v2_mean,maxboxacc_v2_std"
+    assert csv_lines[1] == 'blocks1,"conv_5_3",conv5_3,,,,'
+
+
+def test_location_study_refuses_rows_and_icl_blocks(capsys):
+    with pytest.raises(SystemExit):
+        ablate.main(["--study", "location", "--rows", "cam"])
+    assert "--study location runs its own rows" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ablate.main(["--study", "location", "--icl-blocks", "pool3", "conv5_3"])
+    assert "--icl-blocks is set by --study location" in capsys.readouterr().err

@@ -43,8 +43,17 @@ def test_command_line_flags_override_the_file_and_fields_without_flags_are_set(t
     over = _resolved(["--config", str(path), "--lr", "0.1", "--batch-size", "4", "--backbone", "resnet50"])
     assert (over["optim"]["lr"], over["optim"]["batch_size"], over["model"]["backbone"]) == (0.1, 4, "resnet50")
     for section in ("optim", "model"):
-        for key in set(base[section]) - {"lr", "batch_size", "backbone"}:
+        for key in set(base[section]) - {"lr", "batch_size", "backbone", "icl_blocks"}:
             assert over[section][key] == base[section][key], (section, key)
+    # The block points are per backbone: the file's (vgg16's default three) give way to resnet50's default.
+    assert base["model"]["icl_blocks"] == ["pool3", "conv4_3", "conv5_3"]
+    assert over["model"]["icl_blocks"] == ["layer3.0", "layer4.0", "layer4.2"]
+    # Points the file chose itself do not carry over to another backbone: an error naming the flag.
+    chosen = dict(base, model=dict(base["model"], icl_blocks=["pool2", "conv5_3"]))
+    path.write_text(json.dumps(chosen))
+    assert _resolved(["--config", str(path)])["model"]["icl_blocks"] == ["pool2", "conv5_3"]
+    with pytest.raises(SystemExit):
+        _resolved(["--config", str(path), "--backbone", "resnet50"])
 
 
 def test_yaml_file_nested_or_flat(tmp_path):

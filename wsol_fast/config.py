@@ -101,7 +101,9 @@ class DataConfig:
     builtin_seed: int = 0
     num_classes: int | None = None          # None: the train split's (max label + 1)
     max_image_pixels: int | None = None     # None: data.dali.DEFAULT_MAX_IMAGE_PIXELS
-    partial_batches: bool = False           # keep the last incomplete train batch (else dropped)
+    # Keep the last incomplete train batch. None: kept on real data (wsolevaluation's DataLoader, drop_last
+    # False), dropped on the built-in profile (its measured numbers were made so); resolve() records which.
+    partial_batches: bool | None = None
     mask_root: str | None = None      # masks at <mask_root>/<dataset>/<mask_path>; None: the data root
 
 
@@ -123,9 +125,13 @@ class ModelConfig:
     attention_form: str | None = None      # "paper" | "relu" | "residual" (models/icl.py)
     mask_norm: str | None = None           # "none" | "minmax": the map the thresholds of Eq. 1-2 see
     attention_scale: str | None = None     # logit scale: a number or "inv_sqrt"
+    # Where the attention blocks sit (the backbone's insertion points; the last is L_fc's reference).
+    # None: the backbone's default three (SPEC 2); resolve() records them.
+    icl_blocks: list[str] | None = None
 
     def overrides(self) -> dict:
-        return {k: getattr(self, k) for k in MODEL_OPTION_FIELDS if getattr(self, k) is not None}
+        keys = (*MODEL_OPTION_FIELDS, "icl_blocks")   # icl_blocks: create_model's own argument
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 
 @dataclass
@@ -223,6 +229,11 @@ def resolve(cfg: TrainConfig, device_type: str) -> TrainConfig:
         m.pretrained = "imagenet"  # the paper starts from ImageNet weights
     if d.resize_size < d.crop_size:
         raise ValueError(f"--resize-size ({d.resize_size}) must be >= --crop-size ({d.crop_size})")
+    if d.partial_batches is None:
+        d.partial_batches = not builtin   # wsolevaluation keeps the last batch; the built-in profile drops it
+    if m.icl_blocks is None:
+        from .models import default_blocks
+        m.icl_blocks = default_blocks(m.backbone)
     _resolve_model_options(m)
     return cfg
 

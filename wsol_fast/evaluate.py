@@ -8,13 +8,23 @@ by the same protocol; a table, results.json and CAM overlay PNGs. `evaluate_mode
 trainer calls every epoch. With `--scoremap-root` it scores any method's saved score maps instead,
 with no model (wsol_fast/scoremaps.py).
 
+The top-1 localization / GT-known threshold is chosen on val by the rule that makes their box: one box per
+image, the largest contour's (wsolevaluation's multi_contour_eval=False, evaluation.py lines 148-149), scored
+at IoU 50. Its box-accuracy curve is wsolevaluation's MaxBoxAcc V1 curve (config.py's box_v2_metric=False:
+largest contour, IoU 50; evaluation.py BoxEvaluator.compute), and the threshold is its first maximum
+(`loc_best_threshold`; the curve's maximum is reported as `maxboxacc_v1`). MaxBoxAccV2 (all contours, IoU
+30/50/70) is unchanged and is what val selects best.pt by.
+
 CAMs are computed in fp32 whatever the training precision: wsolevaluation's CAMComputer runs the
 model's CAM forward without autocast, and a bf16 map differs in the low bits that decide its uint8
-quantisation.
+quantisation. On CUDA that means true fp32 too: TF32 (10-bit mantissa products in matmuls and cuDNN
+convolutions, which PyTorch allows for cuDNN by default and a trainer may allow for matmuls) is switched
+off while the CAMs are computed (`true_fp32`), and the flags are restored afterwards.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -26,6 +36,20 @@ import torch
 from . import checkpoint, metrics, runtime, scoremaps
 
 CAM_SIZE = (224, 224)  # the protocol scores every map at 224 x 224
+
+
+@contextlib.contextmanager
+def true_fp32():
+    """TF32 off inside (torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32), both
+    flags restored to their values on the way out, whatever happens inside. No effect on CPU computations."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = cudnn
 
 
 def _boxes_224(meta, image_id: str) -> np.ndarray:
@@ -51,7 +75,7 @@ def evaluate_model(model, loader, meta, device, autocast, cfg, info=None, loc_th
     per-image results are gathered, so every image counts exactly once.
 
     `autocast` is not used for the CAMs: they are computed in fp32, as wsolevaluation computes them
-    (the argument stays for the callers' sake). Mask datasets (`meta.has_masks`) are scored by PxAP
+    (the argument stays for the callers' sake), with TF32 off on CUDA (true_fp32). Mask datasets (`meta.has_masks`) are scored by PxAP
     with masks read under `mask_root` (default: --mask-root, else the data root); box datasets by
     MaxBoxAcc. `save_scoremaps`: a folder that receives every GT-class map as wsolevaluation writes
     them (scoremaps.save_scoremap)."""
@@ -66,6 +90,7 @@ def evaluate_model(model, loader, meta, device, autocast, cfg, info=None, loc_th
         prior = metrics.center_prior_scoremap(CAM_SIZE)
     else:
         box_eval = metrics.BoxEvaluator(cam_curve_interval=interval, multi_contour=True)
+        one_box_eval = one_box_evaluator(interval)
     per_image, samples = [], []
     part_boxes = getattr(meta, "part_boxes", None)
     for images, labels, ids in loader:
@@ -75,12 +100,14 @@ def evaluate_model(model, loader, meta, device, autocast, cfg, info=None, loc_th
         labels = labels.to(device)
         # fp32, no autocast (wsolevaluation's CAMComputer). One backbone pass; the class maps of the GT
         # class (MaxBoxAcc, GT-known, PxAP) and of the predicted class (top-1 loc) share the features.
-        features, _ = model.forward_features(images, use_blocks=False)
-        logits = model.logits(features)
-        preds = logits.argmax(dim=1)
-        cam_gt = model.class_map(features, labels).float().cpu()
-        cam_pred = (model.class_map(features, preds).float().cpu()
-                    if loc_threshold is not None and not use_masks else None)
+        # True fp32 on CUDA as well: TF32 off for this forward (true_fp32).
+        with true_fp32():
+            features, _ = model.forward_features(images, use_blocks=False)
+            logits = model.logits(features)
+            preds = logits.argmax(dim=1)
+            cam_gt = model.class_map(features, labels).float().cpu()
+            cam_pred = (model.class_map(features, preds).float().cpu()
+                        if loc_threshold is not None and not use_masks else None)
         preds, labels = preds.cpu(), labels.cpu()
         for k, image_id in enumerate(ids):
             label, pred = int(labels[k]), int(preds[k])
@@ -96,6 +123,7 @@ def evaluate_model(model, loader, meta, device, autocast, cfg, info=None, loc_th
             else:
                 gt = _boxes_224(meta, image_id)
                 box_eval.accumulate(gt_map, gt)
+                one_box_eval.accumulate(gt_map, gt)
                 if loc_threshold is not None:
                     # One largest-component box of the GT-class map serves GT-known and the coverage
                     # numbers; a correct prediction's map is the same map, so top-1 loc reuses its IoU.
@@ -119,6 +147,7 @@ def evaluate_model(model, loader, meta, device, autocast, cfg, info=None, loc_th
             prior_eval = metrics.MaskEvaluator.merge(runtime.all_gather_objects(prior_eval, info))
     else:
         box_eval = metrics.BoxEvaluator.merge(runtime.all_gather_objects(box_eval, info))
+        one_box_eval = metrics.BoxEvaluator.merge(runtime.all_gather_objects(one_box_eval, info))
     per_image = [r for part in runtime.all_gather_objects(per_image, info) for r in part]
     # Images that failed to decode during this pass and were skipped (--skip-bad-images) are not scored.
     skipped = {i for part in runtime.all_gather_objects(sorted(getattr(loader, "skipped", {})), info) for i in part}
@@ -145,6 +174,7 @@ def evaluate_model(model, loader, meta, device, autocast, cfg, info=None, loc_th
         out["_samples"] = samples if info.is_main else []
         return out
     box = box_eval.compute()
+    one_box = one_box_eval.compute()
     out.update({
         "maxboxacc": box["maxboxacc"],
         "maxboxacc_v2": box["maxboxacc_v2"],
@@ -154,6 +184,9 @@ def evaluate_model(model, loader, meta, device, autocast, cfg, info=None, loc_th
         "cam_thresholds": box_eval.thresholds.tolist(),
         "box_acc_curve": {iou: (box_eval.num_correct[r] * 100.0 / box_eval.cnt).tolist()
                           for r, iou in enumerate(box_eval.iou_thresholds)},
+        # The one-box rule of top-1 loc / GT-known (module docstring): its curve's max and first argmax.
+        "maxboxacc_v1": one_box["maxboxacc_v1"],
+        "loc_best_threshold": one_box["best_threshold"][50],
     })
     if len(expected) < len(meta.image_ids):
         out["num_skipped"] = len(meta.image_ids) - len(expected)
@@ -180,13 +213,20 @@ def evaluate_model(model, loader, meta, device, autocast, cfg, info=None, loc_th
     return out
 
 
+def one_box_evaluator(interval: float) -> metrics.BoxEvaluator:
+    """The curve the top-1 loc / GT-known threshold is chosen on: the largest contour's box per threshold at
+    IoU 50, i.e. wsolevaluation's MaxBoxAcc V1 (multi_contour_eval=False, iou_threshold_list [50])."""
+    return metrics.BoxEvaluator(cam_curve_interval=interval, iou_thresholds=(50,), multi_contour=False)
+
+
 def localization_score(results: dict) -> tuple[str, float, float | None]:
-    """The protocol's headline localization number of a results dict and the CAM threshold it picks:
-    ("pxap", PxAP, the PR curve's best threshold) on mask datasets, ("maxboxacc_v2", MaxBoxAccV2, the
-    best threshold at IoU 50) on box datasets. Val selects best.pt by it."""
+    """The protocol's headline localization number of a results dict and the CAM threshold that top-1 loc and
+    GT-known use: ("pxap", PxAP, the PR curve's best threshold) on mask datasets, ("maxboxacc_v2", MaxBoxAccV2,
+    the one-box rule's threshold: the first argmax of the largest contour's box accuracy at IoU 50) on box
+    datasets. Val selects best.pt by the score."""
     if "pxap" in results:
         return "pxap", results["pxap"], results["pxap_best_threshold"]
-    return "maxboxacc_v2", results["maxboxacc_v2"], results.get("best_threshold_iou50")
+    return "maxboxacc_v2", results["maxboxacc_v2"], results["loc_best_threshold"]
 
 
 def _area(b) -> int:

@@ -11,7 +11,7 @@ from dataclasses import fields
 from . import guard, runtime
 from .config import DataConfig, ModelConfig, OptimConfig, RuntimeConfig, TrainConfig
 from .config_file import ConfigFileError, apply_to_parser, output_in_use
-from .models import list_models
+from .models import check_icl_blocks, default_blocks, insertion_points, list_models
 
 DESCRIPTION = ("Trains a WSOL model (ICL, ADL or plain CAM) on wsolevaluation-format data, or on the built-in dataset\n"
                "when no data flags are given, evaluates every epoch on val, and ends with the test evaluation, a\n"
@@ -57,6 +57,14 @@ def parse_args(argv=None) -> TrainConfig:
     m.add_argument("--attention-scale", type=guard.attention_scale, default=None,
                    help="logit scale s of softmax(f g^T s): a positive number (paper: 1) or inv_sqrt "
                         "(1/sqrt(C'), default)")
+    m.add_argument("--icl-blocks", nargs="+", default=None, metavar="POINT",
+                   help="where the attention blocks (ICL's or ADL's) sit: insertion points of the backbone, the "
+                        "last one L_fc's reference (a single point needs --no-fc). vgg16: "
+                        + ", ".join(insertion_points("vgg16")) + "; inceptionv3: Mixed_5b .. Mixed_6e, "
+                        "SPG_A3_1b, SPG_A3_2b; resnet50: layer1.0 .. layer4.2 (after each bottleneck). Default: "
+                        "the paper's three (vgg16 " + " ".join(default_blocks("vgg16")) + ", inceptionv3 "
+                        + " ".join(default_blocks("inceptionv3")) + ", resnet50 "
+                        + " ".join(default_blocks("resnet50")) + ")")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default=None,
                    help="dataset name under the metadata root (CUB, ILSVRC, OpenImages), or a generated one: "
@@ -85,9 +93,13 @@ def parse_args(argv=None) -> TrainConfig:
     o.add_argument("--epochs", type=guard.positive_int, default=None,
                    help="total epochs; on --resume, a larger value extends the run")
     o.add_argument("--batch-size", type=guard.positive_int, default=32)
-    o.add_argument("--allow-partial-batches", dest="partial_batches", action="store_true",
+    o.add_argument("--allow-partial-batches", dest="partial_batches", action="store_const", const=True,
+                   default=None,
                    help="train on the last incomplete batch too (needed when the train split is smaller "
-                        "than --batch-size)")
+                        "than --batch-size). Default: kept on real data (wsolevaluation's), dropped on the "
+                        "built-in profile")
+    o.add_argument("--drop-partial-batches", dest="partial_batches", action="store_const", const=False,
+                   help="drop the last incomplete train batch (the built-in profile's default)")
     o.add_argument("--lr", type=guard.positive_float, default=None,
                    help="default 1e-3 (paper); 0.02 on the built-in from-scratch profile (0 freezes the weights)")
     o.add_argument("--lr-decay-every", type=guard.positive_int, default=None)
@@ -156,6 +168,16 @@ def parse_args(argv=None) -> TrainConfig:
             p.error(str(exc))
     a = p.parse_args(argv)
     guard.check_crop(p, a.backbone, a.crop_size, a.resize_size)
+    if config_file and a.icl_blocks is not None and a.backbone != p.get_default("backbone") \
+            and "icl_blocks" not in guard.given_dests(p, argv) \
+            and list(a.icl_blocks) == default_blocks(p.get_default("backbone")):
+        a.icl_blocks = None   # the file's backbone's default points: the new --backbone's default ones instead
+    if a.icl_blocks is not None:   # checked and put in network order (config.json records that order)
+        try:
+            a.icl_blocks = check_icl_blocks(a.backbone, a.icl_blocks, a.method, a.use_fc)
+        except ValueError as exc:
+            p.error(str(exc) + (f" (the points of --config {config_file}; give --icl-blocks)"
+                                if config_file and "icl_blocks" not in guard.given_dests(p, argv) else ""))
     if config_file and a.output == p.get_default("output") and output_in_use(a.output):
         p.error(f"--config {config_file}: its output folder {a.output} already holds a run; give --output")
     if a.resume and a.init_from:

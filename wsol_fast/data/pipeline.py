@@ -55,8 +55,9 @@ class RunData:
 
     @property
     def train_loader(self):
-        """Shuffled per (seed, epoch), sharded per rank, the last incomplete batch dropped unless the data
-        config's partial_batches."""
+        """Shuffled per (seed, epoch), sharded per rank; the last incomplete batch kept or dropped as the
+        data config's partial_batches says (unresolved None: kept on real data, as wsolevaluation's
+        DataLoader keeps it, dropped on the built-in sets)."""
         if self._train_loader is None:
             raise ValueError("prepare_data was called without the train split")
         return self._train_loader
@@ -141,11 +142,21 @@ def prepare_data(d, info: runtime.DistInfo, device: torch.device, *, batch_size:
     return data
 
 
+def partial_batches(d) -> bool:
+    """Whether the train loader keeps the last incomplete batch: the data config's resolved partial_batches,
+    or where it is None, True on real data (wsolevaluation's DataLoader, drop_last False) and False on a
+    built-in set (its profile's numbers were measured with it dropped)."""
+    value = getattr(d, "partial_batches", None)
+    if value is None:
+        return not str(getattr(d, "dataset", "builtin")).startswith("builtin")
+    return bool(value)
+
+
 def make_train_loader(data: RunData, d, info, device, *, amp_dtype=None, **common):
     """The training loader (a seam the tests wrap to stop a run mid-epoch). A train split smaller than one
     batch per rank (without partial batches) is an error: no step would run."""
     fp16 = amp_dtype is torch.float16 and device.type == "cuda"
-    partial = bool(getattr(d, "partial_batches", False))   # keep the last, incomplete batch
+    partial = partial_batches(d)   # keep the last, incomplete batch
     loader = _build(data, d, info, device, data.train_meta, train=True, persistent=True, fp16=fp16,
                     **({"drop_last": False} if partial else {}), **common)
     if len(loader) == 0:

@@ -4,7 +4,9 @@ Changes to torchvision's Inception3: Conv2d_1a_3x3 gets padding 1; the stem's ma
 ceil_mode (wsolevaluation's, which keeps 28x28 at 224 input); Mixed_6a runs at stride 1 (its two stride-2
 convs get stride 1 / padding 1, its max pool stride 1 / padding 1); Mixed_7*, AuxLogits and fc are gone.
 Head: SPG_A3_1b (768 -> 1024, 3x3) + ReLU, SPG_A3_2b (1024 -> 1024, 3x3) + ReLU, SPG_A4 (1x1 -> classes),
-GAP. Blocks after Mixed_5d, Mixed_6e and SPG_A3_2b (maps 28, 28, 28 at 224; class maps 28x28).
+GAP. Blocks by default after Mixed_5d, Mixed_6e and SPG_A3_2b (maps 28, 28, 28 at 224; class maps 28x28),
+wsolevaluation's ADL positions (ADL_5d, ADL_6e, ADL_A3_2b in wsol/inception.py); `--icl-blocks` picks others:
+after any Mixed_* block or either head conv (INSERTION_POINTS).
 
 The modules are torchvision's own classes under torchvision's names, so ImageNet weights load by name.
 wsolevaluation's CAM variant also applies dropout(0.5) inside the head; its ADL variant, which ICL builds
@@ -17,10 +19,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.inception import BasicConv2d, InceptionA, InceptionB, InceptionC
 
-from .base import WSOLModel, init_new_conv
+from .base import WSOLModel, init_like_wsolevaluation
 
 # SPEC 1.4 (paper Table 1).
 METHOD_DEFAULTS = {"icl": {"drop_rate": 0.69, "gamma_fg": 0.86, "gamma_bg": 1.2}}
+
+# After each Mixed_* block and each head conv (+ ReLU): name -> channels, in network order.
+INSERTION_POINTS = {"Mixed_5b": 256, "Mixed_5c": 288, "Mixed_5d": 288, "Mixed_6a": 768, "Mixed_6b": 768,
+                    "Mixed_6c": 768, "Mixed_6d": 768, "Mixed_6e": 768, "SPG_A3_1b": 1024, "SPG_A3_2b": 1024}
+DEFAULT_BLOCKS = ("Mixed_5d", "Mixed_6e", "SPG_A3_2b")
+_POINT_NAMES = tuple(INSERTION_POINTS)
 
 
 class InceptionBStride1(InceptionB):
@@ -42,10 +50,11 @@ class InceptionBStride1(InceptionB):
 class InceptionV3WSOL(WSOLModel):
     backbone_name = "inceptionv3"
     pretrained_prefixes = ("Conv2d_", "Mixed_")
+    insertion_points = INSERTION_POINTS
+    default_blocks = DEFAULT_BLOCKS
 
-    def __init__(self, num_classes: int, method: str, defaults: dict, options: dict):
-        super().__init__(num_classes, method, block_channels=[288, 768, 1024], defaults=defaults,
-                         options=options)
+    def __init__(self, num_classes: int, method: str, defaults: dict, options: dict, blocks=None):
+        super().__init__(num_classes, method, defaults=defaults, options=options, blocks=blocks)
         self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2, padding=1)
         self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
         self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
@@ -65,10 +74,11 @@ class InceptionV3WSOL(WSOLModel):
         self.SPG_A3_2b = nn.Sequential(nn.Conv2d(1024, 1024, kernel_size=3, padding=1), nn.ReLU(inplace=True))
         self.SPG_A4 = nn.Conv2d(1024, num_classes, kernel_size=1)
         self._init_backbone()
-        init_new_conv(self.SPG_A3_1b)
-        init_new_conv(self.SPG_A3_2b)
-        nn.init.normal_(self.SPG_A4.weight, 0.0, 0.01)
-        nn.init.zeros_(self.SPG_A4.bias)
+        # The new layers as wsolevaluation initialises them: InceptionAdl and InceptionCam call
+        # initialize_weights(self.modules(), init_mode='xavier') (wsol/inception.py lines 434-447 and
+        # 156-167), i.e. xavier uniform weights and zero biases for SPG_A3_1b, SPG_A3_2b and SPG_A4.
+        for head in (self.SPG_A3_1b, self.SPG_A3_2b, self.SPG_A4):
+            init_like_wsolevaluation(head, "xavier")
 
     def _init_backbone(self) -> None:
         # He init (fan_out), as torchvision's ResNet and VGG use, rather than torchvision Inception3's
@@ -80,15 +90,14 @@ class InceptionV3WSOL(WSOLModel):
             if name.startswith(self.pretrained_prefixes) and isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def stage(self, index: int, x: Tensor) -> Tensor:
+    def segment(self, index: int, x: Tensor) -> Tensor:
+        if index >= len(_POINT_NAMES):
+            return x
         if index == 0:
             x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
             x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(self.maxpool1(x)))
-            return self.Mixed_5d(self.Mixed_5c(self.Mixed_5b(self.maxpool2(x))))
-        if index == 1:
-            x = self.Mixed_6c(self.Mixed_6b(self.Mixed_6a(x)))
-            return self.Mixed_6e(self.Mixed_6d(x))
-        return self.SPG_A3_2b(self.SPG_A3_1b(x))
+            x = self.maxpool2(x)
+        return getattr(self, _POINT_NAMES[index])(x)
 
     def logits(self, features: Tensor) -> Tensor:
         return self.SPG_A4(features).mean(dim=(2, 3))
@@ -100,5 +109,5 @@ class InceptionV3WSOL(WSOLModel):
         return torch.einsum("bc,bchw->bhw", w, features) + b.view(-1, 1, 1)
 
 
-def inceptionv3(num_classes: int, method: str, defaults: dict, options: dict) -> InceptionV3WSOL:
-    return InceptionV3WSOL(num_classes, method, defaults, options)
+def inceptionv3(num_classes: int, method: str, defaults: dict, options: dict, blocks=None) -> InceptionV3WSOL:
+    return InceptionV3WSOL(num_classes, method, defaults, options, blocks=blocks)

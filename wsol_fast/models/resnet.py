@@ -1,6 +1,8 @@
 """ResNet50, wsolevaluation's WSOL variant with the large feature map (SPEC 2): layer3 and layer4 run at
-stride 1 (no dilation), then global average pooling and fc. Blocks after layer3 block 0, layer4 block 0
-and layer4 block 2 (maps 28, 28, 28 at 224; class maps 28x28).
+stride 1 (no dilation), then global average pooling and fc. Blocks by default after layer3 block 0, layer4
+block 0 and layer4 block 2 (maps 28, 28, 28 at 224; class maps 28x28), wsolevaluation's ADL positions
+(`_ADL_POSITION`, wsol/resnet.py); `--icl-blocks` picks others: after any bottleneck block, named as its
+module (layer1.0 .. layer4.2).
 
 The trunk is torchvision's resnet50 under torchvision's names (the stride sits on conv2 and the
 downsample conv in torchvision's Bottleneck, as in wsolevaluation's), so ImageNet weights load by name.
@@ -10,10 +12,16 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torchvision.models import resnet50 as torchvision_resnet50
 
-from .base import WSOLModel, init_new_conv, linear_class_map
+from .base import WSOLModel, init_like_wsolevaluation, linear_class_map
 
 # SPEC 1.4 (paper Table 1).
 METHOD_DEFAULTS = {"icl": {"drop_rate": 0.85, "gamma_fg": 0.95, "gamma_bg": 1.2}}
+
+# After each bottleneck block of torchvision's resnet50 (blocks per layer 3, 4, 6, 3): name -> channels.
+_LAYERS = (("layer1", 3, 256), ("layer2", 4, 512), ("layer3", 6, 1024), ("layer4", 3, 2048))
+INSERTION_POINTS = {f"{layer}.{i}": channels for layer, n, channels in _LAYERS for i in range(n)}
+DEFAULT_BLOCKS = ("layer3.0", "layer4.0", "layer4.2")
+_POINT_BLOCKS = tuple((layer, i) for layer, n, _ in _LAYERS for i in range(n))
 
 
 def _set_stride_one(layer: nn.Sequential) -> None:
@@ -28,10 +36,11 @@ class ResNet50WSOL(WSOLModel):
     pretrained_prefixes = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
     fast_lr_prefixes = ("layer4.",)       # wsolevaluation: 'layer4.' and 'fc.' train at 10x
     classifier_prefixes = ("fc.",)        # kept from ImageNet weights on ILSVRC (wsolevaluation)
+    insertion_points = INSERTION_POINTS
+    default_blocks = DEFAULT_BLOCKS
 
-    def __init__(self, num_classes: int, method: str, defaults: dict, options: dict):
-        super().__init__(num_classes, method, block_channels=[1024, 2048, 2048], defaults=defaults,
-                         options=options)
+    def __init__(self, num_classes: int, method: str, defaults: dict, options: dict, blocks=None):
+        super().__init__(num_classes, method, defaults=defaults, options=options, blocks=blocks)
         trunk = torchvision_resnet50(weights=None)    # torchvision's from-scratch init for the trunk
         self.conv1, self.bn1, self.relu, self.maxpool = trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool
         self.layer1, self.layer2 = trunk.layer1, trunk.layer2
@@ -39,17 +48,17 @@ class ResNet50WSOL(WSOLModel):
         _set_stride_one(self.layer3)
         _set_stride_one(self.layer4)
         self.fc = nn.Linear(2048, num_classes)
-        init_new_conv(self.fc)
+        # The new layer as wsolevaluation initialises it (wsol/resnet.py lines 364-366, ResNetAdl, and 87-89,
+        # ResNetCam: initialize_weights(..., init_mode='xavier'), whose Linear rule is normal(0, 0.01), bias 0).
+        init_like_wsolevaluation(self.fc, "xavier")
 
-    def stage(self, index: int, x: Tensor) -> Tensor:
+    def segment(self, index: int, x: Tensor) -> Tensor:
+        if index >= len(_POINT_BLOCKS):
+            return x
         if index == 0:
             x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-            return self.layer3[0](self.layer2(self.layer1(x)))
-        if index == 1:
-            for block in self.layer3[1:]:
-                x = block(x)
-            return self.layer4[0](x)
-        return self.layer4[2](self.layer4[1](x))
+        layer, i = _POINT_BLOCKS[index]
+        return getattr(self, layer)[i](x)
 
     def logits(self, features: Tensor) -> Tensor:
         return self.fc(features.mean(dim=(2, 3)))
@@ -58,5 +67,5 @@ class ResNet50WSOL(WSOLModel):
         return linear_class_map(self.fc.weight, features, labels)
 
 
-def resnet50(num_classes: int, method: str, defaults: dict, options: dict) -> ResNet50WSOL:
-    return ResNet50WSOL(num_classes, method, defaults, options)
+def resnet50(num_classes: int, method: str, defaults: dict, options: dict, blocks=None) -> ResNet50WSOL:
+    return ResNet50WSOL(num_classes, method, defaults, options, blocks=blocks)
