@@ -126,7 +126,7 @@ class ModelConfig:
     mask_norm: str | None = None           # "none" | "minmax": the map the thresholds of Eq. 1-2 see
     attention_scale: str | None = None     # logit scale: a number or "inv_sqrt"
     # Where the attention blocks sit (the backbone's insertion points; the last is L_fc's reference).
-    # None: the backbone's default three (SPEC 2); resolve() records them.
+    # None: the backbone's default three; resolve() records them.
     icl_blocks: list[str] | None = None
 
     def overrides(self) -> dict:

@@ -6,7 +6,7 @@
     model.parameter_groups()  # {"pretrained": [...], "new": [...]} for the 10x lr of new layers
 
 Where the attention blocks sit: `icl_blocks=[...]` names the backbone's insertion points (`insertion_points
-(backbone)`; None: SPEC 2's three, `default_blocks(backbone)`); the last one is L_fc's reference.
+(backbone)`; None: the paper's three, `default_blocks(backbone)`); the last one is L_fc's reference.
 
 Methods: "cam" (plain CAM), "adl" (ADL blocks), "icl" (the paper). Overrides set to None are dropped,
 so CLI defaults stay model defaults; per-backbone ICL defaults come from SPEC 1.4.
@@ -69,7 +69,7 @@ def insertion_points(backbone: str) -> dict[str, int]:
 
 
 def default_blocks(backbone: str) -> list[str]:
-    """The insertion points used when none are given (SPEC 2's three; the last is L_fc's reference)."""
+    """The insertion points used when none are given (the paper's three; the last is L_fc's reference)."""
     return list(_model_class(backbone).default_blocks)
 
 

@@ -2,7 +2,7 @@
 split of parameters into pretrained backbone and new layers, and block construction from a config.
 
 A backbone subclass declares its ordered insertion points (`insertion_points`: name -> channels of the
-feature map there, in network order) and the default ones (`default_blocks`: SPEC 2's three), and provides
+feature map there, in network order) and the default ones (`default_blocks`: the paper's three), and provides
 `segment(i, x)` (the layers from point i - 1, or the input, up to point i; i = len(points): what follows
 the last point, often nothing), an optional `head` after the trunk, `logits(features)` and
 `class_map(features, labels)`. An attention block sits at each chosen point (`--icl-blocks`), the last one
@@ -139,7 +139,7 @@ class WSOLModel(nn.Module):
 
     # Where attention blocks may sit, in network order: point name -> channels of the feature map there.
     insertion_points: dict[str, int] = {}
-    # The points used when none are given (SPEC 2's three); the last is L_fc's reference.
+    # The points used when none are given (the paper's three); the last is L_fc's reference.
     default_blocks: tuple[str, ...] = ()
 
     def __init__(self, num_classes: int, method: str, defaults: dict, options: dict,

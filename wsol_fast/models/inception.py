@@ -1,4 +1,4 @@
-"""InceptionV3, wsolevaluation's WSOL variant with the large feature map (SPEC 2).
+"""InceptionV3, wsolevaluation's WSOL variant with the large feature map.
 
 Changes to torchvision's Inception3: Conv2d_1a_3x3 gets padding 1; the stem's max pools use padding 1 and
 ceil_mode (wsolevaluation's, which keeps 28x28 at 224 input); Mixed_6a runs at stride 1 (its two stride-2

@@ -1,4 +1,4 @@
-"""Loading torchvision ImageNet weights into a WSOL model (SPEC 2), never from the network.
+"""Loading torchvision ImageNet weights into a WSOL model, never from the network.
 
 `pretrained=PATH` reads a torchvision state dict; `pretrained=True` reads torchvision's own hub cache file
 (torch.hub.get_dir()/checkpoints/<torchvision file name>) and, when it is absent, says exactly where to

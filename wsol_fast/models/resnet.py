@@ -1,4 +1,4 @@
-"""ResNet50, wsolevaluation's WSOL variant with the large feature map (SPEC 2): layer3 and layer4 run at
+"""ResNet50, wsolevaluation's WSOL variant with the large feature map: layer3 and layer4 run at
 stride 1 (no dilation), then global average pooling and fc. Blocks by default after layer3 block 0, layer4
 block 0 and layer4 block 2 (maps 28, 28, 28 at 224; class maps 28x28), wsolevaluation's ADL positions
 (`_ADL_POSITION`, wsol/resnet.py); `--icl-blocks` picks others: after any bottleneck block, named as its

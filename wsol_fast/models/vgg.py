@@ -1,4 +1,4 @@
-"""VGG16, wsolevaluation's WSOL variant (SPEC 2): torchvision's `features` without pool5, then
+"""VGG16, wsolevaluation's WSOL variant: torchvision's `features` without pool5, then
 conv6 (3x3, 512 -> 1024) + ReLU, global average pooling and fc. Blocks by default after pool3, conv4_3 and
 conv5_3 (maps 28, 28, 14 at 224; class maps 14x14); `--icl-blocks` picks others among INSERTION_POINTS.
 
