@@ -7,12 +7,12 @@ in Pillow's 22-bit fixed point with a uint8 intermediate between its two passes.
 exactly those pixels (bit-identical; tests/data/test_transforms.py), by one of two backends:
 
 * "cpp": `wsol_fast._resize` (csrc/resize.cpp), Pillow's arithmetic re-derived on 3-channel HWC arrays,
-  computing only the crop's outputs: about 2x faster than Pillow per 500 x 375 image
-  (benchmarks/test_bench_loaders.py; docs/operators.md "Input pipeline");
+  computing only the crop's outputs: 2.6-3.7x less CPU time than Pillow per image, 2.4-4x more than the
+  old cv2.INTER_LINEAR (benchmarks/test_bench_loaders.py; docs/operators.md "Input pipeline");
 * "pillow": Pillow itself, when the extension is not built (WSOL_FAST_SKIP_CPP=1 or no compiler).
 
 OpenCV's `cv2.INTER_LINEAR`, used here before, is not that resize: no antialiasing, so on photos shrunk to
-224 it differs by 1.4-3.6 grey levels on average and by up to ~100 at single pixels.
+224 it differs by 1.3-2.9 grey levels on average and by up to 103 at single pixels (to 64: up to 10 and 145).
 
 One implementation for both CPU loaders: the OpenCV DataLoader's workers call it per image, and the DALI
 pipeline calls it from a `python_function` node between DALI's JPEG decoder and its
@@ -39,7 +39,7 @@ PILLOW13 = _pillow_major() >= 13
 
 try:
     from .. import _resize as _cpp
-except ImportError:  # the extension is not built: Pillow itself (exact too, about 2x slower)
+except ImportError:  # the extension is not built: Pillow itself (exact too, ~3x the CPU time)
     _cpp = None
 
 BACKEND = "cpp" if _cpp is not None else "pillow"
