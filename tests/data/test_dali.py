@@ -139,8 +139,22 @@ def test_decode_failure_inside_dali_names_the_file(tmp_path, how, monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="mixed (GPU) decoding needs CUDA")
 def test_gpu_mixed_decoding_fp16(tmp_path):
     ids = _write_images(tmp_path, EVAL_SIZES)
-    loader = _loader(tmp_path, ids, train=False, batch_size=2, crop_size=224, device="cuda", fp16=True)
+    loader = _loader(tmp_path, ids, train=False, batch_size=2, crop_size=224, device="cuda", fp16=True,
+                     resize="dali")   # nvJPEG + DALI's resize; the default ("exact") decodes on the CPU
     got = {i: x for images, _, batch_ids in loader for i, x in zip(batch_ids, images)}
     assert all(x.is_cuda and x.dtype == torch.float16 for x in got.values())
     for i in ids:  # nvJPEG's IDCT differs from libjpeg-turbo's by a few levels; fp16 adds ~1e-3
         assert (got[i].float().cpu() - pil_normalised(str(tmp_path / "DS" / i), 224)).abs().mean() < 0.05
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU graph needs CUDA")
+def test_gpu_default_is_wsolevaluations_pixels(tmp_path):
+    """On a GPU the default ("exact") decodes and resizes on the CPU and normalises on the GPU: still
+    wsolevaluation's tensors to float rounding."""
+    ids = _write_images(tmp_path, EVAL_SIZES)
+    loader = _loader(tmp_path, ids, train=False, batch_size=2, crop_size=224, device="cuda")
+    assert loader.resize == "exact"
+    got = {i: x for images, _, batch_ids in loader for i, x in zip(batch_ids, images)}
+    for i in ids:
+        torch.testing.assert_close(got[i].cpu(), pil_normalised(str(tmp_path / "DS" / i), 224), atol=FLOAT_ROUNDING,
+                                   rtol=0)

@@ -16,10 +16,11 @@ on a PIL image, bit for bit: a `python_function` node runs `wsol_fast.data.trans
 loader's own code: C++ `wsol_fast._resize`, or Pillow) once per batch between DALI's decoder and its
 crop_mirror_normalize. It needs host pixels, so with "exact" the JPEGs are decoded on the CPU (libjpeg-turbo)
 even on a GPU, and only crop/flip/normalise run there. "dali" is DALI's own `fn.resize` (linear,
-antialias=True) after nvJPEG (`mixed`) decoding on a GPU: faster there, but not wsolevaluation's pixels.
-Measured on scikit-image photos (512 x 512, 400 x 600, 300 x 451 and a 120 x 150 one) resized to 224, 256,
-73 and 64, DALI's CPU fn.resize against Pillow: mean |diff| 0.07-0.18 levels but single pixels up to 12
-levels off (target: mean <= 0.5, max <= 3), so it is not the default anywhere. (Before this, both paths
+antialias=True) after nvJPEG (`mixed`) decoding on a GPU: meant to be faster there (not measured), but not
+wsolevaluation's pixels. Measured on scikit-image photos (seven, 150 x 183 to 427 x 640, RGB and gray)
+resized to 224, 256, 73, 64, 300 x 200 and 700 x 900, DALI's CPU fn.resize against Pillow: mean |diff|
+0.003-0.22 levels but single pixels up to 14 levels off (target: mean <= 0.5, max <= 3;
+benchmarks/results/cpu_resize.md), so it is not the default anywhere. (Before this, both paths
 used a non-antialiased linear resize, cv2.INTER_LINEAR and fn.resize antialias=False.)
 
 Alignment with the OpenCV loader (eval and train): the decoded pixels are identical on the CPU (both use
