@@ -12,7 +12,7 @@ import os
 import sys
 import warnings
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SKIP_CPP = os.environ.get("WSOL_FAST_SKIP_CPP", "0") == "1"
@@ -31,7 +31,8 @@ def cpp_extension():
         warnings.warn(f"wsol_fast: torch not importable at build time ({exc}); skipping the C++ ops")
         return [], {}
 
-    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    # csrc/resize.cpp is its own module (wsol_fast._resize: plain Python C API, no torch); the rest is _C.
+    sources = sorted(s for s in glob.glob(os.path.join("csrc", "*.cpp")) if os.path.basename(s) != "resize.cpp")
     if not sources:
         return [], {}
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
@@ -43,6 +44,15 @@ def cpp_extension():
         include_dirs=[os.path.join(HERE, "csrc")],
         extra_compile_args={"cxx": ["-O3", "-std=c++20", *openmp]},
         extra_link_args=openmp,
+    )
+    # Pillow's bilinear resize, bit-exact (the loaders' resize; wsol_fast/data/transforms.py falls back to
+    # Pillow itself without it). -fopenmp-simd: its `omp simd` loops, without the OpenMP runtime.
+    resize = Extension(
+        name="wsol_fast._resize",
+        sources=[os.path.join("csrc", "resize.cpp")],
+        include_dirs=[os.path.join(HERE, "csrc")],
+        extra_compile_args={"cxx": ["-O3", "-std=c++17", "-fopenmp-simd"]},
+        language="c++",
     )
 
     class SafeBuildExtension(BuildExtension.with_options(no_python_abi_suffix=True)):
@@ -66,7 +76,7 @@ def cpp_extension():
                 warnings.warn(f"wsol_fast: C++ ops failed to build ({exc}); "
                               "the package will fall back to the pure-PyTorch reference")
 
-    return [ext], {"build_ext": SafeBuildExtension}
+    return [ext, resize], {"build_ext": SafeBuildExtension}
 
 
 ext_modules, cmdclass = cpp_extension()

@@ -1,6 +1,14 @@
 """Training-input throughput: the DALI CPU pipeline against the OpenCV loader
 (wsol_fast.data.opencv.OpenCVLoader), with the same transforms (resize, random crop, flip, normalise)
-and the same 2 threads / 2 worker processes.
+and the same 2 threads / 2 worker processes; and the resize alone, per image.
+
+Resize rows (`test_resize_per_image`): the loaders' resize (wsolevaluation's: torchvision Resize on a PIL
+image) by this package's C++ path (`cpp`, wsol_fast._resize) and by Pillow itself (`pillow`, what
+torchvision runs), against the loaders' earlier non-antialiased cv2.INTER_LINEAR (`cv2-old`, not the
+protocol's pixels), on a 500 x 375 photo (-> 256 and its 224 crop, the training transform; -> 224, the
+evaluation one) and on built-in-set-sized images (150 x 183 and 120 x 200 -> 73 and its 64 crop; -> 64).
+The epoch rows run with `resize=exact` (today's loaders), `exact-pillow` (the same pixels by Pillow) and
+`cv2-old` (the earlier transforms, patched in), side by side.
 
 Two image sets: (a) the built-in dataset (at its CPU profile's resize and crop) and (b) 400 photo-like
 JPEGs of 500 x 375, CUB's typical size (resize 256, crop 224). The OpenCV loader runs twice: with
@@ -23,7 +31,7 @@ import torch
 
 cv2 = pytest.importorskip("cv2")
 
-from wsol_fast.data import dali  # noqa: E402
+from wsol_fast.data import dali, transforms  # noqa: E402
 
 THREADS = 2
 BATCH = 32
@@ -81,6 +89,71 @@ def image_sets(tmp_path_factory):
     return {k: (ids, labels or [0] * len(ids), *rest) for k, (ids, labels, *rest) in sets.items()}
 
 
+def _cv2_train_crop(image, resize_size, crop_size, y, x):
+    """The loaders' transform before wsolevaluation's resize was matched: cv2.INTER_LINEAR, no antialias."""
+    image = cv2.resize(image, (resize_size, resize_size), interpolation=cv2.INTER_LINEAR)
+    return image[y:y + crop_size, x:x + crop_size]
+
+
+def _cv2_eval_resize(image, size):
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+@pytest.fixture(params=["exact", "exact-pillow", "cv2-old"])
+def resize(request, monkeypatch):
+    """The loaders' resize for an epoch row: today's exact one (C++ backend), the same pixels by Pillow
+    itself, or the earlier cv2 one patched in (the OpenCV loader's forked workers and DALI's
+    python_function both look these names up at call time)."""
+    if request.param == "exact-pillow":
+        monkeypatch.setattr(transforms, "BACKEND", "pillow")
+    if request.param == "cv2-old":
+        from wsol_fast.data import opencv
+        for module in (transforms, opencv):
+            monkeypatch.setattr(module, "train_crop", _cv2_train_crop)
+            monkeypatch.setattr(module, "eval_resize", _cv2_eval_resize)
+    return request.param
+
+
+def _photo(h: int, w: int) -> np.ndarray:
+    from PIL import Image
+    skdata = pytest.importorskip("skimage.data")
+    return np.asarray(Image.fromarray(skdata.chelsea()).resize((w, h), Image.BOX))
+
+
+# case -> (source images' (h, w), resize size, crop size or None)
+RESIZE_CASES = {
+    "500x375->256,crop224": ([(375, 500)], 256, 224),
+    "500x375->256": ([(375, 500)], 256, None),
+    "500x375->224": ([(375, 500)], 224, None),
+    "builtin-150x183,120x200->73,crop64": ([(150, 183), (200, 120)], 73, 64),
+    "builtin-150x183,120x200->64": ([(150, 183), (200, 120)], 64, None),
+}
+
+
+@pytest.mark.parametrize("case", list(RESIZE_CASES))
+@pytest.mark.parametrize("method", ["cpp", "pillow", "cv2-old"])
+def test_resize_per_image(benchmark, case, method):
+    if method == "cpp" and transforms.BACKEND != "cpp":
+        pytest.skip("wsol_fast._resize is not built")
+    sizes, size, crop = RESIZE_CASES[case]
+    images = [_photo(h, w) for h, w in sizes]
+    if method == "cv2-old":
+        def one(im):
+            return _cv2_train_crop(im, size, crop, 1, 2) if crop else _cv2_eval_resize(im, size)
+    else:
+        def one(im):
+            box = (1, 2, crop, crop) if crop else None
+            return transforms.resize(im, size, size, box, backend=method)
+
+    def run():
+        for im in images:
+            one(im)
+
+    benchmark.pedantic(run, rounds=200, iterations=1, warmup_rounds=5)
+    benchmark.extra_info["images_per_call"] = len(images)
+    benchmark.extra_info["ms_per_image"] = round(1000 * benchmark.stats.stats.median / len(images), 4)
+
+
 def _make_loader(provider, ids, labels, data_root, dataset, resize_size, crop_size):
     if provider.startswith("opencv"):
         from wsol_fast.data.opencv import OpenCVLoader
@@ -96,7 +169,7 @@ def _make_loader(provider, ids, labels, data_root, dataset, resize_size, crop_si
 
 @pytest.mark.parametrize("image_set", ["builtin", "cub-like-500x375"])
 @pytest.mark.parametrize("provider", ["opencv", "opencv-persistent", "dali-cpu", "dali-gpu"])
-def test_train_epoch_throughput(benchmark, image_sets, image_set, provider):
+def test_train_epoch_throughput(benchmark, image_sets, image_set, provider, resize):
     if provider.startswith("dali") and not dali.dali_available():
         pytest.skip("nvidia.dali is not installed")
     if provider == "dali-gpu" and not torch.cuda.is_available():
@@ -122,5 +195,5 @@ def test_train_epoch_throughput(benchmark, image_sets, image_set, provider):
         "images_per_s": round(n / totals["wall"], 1),
         "cpu_ms_per_image": round(1000 * totals["cpu"] / n, 3),
         "wall_ms_per_image": round(1000 * totals["wall"] / n, 3),
-        "threads_or_workers": THREADS, "batch": BATCH,
+        "threads_or_workers": THREADS, "batch": BATCH, "resize": resize,
     })

@@ -1,4 +1,4 @@
-"""The OpenCV loader: transforms against a hand-written cv2 version, image formats, bad files named or
+"""The OpenCV loader: transforms against wsolevaluation's (PIL + torchvision Resize), image formats, bad files named or
 skipped, persistent workers, no reference cycle. Images are tiny and generated per test, so the file runs
 in seconds."""
 from __future__ import annotations
@@ -10,7 +10,8 @@ import weakref
 import numpy as np
 import pytest
 import torch
-from image_reference import break_image, cv2_normalised  # noqa: E402
+from image_reference import break_image  # noqa: E402
+from resize_reference import pil_normalised  # noqa: E402
 
 cv2 = pytest.importorskip("cv2")
 
@@ -44,7 +45,7 @@ def _loader(root, ids, **kw):
     return OpenCVLoader(ids, list(range(len(ids))), str(root), "DS", **kw)
 
 
-def test_train_transform_matches_hand_computed_cv2(tmp_path):
+def test_train_transform_matches_wsolevaluation(tmp_path):
     ids = _write_images(tmp_path, [(60, 80), (45, 35), (40, 40), (90, 50), (33, 47), (64, 64)])
     loader = _loader(tmp_path, ids, train=True, batch_size=3, resize_size=40, crop_size=32, seed=5)
     seen_flips, seen_offsets = set(), set()
@@ -56,20 +57,20 @@ def test_train_transform_matches_hand_computed_cv2(tmp_path):
         assert [i for _, i in got] == [ids[k] for k in order]
         for j, (x, image_id) in enumerate(got):
             assert x.shape == (3, 32, 32) and x.dtype == torch.float32
-            want = cv2_normalised(str(tmp_path / "DS" / image_id), 40, ((off_y[j], off_x[j]), 32), bool(flip[j]))
+            want = pil_normalised(str(tmp_path / "DS" / image_id), 40, ((off_y[j], off_x[j]), 32), bool(flip[j]))
             torch.testing.assert_close(x, want, atol=1e-5, rtol=0)
             seen_flips.add(int(flip[j]))
             seen_offsets.add((int(off_y[j]), int(off_x[j])))
     assert seen_flips == {0, 1} and len(seen_offsets) > 5
 
 
-def test_eval_transform_matches_hand_computed_cv2(tmp_path):
+def test_eval_transform_matches_wsolevaluation(tmp_path):
     ids = _write_images(tmp_path, [(375, 500), (333, 241), (97, 130)])
     loader = _loader(tmp_path, ids, train=False, batch_size=2, crop_size=64)
     got = {i: x for images, _, batch in loader for i, x in zip(batch, images)}
     assert list(got) == ids
     for image_id in ids:
-        torch.testing.assert_close(got[image_id], cv2_normalised(str(tmp_path / "DS" / image_id), 64), atol=1e-5,
+        torch.testing.assert_close(got[image_id], pil_normalised(str(tmp_path / "DS" / image_id), 64), atol=1e-5,
                                    rtol=0)
 
 
@@ -94,10 +95,10 @@ def test_draws_are_the_dali_loaders(tmp_path):
     assert np.array_equal(flips, flip[2:])
 
 
-@pytest.mark.parametrize("resize, tolerance", [("opencv", 1e-5), ("dali", ONE_LEVEL + 1e-4)])
+@pytest.mark.parametrize("resize, tolerance", [("exact", 1e-5), ("dali", ONE_LEVEL + 1e-4)])
 def test_train_batches_match_dali(tmp_path, resize, tolerance):
-    """DALI's CPU default (cv2's resize inside the pipeline) gives the OpenCV loader's crops to float
-    rounding; DALI's own resize within one uint8 level."""
+    """DALI's default (this package's exact resize inside the pipeline) gives the OpenCV loader's crops to
+    float rounding; DALI's own antialiased resize within one uint8 level on these smooth images (not Pillow's filter)."""
     pytest.importorskip("nvidia.dali")
     ids = _write_images(tmp_path, [(60, 80), (45, 35), (40, 40), (90, 50), (33, 47)])
     kw = dict(train=True, batch_size=2, resize_size=40, crop_size=32, seed=3)

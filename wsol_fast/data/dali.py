@@ -3,7 +3,7 @@
 The sample order, sharding and augmentation draws come from Python (the same samplers as the OpenCV
 loader), so both loaders see the same images in the same order and a run resumed mid-epoch continues
 with exactly the crops and flips it would have drawn. DALI does the file reading, JPEG decoding
-(`mixed` = nvJPEG on a GPU, libjpeg-turbo on the CPU with `device_id=None`), the resize, and
+(libjpeg-turbo on the CPU; nvJPEG, `mixed`, on a GPU with resize="dali"), the resize, and
 crop/flip/normalise.
 
     loader = DaliLoader(image_ids, labels, data_root, "CUB", train=True, batch_size=32, num_threads=2,
@@ -11,19 +11,23 @@ crop/flip/normalise.
     loader.set_epoch(epoch, start)            # like the OpenCV loader (data/base.py)
     for images, labels, ids in loader: ...    # float32 (N,3,H,W), int64 (N,), list[str]
 
-The resize (`resize=`): on a GPU, DALI's `fn.resize` ("dali"). On the CPU ("auto" picks "opencv"), a
-`python_function` node runs OpenCV's resize (`wsol_fast.data.transforms`, the OpenCV loader's own code)
-between DALI's decoder and its crop_mirror_normalize: measured on 500 x 375 JPEGs with 2 threads, DALI's
-CPU linear resize cost 0.8 ms per image, as much as the JPEG decode, against 0.08 ms for cv2.resize
-(which releases the GIL; the node runs once per batch).
+The resize (`resize=`): "exact" (the default, "auto") is wsolevaluation's resize, torchvision's `Resize`
+on a PIL image, bit for bit: a `python_function` node runs `wsol_fast.data.transforms` (the OpenCV
+loader's own code: C++ `wsol_fast._resize`, or Pillow) once per batch between DALI's decoder and its
+crop_mirror_normalize. It needs host pixels, so with "exact" the JPEGs are decoded on the CPU (libjpeg-turbo)
+even on a GPU, and only crop/flip/normalise run there. "dali" is DALI's own `fn.resize` (linear,
+antialias=True) after nvJPEG (`mixed`) decoding on a GPU: meant to be faster there (not measured), but not
+wsolevaluation's pixels. Measured on scikit-image photos (seven, 150 x 183 to 427 x 640, RGB and gray)
+resized to 224, 256, 73, 64, 300 x 200 and 700 x 900, DALI's CPU fn.resize against Pillow: mean |diff|
+0.003-0.22 levels but single pixels up to 14 levels off (target: mean <= 0.5, max <= 3;
+benchmarks/results/cpu_resize.md), so it is not the default anywhere. (Before this, both paths
+used a non-antialiased linear resize, cv2.INTER_LINEAR and fn.resize antialias=False.)
 
-Alignment with the OpenCV loader (eval and train, measured on generated JPEGs): the decoded pixels are
-identical (both use libjpeg-turbo's default islow IDCT here; other builds or nvJPEG on a GPU may differ
-by a few levels). With resize="opencv" the resized pixels are then identical too, and the normalised
-tensors agree to float rounding (1e-6). With resize="dali" the geometry is the same (half-pixel centres,
-no antialias), but cv2 resizes uint8 with 11-bit fixed-point weights while DALI rounds a float result, so
-about 9% of pixels differ by one level: max |diff| = 1/255/0.224 = 0.0175 after normalisation, mean
-~0.0016.
+Alignment with the OpenCV loader (eval and train): the decoded pixels are identical on the CPU (both use
+libjpeg-turbo's default islow IDCT here; other builds or nvJPEG on a GPU may differ by a few levels), the
+resized pixels are identical with resize="exact" (the same function), and the normalised tensors agree to
+float rounding (1e-6). The GPU paths ("exact" with device="cuda", and "dali") are not tested here: DALI was
+not installed on the GPU machine lent to this project.
 """
 from __future__ import annotations
 
@@ -52,7 +56,8 @@ def _build_pipeline(files, indices, aug_source, *, train, batch_size, num_thread
                     device_id, fp16, seed, resize):
     """The DALI graph. `indices` (positions in the split) travel as the reader's labels, so every output
     sample names its image; `aug_source(iteration)` feeds per-sample crop regions, crop offsets and flips.
-    resize: "dali" (fn.resize) or "opencv" (a python_function running wsol_fast.data.transforms; CPU)."""
+    resize: "exact" (a python_function running wsol_fast.data.transforms on CPU-decoded images) or "dali"
+    (fn.resize, after GPU decoding on a GPU)."""
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
@@ -67,16 +72,18 @@ def _build_pipeline(files, indices, aug_source, *, train, batch_size, num_thread
                                        pad_last_batch=True, name="reader")
         # adjust_orientation=False: ignore EXIF rotation, as OpenCV's loader and wsolevaluation's PIL
         # loading do, so decoded sizes match image_sizes.txt and the boxes.
-        images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB,
-                                   adjust_orientation=False)
-        linear = dict(interp_type=types.INTERP_LINEAR, antialias=False)  # = cv2.INTER_LINEAR
+        images = fn.decoders.image(jpegs, device="mixed" if (gpu and resize == "dali") else "cpu",
+                                   output_type=types.RGB, adjust_orientation=False)
+        # DALI's own antialiased linear resize: close to Pillow's, not equal (see the module doc).
+        linear = dict(interp_type=types.INTERP_LINEAR, antialias=True)
         normalise = dict(dtype=types.FLOAT16 if (fp16 and gpu) else types.FLOAT, output_layout="CHW",
                          mean=[255 * m for m in IMAGENET_MEAN], std=[255 * s for s in IMAGENET_STD])
         if train:
-            if resize == "opencv":
+            if resize == "exact":
                 offsets, flip = fn.external_source(source=aug_source, num_outputs=2, batch=True)
                 images = fn.python_function(images, offsets, batch_processing=True, function=functools.partial(
                     transforms.train_crop_batch, resize_size=resize_size, crop_size=crop_size))
+                images = images.gpu() if gpu else images
             else:
                 # Resize to resize_size then crop = one resize of the crop's input region (relative ROI):
                 # the same sampling positions, ~25% fewer pixels to interpolate.
@@ -85,9 +92,10 @@ def _build_pipeline(files, indices, aug_source, *, train, batch_size, num_thread
                                    roi_relative=True, **linear)
             images = fn.crop_mirror_normalize(images, mirror=flip, **normalise)
         else:
-            if resize == "opencv":
+            if resize == "exact":
                 images = fn.python_function(images, batch_processing=True, function=functools.partial(
                     transforms.eval_resize_batch, size=crop_size))
+                images = images.gpu() if gpu else images
             else:
                 images = fn.resize(images, resize_x=crop_size, resize_y=crop_size, **linear)
             images = fn.crop_mirror_normalize(images, **normalise)
@@ -110,11 +118,10 @@ class DaliLoader(SplitLoader):
                          drop_last=drop_last, check_images=check_images)
         self.labels = torch.as_tensor(list(labels), dtype=torch.long)
         self.num_threads, self.fp16 = num_threads, fp16
-        if resize not in ("auto", "dali", "opencv"):
-            raise ValueError(f"resize must be 'auto', 'dali' or 'opencv', got {resize!r}")
-        if resize == "opencv" and self.device.type == "cuda":
-            raise ValueError("resize='opencv' is the CPU path; on a GPU DALI resizes (resize='dali')")
-        self.resize = resize if resize != "auto" else ("dali" if self.device.type == "cuda" else "opencv")
+        if resize not in ("auto", "exact", "dali"):
+            raise ValueError(f"resize must be 'auto', 'exact' or 'dali', got {resize!r}")
+        # "auto" = "exact" on the CPU and on a GPU: the protocol's pixels (SPEC 1.4) before DALI's speed.
+        self.resize = "exact" if resize == "auto" else resize
 
     def _augment_draws(self, count: int):
         """Per-sample crop offsets and flips for the whole share of this epoch, so skipping `start`
@@ -145,7 +152,7 @@ class DaliLoader(SplitLoader):
             return
         draws = self._augment_draws(len(order)) if self.train else None
         if draws is not None:  # the inputs the graph takes: (offsets, flip) or (roi_start, roi_end, flip)
-            draws = draws[2:] if self.resize == "opencv" else (draws[0], draws[1], draws[3])
+            draws = draws[2:] if self.resize == "exact" else (draws[0], draws[1], draws[3])
         bs = self.batch_size
 
         def aug_source(iteration: int):

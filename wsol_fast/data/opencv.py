@@ -5,9 +5,10 @@
 
 Order, sharding, resume and augmentation draws: data/base.py (the same as dali.DaliLoader's).
 
-Transforms (the wsolevaluation ones): train = resize to resize_size x resize_size (cv2.INTER_LINEAR),
-random crop_size crop, horizontal flip with p = 0.5, ImageNet normalisation; eval = resize to
-crop_size x crop_size. Workers decode (`images.read_image_rgb`) and resize, and send uint8 HWC crops (4x
+Transforms (the wsolevaluation ones): train = resize to resize_size x resize_size (wsolevaluation's resize:
+torchvision's Resize on a PIL image, bilinear and antialiased, bit for bit; `transforms.py`), random
+crop_size crop, horizontal flip with p = 0.5, ImageNet normalisation; eval = resize to crop_size x
+crop_size. Workers decode (OpenCV, `images.read_image_rgb`) and resize, and send uint8 HWC crops (4x
 less inter-process traffic than float); the batch is normalised in the consuming process, on the GPU when
 `device` is CUDA (pinned memory, non-blocking copy). The output is NCHW; `channels_last=True` keeps the
 channels-last strides the uint8 batch already has (no copy), for a model that runs channels-last.

@@ -17,6 +17,10 @@ DataLoader workers, CPU time includes the workers'):
     built-in train set, resize 146 / crop 128:   DALI 5,050 img/s, 0.37 CPU ms/img; OpenCV 3,640, 0.54
     400 JPEGs of 500 x 375, resize 256 / 224:    DALI   845 img/s, 2.27 CPU ms/img; OpenCV 1,110, 1.86
 
+(Those figures predate wsolevaluation's antialiased resize in both loaders, which costs 10-40% more CPU
+per image than the cv2.INTER_LINEAR they used; measured again interleaved, CPU ms per image, DALI against
+persistent OpenCV: 0.38 against 1.56 on the built-in set at 73 / 64, 2.90 against 4.79 on the 500 x 375
+JPEGs; docs/operators.md "Input pipeline".) Both loaders give the same pixels (data/transforms.py).
 On the built-in set (the CPU default) DALI is ahead, so `auto` keeps the issue's rule on the CPU too;
 either loader is far faster than a CPU training step. Under CUDA, DALI decodes on the GPU (`mixed`) on
 this rank's device.
