@@ -4,8 +4,11 @@
     python -m wsol_fast.data builtin [--root R] [--seed S]
 
 `check` validates the metadata exactly as training does (errors name file and line), then decodes every
-image and compares its size with image_sizes.txt; it prints counts per split, the class count and every
-bad image with its reason, and exits 1 on any problem (2 when the metadata itself is malformed).
+image (refusing, from the header, any above the pixel cap or whose size the header does not give) and
+compares its size with image_sizes.txt; a JPEG that decodes with libjpeg's warnings (damaged data, e.g.
+cut short and closed with an end marker) is a finding too. It prints counts per split, the class count
+and every bad image with its reason, and exits 1 on any problem (malformed metadata: one `error:` line,
+exit 2).
 `builtin` generates the built-in dataset (if not already there) and prints where it is.
 """
 from __future__ import annotations

@@ -5,12 +5,20 @@ Decoding: `read_image_rgb` turns JPEG/PNG, grayscale, CMYK JPEG (Adobe-inverted,
 it) and RGBA (alpha dropped) into uint8 RGB. EXIF orientation is ignored, as in wsolevaluation (PIL), so
 the decoded size is the one in image_sizes.txt that the boxes refer to.
 
+Nothing is decoded that is not bounded: `read_header` reads every file's size from its header (JPEG,
+PNG and WebP here; BMP, TIFF, GIF and PPM through PIL's lazy open), telling the format from the bytes,
+never the name; a file whose size cannot be read that way is refused by name, and one whose header
+claims more pixels than the cap is refused before it is read or decoded (`too_many_pixels`). The pre-scan,
+both loaders (DALI too: it gets only files the pre-scan passed), evaluate, predict and `data check` all
+go through it. The header size is also the decoded size (EXIF orientation is ignored), which is how both
+loaders check image_sizes.txt (`size_mismatches`, base.SplitLoader.check_sizes).
+
 The check (`image_problem`, `scan`): JPEG start and end markers (two small reads; other formats are
 decoded) and the header's pixel count against the cap: about 10 us per file, against 0.13 ms for a full
 decode of a built-in image and 1 ms for a 500 x 375 photo (measured on one core; CUB's 11,788 images
 would take ~12 s to decode, ~0.1 s to check). A failure is a `BadImageError` naming the file, or, when
 bad images are skipped, the image is left out and listed. `python -m wsol_fast.data check` decodes
-every image to find the files that pass the check but do not decode.
+every image to find the files that pass the check but do not decode or decode with libjpeg's warnings.
 """
 from __future__ import annotations
 
