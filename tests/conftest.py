@@ -1,5 +1,8 @@
 """Test-wide set-up: Triton's interpreter (must be set before any kernel module is imported),
-a small thread count (CI has 2 cores), and fixed seeds."""
+a small thread count (CI has 2 cores), fixed seeds, and the Hypothesis profiles of the fuzz tests
+(tests/fuzz/): `ci`, the default (derandomized: the same examples every run, a bounded count, so the
+fuzz folder runs in about a minute on 2 cores), and `long` (many random examples, for a local hunt:
+`python -m pytest tests/fuzz --hypothesis-profile long`)."""
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -9,6 +12,13 @@ import random  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+_FUZZ = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                                   HealthCheck.function_scoped_fixture])
+settings.register_profile("ci", derandomize=True, database=None, max_examples=60, print_blob=True, **_FUZZ)
+settings.register_profile("long", max_examples=3000, print_blob=True, **_FUZZ)
+settings.load_profile("ci")   # --hypothesis-profile NAME (Hypothesis' pytest plugin) loads another
 
 SHARED = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
 CUB_METADATA = os.path.join(SHARED, "data", "wsolevaluation-metadata")

@@ -34,12 +34,21 @@ def write_jpegs(root, sizes, seed=0, dataset="DS"):
 
 
 def break_image(path, how):
-    """Make an image file bad: truncated, garbage, empty, missing, or with intact JPEG markers around a
-    broken inside (it passes the pre-scan and fails to decode)."""
+    """Make an image file bad: truncated, garbage, empty, missing, or a JPEG whose markers and frame
+    header (size) are intact but whose inside is broken (it passes the pre-scan and fails to decode)."""
     data = open(path, "rb").read()
     if how == "missing":
         os.remove(path)
         return
     with open(path, "wb") as fh:
         fh.write({"truncated": data[: len(data) // 3], "garbage": b"definitely not a JPEG " * 20,
-                  "empty": b"", "bad-inside": data[:2] + b"\x00" * 200 + data[-2:]}[how])
+                  "empty": b"", "bad-inside": broken_inside(data)}[how])
+
+
+def broken_inside(jpeg: bytes) -> bytes:
+    """The JPEG with its frame header's sample precision set to 7 bits: the size still reads from the
+    header (the pre-scan passes) and libjpeg refuses to decode it ("Unsupported JPEG data precision 7")."""
+    data = bytearray(jpeg)
+    sof = data.index(b"\xff\xc0")
+    data[sof + 4] = 7
+    return bytes(data)

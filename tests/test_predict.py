@@ -159,3 +159,37 @@ def test_the_stored_threshold_is_the_checkpoints_epochs():
     assert predict.checkpoint_threshold({"epoch": 2, "best": best, "history": history}, "l.pt") == 0.42
     with pytest.raises(predict.PredictError, match="give --threshold"):
         predict.checkpoint_threshold({"epoch": 3, "best": best, "history": history}, "x.pt")
+
+
+def test_top_k_below_one_is_an_error_naming_the_flag(trained, tmp_path, capsys):
+    for k in ("0", "-1"):
+        with pytest.raises(SystemExit) as exit_:
+            predict.main([str(tmp_path), "--checkpoint", str(trained / "best.pt"), "--top-k", k])
+        assert exit_.value.code == 2
+        assert f"argument --top-k: must be >= 1, got {k}" in capsys.readouterr().err
+
+
+def test_bombs_are_skipped_naming_them_at_bounded_memory(trained, tiny_root, tmp_path):  # noqa: F811
+    """A WebP, PNG, TIFF and JPEG decompression bomb (tests/bomb_files.py), each named .jpg, beside one
+    real image: each is skipped with a message naming it, refused from its header; the peak memory is
+    within 200 MB of predicting the real image alone (one undefended decode of a bomb peaks at ~1.5 GB)."""
+    from bomb_files import FORMATS, write_bomb
+    from peak_rss import run_measured
+
+    source = os.path.join(builtin.data_root(tiny_root), "builtin", "test", "3")
+    real = os.path.join(source, sorted(os.listdir(source))[0])
+    alone, mixed = tmp_path / "alone", tmp_path / "mixed"
+    for folder in (alone, mixed):
+        folder.mkdir()
+        (folder / "real.jpg").write_bytes(open(real, "rb").read())
+    bombs = [write_bomb(fmt, mixed / f"bomb_{fmt}.jpg") for fmt in FORMATS]
+    common = ["--checkpoint", trained / "best.pt", "--workers", "0", "--no-overlays", "--device", "cpu"]
+    code, out, err, base = run_measured("wsol_fast.predict", [alone, *common, "--output", tmp_path / "o1"], tmp_path)
+    assert code == 0, err
+    code, out, err, peak = run_measured("wsol_fast.predict", [mixed, *common, "--output", tmp_path / "o2"], tmp_path)
+    assert code == 0 and "1 image(s) predicted, 4 skipped" in out, out + err
+    for path in bombs:
+        line = next(line for line in err.splitlines() if path in line)
+        assert "refusing to decode image" in line and "above the cap of 64 MP" in line, line
+    assert "Traceback" not in err
+    assert peak <= base + 200, f"predict: {peak:.0f} MiB with the bombs, {base:.0f} MiB without"

@@ -25,6 +25,7 @@ from wsol_fast import checkpoint, evaluate, guard, runtime, train
 from wsol_fast.data import __main__ as data_cli
 from wsol_fast.data import builtin, dali, images, opencv, pipeline
 from wsol_fast.data.metadata import MetadataError, load_splits
+from image_reference import broken_inside
 from interrupting import InterruptingLoader
 
 TINY = dict(num_train=16, num_val=4, num_test=4, min_size=40, max_size=48)
@@ -72,9 +73,11 @@ def _first_id(root, split):
 
 
 def _garbage_jpeg(path):
-    """Valid start and end markers around a garbage body: passes the pre-scan, fails to decode."""
+    """The JPEG at `path` with intact markers and size but a broken inside: passes the pre-scan (its
+    header gives its size), fails to decode."""
+    data = open(path, "rb").read()
     with open(path, "wb") as fh:
-        fh.write(b"\xff\xd8" + bytes(np.random.default_rng(0).integers(0, 256, 600, dtype=np.uint8)) + b"\xff\xd9")
+        fh.write(broken_inside(data))
 
 
 def _same_weights(a, b):
@@ -120,9 +123,17 @@ def test_sigterm_mid_epoch_exits_143_then_resume_equals_the_uninterrupted_run(ti
     state = checkpoint.load_checkpoint(out / "last.pt")
     assert (state["epoch"], state["step"]) == (1, 1)
     (out / "last.pt.tmp-99999").write_bytes(b"half a checkpoint")   # as a kill -9 mid-save leaves it
+    assert state["partial"]["steps"] == 1            # epoch 2's metrics row so far travels with it
     assert train.main(["--resume", str(out / "last.pt")]) == 0
     assert _no_temp_files(out) == []
     _same_weights(full_run / "last.pt", out / "last.pt")
+    # the resumed epoch's metrics.csv row counts both of its steps, as the uninterrupted run's (issue 27)
+    import csv
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    full = list(csv.DictReader(open(full_run / "metrics.csv")))
+    assert [r["steps"] for r in rows] == [r["steps"] for r in full] == ["2", "2"]
+    for key in ("loss", "loss_cls", "loss_ca", "loss_fc"):
+        assert float(rows[1][key]) == pytest.approx(float(full[1][key]), rel=1e-6), key
 
 
 def test_double_sigint_waits_for_the_save_and_the_checkpoint_holds_its_step(tiny_root, full_run, tmp_path,
@@ -170,10 +181,9 @@ def test_double_sigint_waits_for_the_save_and_the_checkpoint_holds_its_step(tiny
     ("--cam-curve-interval", "-0.1", "must be in (0, 1)"),
     ("--epochs", "0", "must be >= 1"),
     ("--batch-size", "0", "must be >= 1"),
-    ("--lr", "-1", "must be finite and > 0"),
-    ("--lr", "0", "must be finite and > 0"),
-    ("--lr", "nan", "must be finite and > 0"),
-    ("--lr", "inf", "must be finite and > 0"),
+    ("--lr", "-1", "must be finite and >= 0"),
+    ("--lr", "nan", "must be finite and >= 0"),
+    ("--lr", "inf", "must be finite and >= 0"),
     ("--crop-size", "7", "vgg16 needs at least 32"),
     ("--drop-rate", "2", "must be in [0, 1]"),
     ("--gamma-fg", "-1", "must be in [0, 1]"),
@@ -506,7 +516,7 @@ def test_evaluate_flags_and_data_check_errors_are_messages(tmp_path, capsys):
     (bad / "class_labels.txt").write_text("a.jpg,0\n")
     assert data_cli.main(["check", "--metadata-root", str(tmp_path / "meta"), "--data-root", str(tmp_path),
                           "--splits", "train", "--no-progress"]) == 2
-    assert f"{bad / 'image_ids.txt'}:2: not UTF-8 text" in capsys.readouterr().out
+    assert f"error: {bad / 'image_ids.txt'}:2: not UTF-8 text" in capsys.readouterr().err
 
 
 def test_atomic_write_failure_of_another_kind_also_leaves_nothing(tmp_path, monkeypatch):
@@ -542,3 +552,191 @@ def test_settings_that_clash_once_resolved_are_messages(tiny_root, tmp_path, cap
         args[args.index("--loader") + 1] = "dali"
         assert train.main(args) == 2
         assert "--loader dali: nvidia.dali is not installed" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- issue 27: every command, one line
+
+def _one_error_line(err: str) -> str:
+    """The single stderr line of an expected failure (and nothing else), never quoting torch's advice."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err and "weights_only" not in err, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def bad_checkpoints(full_run, tmp_path_factory):
+    """name -> (path, phrase): the checkpoint drills of issue 27 (missing, truncated, random bytes, a
+    malicious pickle, weights that do not fit, a bare state dict)."""
+    folder = tmp_path_factory.mktemp("bad_ckpts")
+    data = (full_run / "best.pt").read_bytes()
+    state = checkpoint.load_checkpoint(full_run / "best.pt")
+
+    class Evil:   # unpickling it would run a shell command: a weights-only load refuses it
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    (folder / "truncated.pt").write_bytes(data[: len(data) // 2])
+    (folder / "random.pt").write_bytes(np.random.default_rng(0).bytes(5000))
+    torch.save({**state, "model": Evil()}, folder / "malicious.pt")
+    misfit = dict(state, model=dict(state["model"]))
+    key = next(k for k, v in misfit["model"].items() if v.dim() == 4)
+    misfit["model"][key] = torch.zeros(3, 3)
+    torch.save(misfit, folder / "misfit.pt")
+    torch.save(state["model"], folder / "bare.pt")
+    return {"missing": (folder / "missing.pt", "missing.pt: not found"),
+            "truncated": (folder / "truncated.pt", "cannot be read (truncated, corrupt or not a PyTorch checkpoint)"),
+            "random": (folder / "random.pt", "its bytes are not a file of tensors and plain values"),
+            "malicious": (folder / "malicious.pt", "refers to posix.system, which a file of tensors and plain "
+                                                   "values never does; it is not loaded"),
+            "misfit": (folder / "misfit.pt", "do not fit a vgg16 / icl model with 10 classes"),
+            "bare": (folder / "bare.pt", "is a bare state dict")}
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict", "resume", "init-from"])
+def test_every_bad_checkpoint_is_one_error_line_and_exit_2_on_every_command(tiny_root, bad_checkpoints, command,
+                                                                            tmp_path, capsys):
+    from wsol_fast import predict
+
+    image = _image_path(tiny_root, _first_id(tiny_root, "test"))
+    for name, (path, phrase) in bad_checkpoints.items():
+        if command == "evaluate":
+            code = evaluate.main(["--checkpoint", str(path), "--output", str(tmp_path / "ev")])
+        elif command == "predict":
+            code = predict.main([image, "--checkpoint", str(path), "--output", str(tmp_path / "pr"), "--workers", "0"])
+        elif command == "resume":
+            code = train.main(["--resume", str(path)])
+        else:
+            code = train.main(_args(tiny_root, tmp_path / f"fork-{name}", "--epochs", "3", "--init-from", str(path)))
+        line = _one_error_line(capsys.readouterr().err)
+        assert code == 2, (command, name, line)
+        if command == "init-from" and name == "misfit":
+            phrase = "do not fit"
+        assert phrase in line and str(path) in line, (command, name, line)
+
+
+def test_pretrained_files_that_are_not_weights_are_one_error_line(tiny_root, bad_checkpoints, tmp_path, capsys):
+    for name in ("malicious", "random", "truncated"):
+        path, _ = bad_checkpoints[name]
+        assert train.main(_args(tiny_root, tmp_path / name, "--epochs", "1", "--pretrained", str(path))) == 2
+        line = _one_error_line(capsys.readouterr().err)
+        assert f"pretrained weights {path} cannot be read" in line, line
+
+
+def test_init_from_weights_of_another_backbone_into_another_method_is_one_error_line(full_run, tiny_root, tmp_path,
+                                                                                      capsys):
+    """The checkpoint says vgg16 but holds a resnet50's weights; forking into CAM loads only the backbone
+    (checkpoint.fork_weights): a CheckpointError, as forking into ICL (load_weights) is."""
+    from wsol_fast.models import create_model
+
+    state = checkpoint.load_checkpoint(full_run / "last.pt")
+    state["model"] = create_model("resnet50", 10, method="icl", pretrained=None).state_dict()
+    forged = tmp_path / "forged.pt"
+    torch.save(state, forged)
+    for method in ("cam", "icl"):
+        args = _args(tiny_root, tmp_path / method, "--epochs", "3", "--init-from", str(forged))
+        args[args.index("--method") + 1] = method
+        assert train.main(args) == 2
+        line = _one_error_line(capsys.readouterr().err)
+        assert str(forged) in line and "do not" in line, line
+
+
+def test_lr_zero_freezes_the_weights(tiny_root):
+    """--help says 0 freezes the weights: `--lr 0` parses, and training steps of the optimizer it builds
+    (weight decay and momentum included) change no parameter."""
+    from wsol_fast.config import resolve
+    from wsol_fast.losses import WSOLLoss
+    from wsol_fast.models import create_model
+    from wsol_fast.optim import build_optimizer
+    from wsol_fast.train_args import parse_args
+
+    cfg = resolve(parse_args(_args(tiny_root, "unused", "--lr", "0", "--epochs", "1")), "cpu")
+    assert cfg.optim.lr == 0 and cfg.optim.weight_decay > 0 and cfg.optim.momentum > 0
+    model = create_model("vgg16", 10, method="icl", pretrained=None).train()
+    optimizer, _ = build_optimizer(model, cfg)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    criterion = WSOLLoss(lambda_ca=cfg.optim.lambda_ca, lambda_fc=cfg.optim.lambda_fc, margin=cfg.optim.margin,
+                         fc_norm=cfg.optim.fc_norm, fc_reduction=cfg.optim.fc_reduction)
+    for _ in range(2):   # the second step has a momentum buffer
+        loss = criterion(model(torch.randn(2, 3, 32, 32)), torch.tensor([0, 1]))["total"]
+        optimizer.zero_grad()
+        loss.backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+        optimizer.step()
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+def test_a_bom_inside_image_ids_is_blamed_on_its_own_file_and_line(tiny_root, tmp_path):
+    root = _copy_data(tiny_root, tmp_path / "data")
+    ids_file = _meta_file(root, "train", "image_ids.txt")
+    lines = open(ids_file, encoding="utf-8").read().splitlines()
+    lines[3] = "\ufeff" + lines[3]
+    open(ids_file, "w", encoding="utf-8").write("\n".join(lines) + "\n")
+    with pytest.raises(MetadataError, match=rf"{ids_file}:4: a byte-order mark \(U\+FEFF\) inside the file"):
+        load_splits(builtin.metadata_root(root), "builtin", ("train",))
+
+
+def test_a_cut_jpeg_closed_with_an_end_marker_is_a_data_check_finding(tiny_root, tmp_path, capsys):
+    root = _copy_data(tiny_root, tmp_path / "data")
+    victim = _image_path(root, _first_id(root, "train"))
+    data = open(victim, "rb").read()
+    open(victim, "wb").write(data[: len(data) // 2] + b"\xff\xd9")
+    assert data_cli.main(["check", "--metadata-root", builtin.metadata_root(root), "--data-root",
+                          builtin.data_root(root), "--dataset", "builtin", "--no-progress", "--workers", "2"]) == 1
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if victim in line)
+    assert "damaged JPEG data (libjpeg: Corrupt JPEG data: premature end of data segment)" in line
+    assert "1 bad image(s)" in out
+
+
+def test_data_check_metadata_error_is_the_common_error_line(tiny_root, tmp_path, capsys):
+    root = _copy_data(tiny_root, tmp_path / "data")
+    labels = _meta_file(root, "val", "class_labels.txt")
+    open(labels, "a").write("val/nowhere.jpg,1\n")
+    assert data_cli.main(["check", "--metadata-root", builtin.metadata_root(root), "--data-root",
+                          builtin.data_root(root), "--dataset", "builtin", "--no-progress"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"{labels}:5: unknown image id 'val/nowhere.jpg'" in line
+
+
+@pytest.mark.parametrize("loader", ["opencv", "dali"])
+def test_a_size_mismatch_warns_on_both_loaders(tiny_root, tmp_path, capsys, loader):
+    """Both loaders, as prepare_data builds them, find the image whose size differs from image_sizes.txt
+    before any pass, and the run's data-issue report (runlog.DataIssues) warns naming it. (A whole
+    training run with the OpenCV loader: test_size_mismatch_is_a_check_error_and_a_training_warning...)"""
+    from wsol_fast import runlog
+    from wsol_fast.config import resolve
+    from wsol_fast.train_args import parse_args
+
+    if loader == "dali" and not dali.dali_available():
+        pytest.skip("nvidia.dali is not installed")
+    root = _copy_data(tiny_root, tmp_path / "data")
+    sizes_file = _meta_file(root, "train", "image_sizes.txt")
+    lines = open(sizes_file).read().splitlines()
+    image_id, w, h = lines[0].split(",")
+    lines[0] = f"{image_id},{int(w) + 10},{h}"
+    open(sizes_file, "w").write("\n".join(lines) + "\n")
+    args = _args(root, tmp_path / "run", "--epochs", "1")
+    args[args.index("--loader") + 1] = loader
+    cfg = resolve(parse_args(args), "cpu")
+    data = pipeline.prepare_data(cfg.data, runtime.DistInfo(), torch.device("cpu"), batch_size=8)
+    try:
+        assert data.loader_name == loader
+        assert data.train_loader.size_mismatches == {image_id: ((int(w), int(h)), (int(w) + 10, int(h)))}
+        runlog.DataIssues(str(tmp_path), [], True).record([data.train_loader, data.val_loader])
+    finally:
+        data.close()
+    assert (f"warning: 1 image(s) decode to a size other than image_sizes.txt's (e.g. {image_id}: {w}x{h}, listed "
+            f"as {int(w) + 10}x{h})") in capsys.readouterr().err
+
+
+def test_multiple_iou_refuses_boxes_against_the_convention():
+    from wsol_fast import metrics
+
+    ok = metrics.multiple_iou([[0, 0, 3, 3]], [[0, 0, 3, 3], [2, 2, 5, 5]])
+    assert ok.tolist() == [[1.0, 4 / 28]]
+    for box in ([3, 0, 2, 3], [0, 3, 3, 2], [-1, 0, 3, 3]):
+        with pytest.raises(ValueError, match="does not follow the x0y0x1y1 convention"):
+            metrics.multiple_iou([box], [[0, 0, 3, 3]])
+        with pytest.raises(ValueError, match=r"boxes_b\[0\]"):
+            metrics.multiple_iou([[0, 0, 3, 3]], [box])

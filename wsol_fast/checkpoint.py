@@ -18,6 +18,7 @@ import random
 import numpy as np
 import torch
 
+from .errors import one_line, scrub_torch_advice
 from .runtime import ConfigError, UserError
 
 
@@ -124,10 +125,12 @@ def set_rng_state(state: dict) -> None:
 # ----------------------------------------------------------------------------- save and load
 
 def save(path: str, model, optimizer, scheduler, scaler, *, epoch: int, step: int, best: dict, history: list,
-         config: dict, model_config: dict, num_classes: int) -> None:
+         config: dict, model_config: dict, num_classes: int, partial: dict | None = None) -> None:
     """Everything a resume needs (the module doc's format), written atomically. `model` is the
-    uncompiled, unwrapped one, so the keys are the model's own."""
+    uncompiled, unwrapped one, so the keys are the model's own. partial (a save mid-epoch): the running
+    sums of that epoch's metrics row, so a resumed epoch's row counts every step of it."""
     atomic_save({
+        **({"partial": partial} if partial is not None else {}),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -153,11 +156,10 @@ def load_checkpoint(path: str, require=CHECKPOINT_KEYS) -> dict:
         what = "is a folder, not a file" if os.path.isdir(path) else "not found"
         raise CheckpointError(f"checkpoint {path}: {what}")
     try:
-        st = torch.load(path, map_location="cpu", weights_only=True)
+        st = torch_load(path)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"checkpoint {path} cannot be read (truncated, corrupt or not a PyTorch "
-                              f"checkpoint): {reason}") from exc
+                              f"checkpoint): {load_failure(exc)}") from exc
     if not isinstance(st, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(st).__name__}, not a wsol_fast checkpoint")
     missing = [k for k in require if k not in st]
@@ -167,6 +169,33 @@ def load_checkpoint(path: str, require=CHECKPOINT_KEYS) -> dict:
         raise CheckpointError(f"checkpoint {path} is {kind} (no {', '.join(repr(k) for k in missing)}); "
                               "pass the last.pt or best.pt of a run folder")
     return st
+
+
+def load_failure(exc: BaseException) -> str:
+    """Why torch.load(weights_only=True) failed, in one line, without torch's advice to retry with
+    weights_only=False (that would run whatever code a malicious file holds; never do it)."""
+    import re
+
+    text = str(exc).strip()
+    if "Weights only load failed" in text or "weights_only" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found:
+            return (f"it refers to {found.group(1)}, which a file of tensors and plain values never does; it "
+                    "is not loaded (loading it could run code)")
+        found = re.search(r"Unsupported (operand \d+|class [\w.]+)", text)
+        what = f" (unsupported {found.group(1)})" if found else ""
+        return f"its bytes are not a file of tensors and plain values{what}; it is not loaded"
+    return one_line(scrub_torch_advice(text)) or type(exc).__name__
+
+
+def torch_load(path: str):
+    """torch.load(path, weights_only=True) on the CPU, without torch's warnings about the pickle protocol
+    of a foreign file (the failure, if any, is the message)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_weights(model: torch.nn.Module, weights: dict, path: str, what: str = "the model") -> None:
@@ -254,7 +283,7 @@ def fork_weights(model, weights: dict, path: str) -> None:
     missing = [k for k in mine if not k.startswith("attention_blocks.") and k not in theirs]
     unexpected = [k for k in theirs if k not in mine]
     if missing or unexpected:
-        raise ValueError(f"--init-from {path}: the backbone's weights do not match "
+        raise CheckpointError(f"--init-from {path}: the backbone's weights do not match this model's "
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.load_state_dict({**theirs, **blocks}, strict=False)
 

@@ -17,6 +17,7 @@ import signal
 import sys
 import traceback
 
+from .errors import EXIT_CODE, WsolError, one_line
 from .runtime import UserError
 
 # The smallest --crop-size per backbone: the smallest crop whose class activation map is still 2 x 2
@@ -283,25 +284,28 @@ class Stopped(Exception):
 # ----------------------------------------------------------------------------- messages, not tracebacks
 
 def expected_errors() -> tuple[type, ...]:
-    from .data.images import BadImageError
-    from .data.metadata import MetadataError
-    from .models.pretrained import PretrainedMismatchError
-    from .scoremaps import ScoremapError
+    """What the commands turn into one `error:` line: WsolError (every error of this package that a user
+    can cause and fix), and the few foreign types that a missing or unreadable path raises from code we do
+    not own (their messages name the path)."""
+    return (WsolError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+            UnicodeDecodeError)
 
-    return (UserError, MetadataError, BadImageError, PretrainedMismatchError, ScoremapError, FileNotFoundError,
-            IsADirectoryError, NotADirectoryError, PermissionError, UnicodeDecodeError)
+
+def error_line(exc: BaseException) -> str:
+    """The one `error: ...` line of an expected error (a multi-line message is joined with '; ')."""
+    return f"error: {one_line(str(exc)) or type(exc).__name__}"
 
 
 def run_command(fn, debug: bool) -> int:
-    """fn() -> exit code; an expected error is one `error: ...` message and exit code 2 (with --debug,
+    """fn() -> exit code; an expected error is one `error: ...` line and exit code 2 (with --debug,
     the traceback too)."""
     try:
         return fn()
     except expected_errors() as exc:
         if debug:
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        print(error_line(exc), file=sys.stderr)
+        return EXIT_CODE
 
 
 def debug_requested(argv) -> bool:

@@ -181,11 +181,20 @@ def _integer_thresholds(thresholds: np.ndarray, max_value: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------------- boxes and IoU
 
-def multiple_iou(boxes_a, boxes_b) -> np.ndarray:
+def multiple_iou(boxes_a, boxes_b, check: bool = True) -> np.ndarray:
     """IoU [num_a, num_b] of inclusive pixel boxes (side = x1 - x0 + 1), as calculate_multiple_iou:
-    integer areas, one float64 division, IoU 0 where the union is not positive."""
-    a = np.asarray(boxes_a, dtype=np.int64).reshape(-1, 4)[:, None, :]
-    b = np.asarray(boxes_b, dtype=np.int64).reshape(-1, 4)[None, :, :]
+    integer areas, one float64 division, IoU 0 where the union is not positive. Like its
+    check_box_convention, a box with a negative coordinate, or with x1 < x0 or y1 < y0, is a ValueError
+    (check=False: computed anyway, IoU 0 where the union is not positive, as the C++ level op does)."""
+    a = np.asarray(boxes_a, dtype=np.int64).reshape(-1, 4)
+    b = np.asarray(boxes_b, dtype=np.int64).reshape(-1, 4)
+    for name, boxes in (("boxes_a", a), ("boxes_b", b)) if check else ():
+        bad = (boxes < 0).any(axis=1) | (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+        if bad.any():
+            raise ValueError(f"multiple_iou: {name}[{int(np.flatnonzero(bad)[0])}] = "
+                             f"{boxes[np.flatnonzero(bad)[0]].tolist()} does not follow the x0y0x1y1 convention "
+                             "(0 <= x0 <= x1, 0 <= y0 <= y1)")
+    a, b = a[:, None, :], b[None, :, :]
     iw = np.maximum(0, np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1)
     ih = np.maximum(0, np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1)
     inter = iw * ih

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 import torch
 
-from . import checkpoint, metrics, runtime
+from . import checkpoint, guard, metrics, runtime
 from .data import opencv
 from .data.images import IMAGENET_MEAN, IMAGENET_STD, BadImageError, read_image_rgb
 from .data.transforms import eval_resize
@@ -39,8 +39,8 @@ from .evaluate import CAM_SIZE, _scoremap
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
-class PredictError(ValueError):
-    pass
+class PredictError(guard.WsolError, ValueError):
+    """A bad input of predict (a path, --class-names, --threshold); the message names it."""
 
 
 # ------------------------------------------------------------------------------------- inputs
@@ -254,7 +254,7 @@ def predict(a) -> int:
         raise PredictError(f"--threshold must lie in [0, 1), got {threshold}")
     num_classes = state["num_classes"]
     names = read_class_names(a.class_names, num_classes) if a.class_names else [str(k) for k in range(num_classes)]
-    top_k = max(1, min(a.top_k, num_classes))
+    top_k = min(a.top_k, num_classes)   # --top-k >= 1 (parsed); a larger k reports every class
     ids = image_ids(paths)
     autocast = runtime.autocast_context(device, runtime.resolve_amp(cfg.runtime.amp, device))
     loader = torch.utils.data.DataLoader(_Images(paths, cfg.data.crop_size), batch_size=a.batch_size,
@@ -329,24 +329,21 @@ def main(argv=None) -> int:
     p.add_argument("--output", default="predictions", help="folder for predictions.jsonl and overlays/")
     p.add_argument("--threshold", type=float, default=None,
                    help="CAM threshold in [0, 1) (default: the one chosen on val, stored in the checkpoint)")
-    p.add_argument("--top-k", type=int, default=5, help="classes reported per image, each with its boxes")
+    p.add_argument("--top-k", type=guard.positive_int, default=5,
+                   help="classes reported per image (>= 1; at most the model's class count), each with its boxes")
     p.add_argument("--class-names", default=None, metavar="FILE",
                    help="one class name per line, or CUB's classes.txt ('id name'); default: the label index")
     p.add_argument("--save-scoremaps", default=None, metavar="DIR",
                    help="write each image's top-1 score map to DIR/<id>.npy (224 x 224 float32, min-max "
                         "normalised)")
     p.add_argument("--no-overlays", action="store_true", help="no overlay PNGs")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="image decoding processes")
+    p.add_argument("--batch-size", type=guard.positive_int, default=32)
+    p.add_argument("--workers", type=guard.nonneg_int, default=min(4, os.cpu_count() or 1),
+                   help="image decoding processes (0: decode in this process)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an expected error too")
     a = p.parse_args(argv)
-    if a.batch_size < 1 or a.workers < 0:
-        p.error("--batch-size must be >= 1 and --workers >= 0")
-    try:
-        return predict(a)
-    except (PredictError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return guard.run_command(lambda: predict(a), a.debug)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .errors import WsolError
+
 
 # ----------------------------------------------------------------------------- devices and precision
 
@@ -129,7 +131,7 @@ def wrap_for_training(model: torch.nn.Module, info: DistInfo, device: torch.devi
 
 # ----------------------------------------------------------------------------- errors and seeds
 
-class UserError(Exception):
+class UserError(WsolError):
     """An expected failure (a bad flag, file or folder): the commands print its message, one clear line
     naming the file, line or flag, and exit with code 2 (--debug shows the traceback)."""
 

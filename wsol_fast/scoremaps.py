@@ -27,11 +27,12 @@ import numpy as np
 
 from . import metrics
 from .checkpoint import atomic_open
+from .errors import WsolError
 
 SCOREMAP_SIZE = (224, 224)   # (W, H), as wsolevaluation's _RESIZE_LENGTH
 
 
-class ScoremapError(ValueError):
+class ScoremapError(WsolError, ValueError):
     """A missing or invalid score map file; the message names the file."""
 
 

@@ -66,6 +66,7 @@ class Trainer:
                                   fc_reduction=o.fc_reduction)
         self.start_epoch, self.start_step, self.best = 0, 0, {"maxboxacc_v2": -1.0, "epoch": -1}
         self.history: list[dict] = []
+        self.partial, self._acc = None, None   # the interrupted epoch's row so far (save mid-epoch, resume)
         if resume_state is not None and fork:   # this config's settings from the checkpoint's epoch on
             self.scheduler = checkpoint.fork(resume_state, c.runtime.init_from, c, self.raw_model, self.optimizer,
                                              self.scaler, self.data.num_classes,
@@ -76,6 +77,7 @@ class Trainer:
                               self.scaler, self.data.num_classes)
             self.start_epoch, self.start_step = resume_state["epoch"], resume_state["step"]
             self.best, self.history = resume_state["best"], resume_state["history"]
+            self.partial = resume_state.get("partial")
         # Warm-up epochs leave the blocks' parameters without gradients (DDP must know).
         self.train_model = runtime.wrap_for_training(self.raw_model, self.info, self.device, c.runtime.compile,
                                                      find_unused_parameters=o.block_warmup_epochs > 0)
@@ -90,7 +92,17 @@ class Trainer:
             checkpoint.save(os.path.join(self.out, name), self.raw_model, self.optimizer, self.scheduler,
                             self.scaler, epoch=epoch, step=step, best=self.best, history=self.history,
                             config=self.cfg.to_dict(), model_config=getattr(self.raw_model, "config", {}),
-                            num_classes=self.data.num_classes)
+                            num_classes=self.data.num_classes, partial=self._partial_row(epoch, step))
+
+    def _partial_row(self, epoch: int, step: int) -> dict | None:
+        """The metrics-row sums of epoch `epoch` up to `step` (a save mid-epoch), or None: what the resumed
+        epoch's row starts from, so that metrics.csv counts every step of it (runlog.write_metrics_csv)."""
+        a = self._acc
+        if step == 0 or a is None or a["epoch"] != epoch or a["step"] != step:
+            return None
+        return {"epoch": epoch, "step": step, "steps": a["counted"] + step - a["start"],
+                "sums": a["sums"].tolist(), "diag": None if a["diag"] is None else a["diag"].tolist(),
+                "images": a["images"], "wait": a["wait"], "seconds": a["seconds"] + time.perf_counter() - a["t0"]}
 
     def train_epoch(self, epoch: int, start_step: int) -> dict:
         c, dev, world = self.cfg, self.device, self.info.world_size
@@ -105,6 +117,15 @@ class Trainer:
         diag = None                        # [blocks, fields] mask diagnostics, summed the same way
         nonfinite = torch.zeros((), dtype=torch.bool, device=dev)
         n_img, wait, t0 = 0, 0.0, time.perf_counter()
+        p, self.partial = self.partial, None   # a resumed epoch: its row goes on from the steps done before
+        p = p if p is not None and start_step and (p["epoch"], p["step"]) == (epoch, start_step) else None
+        counted, seconds = (p["steps"], p["seconds"]) if p else (0, 0.0)
+        if p:
+            sums = torch.tensor(p["sums"], dtype=torch.float32, device=dev)
+            diag = None if p["diag"] is None else torch.tensor(p["diag"], device=dev)
+            n_img, wait = p["images"], p["wait"]
+        self._acc = {"epoch": epoch, "start": start_step, "counted": counted, "sums": sums, "diag": diag,
+                     "images": n_img, "wait": wait, "seconds": seconds, "t0": t0, "step": start_step}
         warmup = "" if self.raw_model.blocks_enabled or not len(self.raw_model.attention_blocks) else \
             " (block warm-up: blocks off)"
         bar = runlog.progress(steps, f"epoch {epoch + 1}/{c.optim.epochs}{warmup}", self.info.is_main)
@@ -136,14 +157,15 @@ class Trainer:
                 nonfinite |= ~torch.isfinite(loss.detach())
             n_img += images.shape[0]
             step += 1
+            self._acc.update(diag=diag, images=n_img, wait=wait, step=step)
             self.guard.progress = (epoch, step, nonfinite)
             if (i + 1) % c.runtime.log_every == 0 or i + 1 == steps or self.guard.signals.stop:
                 if bool(nonfinite):  # one host sync per log interval, not per step
                     raise self.guard.nonfinite(epoch, step)
-                avg, lr = (sums / (i + 1)).tolist(), self.optimizer.param_groups[0]["lr"]
-                img_s = n_img * world / (time.perf_counter() - t0)
+                avg, lr = (sums / (counted + i + 1)).tolist(), self.optimizer.param_groups[0]["lr"]
+                img_s = n_img * world / (seconds + time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{avg[0]:.3f}", lr=f"{lr:.2g}", img_s=f"{img_s:.1f}", **({} if diag is None else
-                                {"fg": "/".join(f"{v:.2f}" for v in (diag[:, 0] / (i + 1)).tolist())}))
+                                {"fg": "/".join(f"{v:.2f}" for v in (diag[:, 0] / (counted + i + 1)).tolist())}))
                 self.tb.train_step(epoch * len(loader) + step, epoch, i + 1, avg, lr, img_s)
             bar.update(1)
             if self.guard.signals.stop:   # a signal arrived: this step is done, its weights are saved next
@@ -151,7 +173,9 @@ class Trainer:
                 raise guard.Stopped(step)
         bar.close()
         runtime.synchronize(dev)
-        elapsed = time.perf_counter() - t0
+        self._acc = None
+        elapsed = seconds + time.perf_counter() - t0   # a resumed epoch: its time before the stop too
+        steps += counted
         avg = (sums / max(steps, 1)).tolist()
         self.epoch_diag = None if diag is None else diag / max(steps, 1)
         return {"epoch": epoch + 1, "loss": avg[0], "loss_cls": avg[1], "loss_ca": avg[2], "loss_fc": avg[3],

@@ -100,8 +100,9 @@ def parse_args(argv=None) -> TrainConfig:
                         "built-in profile")
     o.add_argument("--drop-partial-batches", dest="partial_batches", action="store_const", const=False,
                    help="drop the last incomplete train batch (the built-in profile's default)")
-    o.add_argument("--lr", type=guard.positive_float, default=None,
-                   help="default 1e-3 (paper); 0.02 on the built-in from-scratch profile (0 freezes the weights)")
+    o.add_argument("--lr", type=guard.nonneg_float, default=None,
+                   help="default 1e-3 (paper); 0.02 on the built-in from-scratch profile (0 freezes the weights: "
+                        "every SGD update, weight decay included, is scaled by it)")
     o.add_argument("--lr-decay-every", type=guard.positive_int, default=None)
     o.add_argument("--block-warmup-epochs", type=guard.nonneg_int, default=None,
                    help="epochs trained with the attention blocks (ICL / ADL) off, i.e. identities, and the "

@@ -65,7 +65,7 @@ def test_check_cli_malformed_metadata(tmp_path, capsys):
     folder = _write_split(tmp_path, files, dataset="DS", split="val")
     rc = data_main(["check", "--metadata-root", str(tmp_path), "--data-root", str(tmp_path), "--dataset", "DS",
                     "--splits", "val", "--no-progress"])
-    assert rc == 2 and f"{os.path.join(folder, 'class_labels.txt')}:2:" in capsys.readouterr().out
+    assert rc == 2 and f"error: {os.path.join(folder, 'class_labels.txt')}:2:" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------- pipeline

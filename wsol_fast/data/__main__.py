@@ -4,8 +4,11 @@
     python -m wsol_fast.data builtin [--root R] [--seed S]
 
 `check` validates the metadata exactly as training does (errors name file and line), then decodes every
-image and compares its size with image_sizes.txt; it prints counts per split, the class count and every
-bad image with its reason, and exits 1 on any problem (2 when the metadata itself is malformed).
+image (refusing, from the header, any above the pixel cap or whose size the header does not give) and
+compares its size with image_sizes.txt; a JPEG that decodes with libjpeg's warnings (damaged data, e.g.
+cut short and closed with an end marker) is a finding too. It prints counts per split, the class count
+and every bad image with its reason, and exits 1 on any problem (malformed metadata: one `error:` line,
+exit 2).
 `builtin` generates the built-in dataset (if not already there) and prints where it is.
 """
 from __future__ import annotations
@@ -13,48 +16,86 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 
 from .. import guard
 from . import builtin, images
 from .images import BadImageError, read_image_rgb
-from .metadata import MetadataError, load_splits
+from .metadata import load_splits
+
+
+# libjpeg's warnings (it prints them on stderr and decodes on, filling what is missing with grey): a JPEG
+# cut short and closed with an end-of-image marker passes every other check. `check` decodes in worker
+# processes whose stderr is a file of their own, so each warning is tied to the one image being decoded.
+LIBJPEG_WARNINGS = ("Corrupt JPEG data", "Premature end of JPEG file", "Invalid SOS parameters",
+                    "Inconsistent progression sequence")
+_warnings_file = None
+
+
+def _init_worker(max_pixels: int) -> None:
+    """A decoding process: one OpenCV thread, the parent's pixel cap, stderr into a private file."""
+    global _warnings_file
+    import tempfile
+
+    import cv2
+
+    cv2.setNumThreads(1)
+    images.MAX_IMAGE_PIXELS = max_pixels
+    _warnings_file = tempfile.TemporaryFile()
+    os.dup2(_warnings_file.fileno(), 2)
+
+
+def _decoder_warning() -> str | None:
+    """What the decoder printed (libjpeg's warnings) since the last call, or None."""
+    if _warnings_file is None:
+        return None
+    _warnings_file.seek(0)
+    text = _warnings_file.read().decode("utf-8", "replace")
+    _warnings_file.seek(0)
+    _warnings_file.truncate()
+    found = [line.strip() for line in text.splitlines() if line.strip().startswith(LIBJPEG_WARNINGS)]
+    return "; ".join(dict.fromkeys(found)) or None
 
 
 def _inspect(path: str, size) -> str | None:
-    """Why an image is bad, or None."""
+    """Why an image is bad, or None: refused before decoding (missing, above the pixel cap, a format
+    whose size its header does not give), undecodable, decoded with libjpeg warnings (damaged data,
+    e.g. cut short), or of a size other than image_sizes.txt's."""
+    _decoder_warning()
     try:
         image = read_image_rgb(path)
     except BadImageError as exc:
         return str(exc)
+    warning = _decoder_warning()
+    if warning:
+        return f"{path!r}: damaged JPEG data (libjpeg: {warning}); it decodes only in part"
     h, w = image.shape[:2]
-    if size is not None and (w, h) != tuple(size):
-        return f"{path!r}: decoded size {w}x{h} differs from image_sizes.txt ({size[0]}x{size[1]})"
-    return None
+    return images.size_mismatch(repr(path), (w, h), size)
 
 
 def check(metadata_root: str, data_root: str, dataset: str, splits, workers: int = 4,
           progress: bool = True, out=None) -> int:
-    """0 when metadata and images are all good, 1 on bad images, 2 on malformed metadata."""
+    """0 when metadata and images are all good, 1 on bad images; malformed metadata is a MetadataError
+    (one `error:` line and exit code 2 through guard.run_command)."""
     import cv2
     from tqdm.auto import tqdm
 
     out = out or sys.stdout
-    try:
-        metas = load_splits(metadata_root, dataset, splits)
-    except MetadataError as exc:
-        print(f"metadata error: {exc}", file=out)
-        return 2
-    cv2.setNumThreads(1)  # parallel over files instead (cv2 releases the GIL while decoding)
+    metas = load_splits(metadata_root, dataset, splits)   # a MetadataError: one `error:` line, exit 2
+    cv2.setNumThreads(1)  # parallel over files instead
     problems = 0
     num_classes = next(iter(metas.values())).num_classes
     print(f"{dataset}: {num_classes} classes; metadata {metadata_root}, images {data_root}", file=out)
     for split, meta in metas.items():
         paths = [os.path.join(data_root, dataset, i) for i in meta.image_ids]
         sizes = [meta.sizes.get(i) for i in meta.image_ids]
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            reasons = list(tqdm(pool.map(_inspect, paths, sizes), total=len(paths), desc=f"check {split}",
-                                unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True))
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=context, initializer=_init_worker,
+                                 initargs=(images.MAX_IMAGE_PIXELS,)) as pool:
+            reasons = list(tqdm(pool.map(_inspect, paths, sizes, chunksize=16), total=len(paths),
+                                desc=f"check {split}", unit="img", disable=not progress, file=sys.stderr,
+                                dynamic_ncols=True))
         bad = [r for r in reasons if r is not None]
         present = len(set(meta.labels.values()))
         boxes = sum(len(b) for b in meta.boxes.values())

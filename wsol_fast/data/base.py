@@ -59,6 +59,16 @@ class SplitLoader:
             self.sampler = ShardSampler(len(self._keep), rank=shard_id, world_size=num_shards)
         self.epoch, self.start = 0, 0
 
+    def check_sizes(self, sizes) -> dict[str, tuple]:
+        """Both loaders' one check of image_sizes.txt (sizes: its (w, h) per image, or None): id -> (decoded
+        (w, h), listed (w, h)) for every readable image whose size differs. The decoded size is the header's
+        (images.read_header: the decoders ignore EXIF orientation, so they decode exactly that size), read
+        once here for both loaders, before any pass; the trainer warns (runlog.DataIssues)."""
+        if not sizes:
+            return {}
+        return images.size_mismatches([self.paths[k] for k in self._keep], [self.image_ids[k] for k in self._keep],
+                                      [sizes[k] for k in self._keep])
+
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Epoch `epoch`, skipping the first `start` samples of this shard's share (for resuming)."""
         self.epoch, self.start = epoch, start

@@ -111,12 +111,13 @@ class DaliLoader(SplitLoader):
 
     def __init__(self, image_ids, labels, data_root, dataset, *, train, batch_size, num_threads=2,
                  resize_size=256, crop_size=224, seed=0, shard_id=0, num_shards=1, skip_bad_images=False,
-                 device=None, fp16=False, drop_last=None, check_images=True, resize="auto"):
+                 device=None, fp16=False, drop_last=None, check_images=True, resize="auto", sizes=None):
         super().__init__(image_ids, data_root, dataset, train=train, batch_size=batch_size,
                          resize_size=resize_size, crop_size=crop_size, seed=seed, shard_id=shard_id,
                          num_shards=num_shards, skip_bad_images=skip_bad_images, device=device,
                          drop_last=drop_last, check_images=check_images)
         self.labels = torch.as_tensor(list(labels), dtype=torch.long)
+        self.size_mismatches = self.check_sizes(sizes)   # id -> (decoded (w, h), image_sizes.txt (w, h))
         self.num_threads, self.fp16 = num_threads, fp16
         if resize not in ("auto", "exact", "dali"):
             raise ValueError(f"resize must be 'auto', 'exact' or 'dali', got {resize!r}")

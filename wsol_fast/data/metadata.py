@@ -39,10 +39,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import WsolError
+
 SCORED_SPLITS = ("val", "test")
 
 
-class MetadataError(ValueError):
+class MetadataError(WsolError, ValueError):
     """A malformed metadata file; the message names the file and line."""
 
 
@@ -123,6 +125,9 @@ def _lines(path: str):
                             f"{exc.start}); save the file as UTF-8") from None
     for number, text in enumerate(content.splitlines(), start=1):
         text = text.strip()
+        if "\ufeff" in text:   # after the start: files joined together, each with its BOM
+            raise MetadataError(f"{path}:{number}: a byte-order mark (U+FEFF) inside the file, not at its start "
+                                "(were files joined together?); remove it")
         if text:
             yield number, text
 
@@ -164,7 +169,7 @@ def _bulk_columns(path: str, count: int, paths: bool = False):
         raw = raw.replace(b"\r\n", b"\n")
     if raw.endswith(b"\n"):
         raw = raw[:-1]
-    if not raw or raw.startswith(b"\xef\xbb\xbf") or any(
+    if not raw or b"\xef\xbb\xbf" in raw or any(
             c in raw for c in (b" ", b"\t", b"\r", b"\v", b"\f", b"\n\n", b"\x1c", b"\x1d", b"\x1e")):
         return None   # a BOM (dropped) or odd whitespace: the line-by-line reader handles and names it
     # The separators, in order, must read (count - 1) commas then a newline, line after line.

@@ -151,7 +151,7 @@ class OpenCVLoader(SplitLoader):
         self.labels = [int(v) for v in labels]
         self.num_workers, self.sizes = num_workers, sizes
         self.skipped: dict[str, str] = {}                # id -> why, images that failed to decode in a pass
-        self.size_mismatches: dict[str, tuple] = {}      # id -> (decoded (w, h), image_sizes.txt (w, h))
+        self.size_mismatches = self.check_sizes(sizes)   # id -> (decoded (w, h), image_sizes.txt (w, h))
         self.dtype = torch.float16 if (fp16 and self.device.type == "cuda") else torch.float32
         self.channels_last = channels_last
         self.persistent_workers = num_workers > 0 if persistent_workers is None else persistent_workers

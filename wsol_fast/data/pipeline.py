@@ -180,8 +180,9 @@ def _build(data: RunData, d, info, device, meta, *, train: bool, persistent: boo
                   seed=seed, shard_id=info.rank, num_shards=info.world_size, skip_bad_images=d.skip_bad_images,
                   device=device, fp16=fp16, check_images=False, **extra)
     args = (ids, [meta.class_labels[i] for i in ids], data.data_root, data.dataset)
+    common["sizes"] = [meta.sizes.get(i) for i in ids] if meta.sizes else None   # both check them (base.py)
     if data.loader_name == "dali":
         threads = max(1, d.workers)  # --workers 0 (no worker processes) still needs one DALI thread
         return dali.DaliLoader(*args, num_threads=threads, **common)
     return OpenCVLoader(*args, num_workers=d.workers, persistent_workers=persistent, channels_last=channels_last,
-                        sizes=[meta.sizes.get(i) for i in ids] if meta.sizes else None, **common)
+                        **common)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..errors import WsolError
+
 logger = logging.getLogger(__name__)
 
 # torchvision's file names (current first, then older releases' names that may sit in a cache) and URLs.
@@ -26,7 +28,7 @@ TORCHVISION_FILES = {
 DOWNLOAD_BASE = "https://download.pytorch.org/models/"
 
 
-class PretrainedMismatchError(ValueError):
+class PretrainedMismatchError(WsolError, ValueError):
     """The checkpoint does not hold the backbone this model needs (wrong architecture or shapes)."""
 
 
@@ -74,7 +76,13 @@ def resolve_checkpoint(backbone: str, pretrained) -> str:
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """A state dict from `path` (weights_only load); unwraps {"state_dict"|"model": ...} and "module."."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    from ..checkpoint import load_failure, torch_load
+
+    try:
+        obj = torch_load(path)
+    except Exception as exc:   # truncated, random bytes, or a pickle of more than tensors (never run)
+        raise PretrainedMismatchError(f"pretrained weights {path} cannot be read (truncated, corrupt or not a "
+                                      f"PyTorch state dict): {load_failure(exc)}") from exc
     if isinstance(obj, dict):
         for wrapper in ("state_dict", "model"):
             if isinstance(obj.get(wrapper), dict):
