@@ -156,15 +156,16 @@ def _width(kernel: str, args: dict) -> int:
 
 
 def shared_lower_bound(kernel: str, config, args: dict) -> int:
-    """Bytes of the tiles a pipelined step holds in shared memory: num_stages streamed tiles (key tiles
-    forward, query or key tiles backward) plus the resident tile (query block forward, owned block
-    backward), each `_width` columns wide. The compiled kernels take this or more (offline sm_90 compiles,
-    docs/kernels.md; tests/ops/test_kernels_sm90_fit.py checks it against them); it only decides which
-    configs are worth compiling, never which ones fit."""
+    """Bytes of the tiles a pipelined step must hold in shared memory: num_stages - 1 streamed tiles in
+    flight (key tiles forward, query or key tiles backward; at least one) plus the resident tile (query
+    block forward, owned block backward), each `_width` columns wide. The compiled kernels take this or
+    more (offline sm_90 compiles, docs/kernels.md; tests/ops/test_kernels_sm90_fit.py checks every one it
+    compiles); it only decides which configs are worth compiling, never which ones fit."""
     if kernel == "forward":
-        rows = config.num_stages * config.kwargs["BLOCK_N"] + config.kwargs["BLOCK_M"]
+        stream, resident = config.kwargs["BLOCK_N"], config.kwargs["BLOCK_M"]
     else:
-        rows = config.num_stages * config.kwargs["BLOCK_STREAM"] + config.kwargs["BLOCK_OWN"]
+        stream, resident = config.kwargs["BLOCK_STREAM"], config.kwargs["BLOCK_OWN"]
+    rows = max(1, config.num_stages - 1) * stream + resident
     return rows * _width(kernel, args) * _element_size(args["f_ptr"])
 
 
@@ -510,11 +511,22 @@ FORCE_BACKWARD: str | None = os.environ.get("WSOL_FAST_ATTENTION_BACKWARD") or N
 BMM_MIN_HEAD_DIM = 384
 
 
+def _measured_variant(dtype: torch.dtype, n: int, head_dim: int) -> str | None:
+    """The backward variant the dispatch table (wsol_fast/ops/dispatch_table.json) measured fastest at the
+    nearest measured shape, where it names one."""
+    from wsol_fast.ops import dispatch
+
+    choice = dispatch.choose("nonlocal_attention_map", dtype, (n, head_dim))
+    return choice.variant if choice is not None and choice.impl == "triton" else None
+
+
 def backward_variant(dtype: torch.dtype, n: int, head_dim: int, force: str | None = None) -> str:
-    """The backward variant for one shape: `force` / FORCE_BACKWARD, else BACKWARD_POLICY, else "fused"."""
+    """The backward variant for one shape: `force` / FORCE_BACKWARD, else BACKWARD_POLICY, else the
+    dispatch table's measured variant (nearest shape), else "fused"."""
     choice = force or FORCE_BACKWARD
     if choice is None:
-        choice = BACKWARD_POLICY.get((str(dtype).removeprefix("torch."), n, head_dim), "fused")
+        choice = (BACKWARD_POLICY.get((str(dtype).removeprefix("torch."), n, head_dim))
+                  or _measured_variant(dtype, n, head_dim) or "fused")
         if choice == "bmm" and head_dim < BMM_MIN_HEAD_DIM:
             choice = "fused"
     if choice not in BACKWARD_VARIANTS:

@@ -48,4 +48,7 @@ def backends() -> dict:
         "triton_cuda": ops._triton.TRITON_CUDA_AVAILABLE,
         "triton_interpreter": ops._triton.triton_interpreter_active(),
         "default": {"cpu": ops.available_impls("cpu")[0], "cuda": ops.available_impls("cuda")[0]},
+        # On CUDA, impl=None takes the implementation measured fastest at the nearest measured shape:
+        # the table's GPU, date and source, and each measured (op, dtype, shape)'s choice.
+        "dispatch": ops.dispatch.summary(),
     }

@@ -293,15 +293,15 @@ def test_static_chunks_policy(dtype, head_dim, static):
 
 
 def test_shared_lower_bound_by_hand():
-    # (stages x streamed rows + resident rows) x columns x bytes: bf16 C' 512 forward, 64 x 64 at 3 stages.
+    # ((stages - 1) x streamed rows + resident rows) x columns x bytes: bf16 C' 512 forward, 64 x 64, 3 stages.
     config = _Config("x", num_stages=3, BLOCK_M=64, BLOCK_N=64)
     args = {"f_ptr": torch.empty(1, dtype=torch.bfloat16), "D": 512, "BLOCK_D": 128, "STATIC_CHUNKS": True}
-    assert attention_kernels.shared_lower_bound("forward", config, args) == (3 * 64 + 64) * 512 * 2
+    assert attention_kernels.shared_lower_bound("forward", config, args) == (2 * 64 + 64) * 512 * 2
     args["STATIC_CHUNKS"] = False   # runtime chunk loop: one 128-wide chunk in flight
-    assert attention_kernels.shared_lower_bound("forward", config, args) == (3 * 64 + 64) * 128 * 2
+    assert attention_kernels.shared_lower_bound("forward", config, args) == (2 * 64 + 64) * 128 * 2
     backward = _Config("y", num_stages=2, BLOCK_OWN=64, BLOCK_STREAM=32)
     split = {"f_ptr": torch.empty(1), "D": 600, "BLOCK_D": 128, "BLOCK_DO": 128, "SPLIT_D": True, "STATIC_CHUNKS": True}
-    assert attention_kernels.shared_lower_bound("backward", backward, split) == (2 * 32 + 64) * (128 + 640) * 4
+    assert attention_kernels.shared_lower_bound("backward", backward, split) == (32 + 64) * (128 + 640) * 4
 
 
 def test_eager_path_is_one_autograd_function():
