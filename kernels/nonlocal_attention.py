@@ -90,7 +90,7 @@ _FORWARD_KEY = ["B", "N", "D", "INPUT_PRECISION"]
 _BACKWARD_KEY = ["B", "N", "D", "INPUT_PRECISION", "ATOMIC_DF"]
 _SOFTMAX_GRAD_KEY = ["B", "N"]
 
-MAX_TUNED = 4
+MAX_TUNED = 3
 # The autotuned kernels' JITFunctions by name, for `_fitting` (filled below the kernels).
 _JIT: dict = {}
 

@@ -216,8 +216,9 @@ def record_launches(op: str, dtype_name: str, batch: int, n: int, c: int, device
 
     On "meta" tensors by default: no memory and no arithmetic (the bmm backward's products), and a
     data_ptr of 0, aligned as every CUDA allocation is (Triton specialises pointers on 16-byte alignment).
-    op: "attention" (forward, then the fused and the atomic backward; c is C'), "attention-bmm" (the bmm
-    backward's Triton kernel) or "masked_gap" (forward and backward; c is channels). Each Launch's name
+    op: "attention" (forward, then the fused and the atomic backward; c is C'), "attention-fused" (forward
+    and the fused backward), "attention-bmm" (the bmm backward's Triton kernel) or "masked_gap" (forward
+    and backward; c is channels). Each Launch's name
     is the kernel's, with the backward variant in brackets."""
     import torch
 
@@ -232,15 +233,16 @@ def record_launches(op: str, dtype_name: str, batch: int, n: int, c: int, device
             gap.masked_gap_forward(x, a, 1.0, 0.5)
             gap.masked_gap_backward(empty(batch, 3, c), x, a, empty(batch, 3, dtype=torch.int64), 1.0, 0.5)
         return launches
-    if op not in ("attention", "attention-bmm"):
-        raise ValueError(f"op must be attention, attention-bmm or masked_gap, got {op!r}")
+    variants = {"attention": ("fused", "atomic"), "attention-fused": ("fused",), "attention-bmm": ("bmm",)}
+    if op not in variants:
+        raise ValueError(f"op must be one of {sorted(variants)} or masked_gap, got {op!r}")
     f, g, zbar = empty(batch, n, c), empty(batch, n, c), empty(batch, n)
     a, lse = empty(batch, n), empty(batch, n, dtype=torch.float32)
     names = ("_attention_forward_kernel", "_attention_backward_kernel", "_attention_softmax_grad_kernel")
     with captured_launches(att, names) as launches:
-        if op == "attention":
+        if op != "attention-bmm":
             att.nonlocal_attention_forward(f, g, zbar, 0.1)
-        for variant in ("fused", "atomic") if op == "attention" else ("bmm",):
+        for variant in variants[op]:
             before = len(launches)
             att.nonlocal_attention_backward(a, f, g, zbar, a, lse, 0.1, variant=variant)
             for launch in launches[before:]:
