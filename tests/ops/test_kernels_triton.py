@@ -186,12 +186,15 @@ def test_attention_large_logits(variant, dtype, atol, rtol):
 @pytest.mark.parametrize("config", range(len(attention_kernels.FORWARD_GPU_CONFIGS)))
 def test_attention_every_gpu_config(config, dtype, atol, rtol, monkeypatch):
     # Every block shape the autotuner may pick on a GPU (forward config i with backward config i), with
-    # a partial last block for each. Compiled: N = 221, C' = 160 (two forward chunks of 128, the second
-    # partial; a 256-wide backward accumulator). Interpreted (slow): N = 99, C' = 24.
+    # a partial last block for each, at a C' where every config fits sm_90's shared memory (a config
+    # pinned alone skips the pruner). Compiled: N = 221; bf16 C' = 160 (two forward chunks of 128, the
+    # second partial; a 256-wide backward accumulator: at most 225 KiB, offline sm_90 compiles); fp32
+    # C' = 64 (at C' >= 128 the tf32x3 tiles of configs 0, 1 and 3 compile to 256-320 KiB, and the
+    # pruner drops them). Interpreted (slow): N = 99, C' = 24.
     kernels = attention_kernels
     monkeypatch.setattr(kernels._attention_forward_kernel, "configs", [kernels.FORWARD_GPU_CONFIGS[config]])
     monkeypatch.setattr(kernels._attention_backward_kernel, "configs", [kernels.BACKWARD_GPU_CONFIGS[config]])
-    n, head_dim = (13 * 17, 160) if DEVICE == "cuda" else (9 * 11, 24)
+    n, head_dim = (13 * 17, 160 if dtype == torch.bfloat16 else 64) if DEVICE == "cuda" else (9 * 11, 24)
     check_attention(*attention_inputs(2, n, head_dim, dtype), 2.0 / head_dim ** 0.5, atol, rtol)
 
 
