@@ -121,13 +121,55 @@ def compiled_shared(jit, named_args: dict, kwargs: dict, config) -> int | None:
     return int(compiled.metadata.shared)
 
 
+# sm_90's shared memory per block, and the last device limit read outside a trace (for `_fitting` while
+# torch.compile traces the pruner, where nothing can be compiled and the driver is not called).
+SM90_MAX_SHARED = 232448
+_LIMIT_SEEN: list = []
+
+
+def _tracing(named_args: dict) -> bool:
+    """True under torch.compile, or with fake tensors (a trace of the launcher): nothing to compile."""
+    if torch.compiler.is_compiling():
+        return True
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return any(isinstance(value, FakeTensor) for value in named_args.values())
+
+
+def shared_upper_estimate(kernel: str, config, args: dict) -> int:
+    """A conservative estimate of the compiled kernel's shared memory, for traces only: 3 x (num_stages
+    streamed tiles + the resident tile) + 1 KiB. Offline sm_90 compiles (triton 3.6 and 3.8) took at most
+    2.8 x the tiles (the fp32 atomic backward); tests/ops/test_kernels_sm90_fit.py checks it is never below."""
+    if kernel == "forward":
+        rows = config.num_stages * config.kwargs["BLOCK_N"] + config.kwargs["BLOCK_M"]
+    else:
+        rows = config.num_stages * config.kwargs["BLOCK_STREAM"] + config.kwargs["BLOCK_OWN"]
+    return 3 * rows * _width(kernel, args) * _element_size(args["f_ptr"]) + 1024
+
+
+def _smallest(kernel: str, configs, args: dict):
+    best = configs[0]   # a plain loop: torch.compile traces this (no min with a key)
+    for config in configs:
+        if shared_lower_bound(kernel, config, args) < shared_lower_bound(kernel, best, args):
+            best = config
+    return best
+
+
 def _fitting(kernel: str, configs, named_args, kwargs):
     """At most MAX_TUNED configs, in list order, whose compiled kernel fits the device's shared memory.
 
     Only `candidate_configs` are compiled (a config whose pipelined tiles alone exceed the device, or whose
     accumulator cannot sit in registers, is not). If none fits, the candidate with the least shared memory
-    (its launch then raises Triton's OutOfResources, naming the sizes)."""
+    (its launch then raises Triton's OutOfResources, naming the sizes). While torch.compile traces the
+    launcher (fake tensors, nothing to compile) the conservative `shared_upper_estimate` decides instead."""
+    if _tracing(named_args):
+        args = {**named_args, **kwargs}
+        limit = _LIMIT_SEEN[0] if _LIMIT_SEEN else SM90_MAX_SHARED
+        kept = [c for c in candidate_configs(kernel, configs, args, limit)
+                if shared_upper_estimate(kernel, c, args) <= limit][:MAX_TUNED]
+        return kept or [_smallest(kernel, configs, args)]
     limit = device_max_shared()
+    _LIMIT_SEEN[:] = [limit]
     kept, sizes = [], {}
     for config in candidate_configs(kernel, configs, {**named_args, **kwargs}, limit):
         if len(kept) == MAX_TUNED:

@@ -5,7 +5,7 @@ The autotuner compiles each config of each kernel serially, the first time a sha
 pruners compile their candidates to read their shared memory): on a fresh machine that is minutes. This
 compiles every (kernel, dtype, C', config) that the op benchmarks may tune, each once, in its own process
 (several at a time), so that the benchmarks find the binaries in the cache and only time them. Each job
-records the launch the benchmark makes (CUDA tensors of its shape; `wsol_fast.kernels.offline`) and
+records the launch the benchmark makes (meta tensors of its shape; `wsol_fast.kernels.offline`) and
 compiles one config through that launch's specialisation (`Launch.compile`: the autotuner's fn.warmup),
 so the cache keys are the launch's own; nothing runs. Optional "step" jobs run one ICL training step per
 backbone (their own shapes, autotuned in that process: the compiles land in the cache too).
@@ -96,7 +96,7 @@ def _run(job) -> tuple[tuple, float, str]:
             return job, time.time() - start, "ok"
         from wsol_fast.kernels.offline import record_launches
 
-        launch = record_launches(*case, device="cuda")[position]
+        launch = record_launches(*case)[position]   # meta tensors: the launch's specialisation, no memory
         assert launch.name == name, (launch.name, name)
         compiled = launch.compile(launch.autotuner.configs[index])
         return job, time.time() - start, f"ok, shared {compiled.metadata.shared} B"

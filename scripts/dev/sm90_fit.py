@@ -78,6 +78,15 @@ def _lower_bound(launch, config) -> int | None:
     return None if kernel is None else att.shared_lower_bound(kernel, config, {**launch.named_args(), **launch.kwargs})
 
 
+def _upper_estimate(launch, config) -> int | None:
+    """The attention pruners' conservative estimate (used while torch.compile traces)."""
+    from wsol_fast.kernels import nonlocal_attention as att
+
+    kernel = {"_attention_forward_kernel": "forward", "_attention_backward_kernel": "backward"}.get(
+        launch.name.split("[")[0])
+    return None if kernel is None else att.shared_upper_estimate(kernel, config, {**launch.named_args(), **launch.kwargs})
+
+
 def _line(r: dict) -> str:
     return (f"{r['case']:28s} {r['kernel']:44s} {r['config']:16s} {'kept' if r['kept'] else 'drop'} "
             f"shared {r.get('shared', '-')!s:>7} bound {r.get('lower_bound') or '-'!s:>7} regs {r.get('regs', '-')!s:>4} local {r.get('local', '-')!s:>5} "
@@ -102,7 +111,7 @@ def run_case(case, compile_all: bool, stop_after: str | None = None) -> list[dic
                     res = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
                 row = {"case": "/".join(map(str, case)), "kernel": kernel, "config": _config_name(config),
                        "kept": config in kept, **res, "fits": res.get("shared", MAX_SHARED + 1) <= MAX_SHARED,
-                       "lower_bound": _lower_bound(launch, config),
+                       "lower_bound": _lower_bound(launch, config), "upper_estimate": _upper_estimate(launch, config),
                        "compile_s": round(time.time() - t0, 1), "prune_s": round(prune_s, 1)}
                 print(_line(row), flush=True)
                 rows.append(row)

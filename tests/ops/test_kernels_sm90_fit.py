@@ -69,3 +69,14 @@ def test_pruner_lower_bound_never_exceeds_the_compiled_shared_memory(fit):
     above = [(r["case"], r["kernel"], r["config"], r["lower_bound"], r["shared"]) for r in bounded
              if r["lower_bound"] > r["shared"]]
     assert not above, above
+
+
+def test_pruner_trace_estimate_never_below_the_compiled_shared_memory(fit):
+    # Under torch.compile's trace nothing is compiled and this estimate alone keeps configs: were it below
+    # a compiled figure, a config too large for the device could be kept.
+    _, result = fit
+    estimated = [r for r in result["rows"] if r.get("upper_estimate") is not None]
+    assert estimated
+    below = [(r["case"], r["kernel"], r["config"], r["upper_estimate"], r["shared"]) for r in estimated
+             if r["upper_estimate"] < r["shared"]]
+    assert not below, below

@@ -286,6 +286,29 @@ def test_pruning_keeps_compiled_configs_that_fit_in_list_order(monkeypatch):
     assert [c.name for c in kept] == ["e"] and calls == ["a", "b", "c", "d", "e"]   # none fits: the smallest
 
 
+def test_pruning_under_a_trace_compiles_nothing(monkeypatch):
+    """With fake tensors (torch.compile tracing the launcher) nothing can be compiled: the conservative
+    estimate (3 x the tiles + 1 KiB) picks the configs, at most MAX_TUNED, in list order."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    def no_compile(*args, **kwargs):
+        raise AssertionError("compiled under a trace")
+
+    monkeypatch.setattr(attention_kernels, "compiled_shared", no_compile)
+    monkeypatch.setattr(attention_kernels, "device_max_shared", no_compile)
+    monkeypatch.setattr(attention_kernels, "_LIMIT_SEEN", [])
+    monkeypatch.setattr(attention_kernels, "MAX_TUNED", 2)
+    configs = [_Config(name, num_stages=2, BLOCK_M=m, BLOCK_N=n) for name, m, n in
+               (("big", 128, 128), ("a", 64, 32), ("b", 32, 32), ("c", 16, 16))]
+    with FakeTensorMode():
+        f = torch.empty(2, 100, 128, dtype=torch.bfloat16)
+    args = {"f_ptr": f, "D": 128, "BLOCK_D": 128, "STATIC_CHUNKS": True}
+    # big: 3 x (2 x 128 + 128) x 128 x 2 + 1024 = 295,936 B > 232,448; a: 3 x 128 x 256 + 1024 = 99,328 B
+    assert attention_kernels.shared_upper_estimate("forward", configs[0], args) == 295936
+    kept = attention_kernels._prune_forward(configs, {"f_ptr": f}, D=128, BLOCK_D=128, STATIC_CHUNKS=True)
+    assert [c.name for c in kept] == ["a", "b"]
+
+
 @pytest.mark.parametrize("dtype, head_dim, static", [
     (torch.bfloat16, 512, True), (torch.bfloat16, attention_kernels.MAX_STATIC_D + 1, False),
     (torch.float16, 1024, False), (torch.float32, 16, True), (torch.float32, 512, False),
