@@ -152,3 +152,10 @@ def test_every_dispatch_path_matches_the_reference(implementation, monkeypatch):
     ref32 = (a32.detach(), *(t.grad for t in leaves))
     for name, out, same, exact in zip(("A", "df", "dg", "dzbar"), outputs[0], ref32, outputs[1]):
         assert_close_to_reference(name, out, same, exact, 1e-6, 1e-6)
+
+
+def test_missing_table_leaves_the_device_default(monkeypatch, tmp_path):
+    monkeypatch.setattr(dispatch, "TABLE_PATH", str(tmp_path / "absent.json"))
+    with pytest.warns(RuntimeWarning, match="no CUDA dispatch table"):
+        empty = dispatch._load_or_empty()
+    assert empty["rows"] == [] and dispatch.choose(ATTENTION, torch.bfloat16, (784, 128), empty) is None

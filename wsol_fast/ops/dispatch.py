@@ -69,8 +69,21 @@ def load_table(path: str = TABLE_PATH) -> dict:
         return validate(json.load(handle))
 
 
+def _load_or_empty() -> dict:
+    """The committed table; an empty one, with a warning, where the file is missing or malformed (an
+    install without package data): then every call takes the device default, as before this table."""
+    try:
+        return load_table(TABLE_PATH)
+    except (OSError, ValueError) as exc:
+        import warnings
+
+        warnings.warn(f"wsol_fast: no CUDA dispatch table ({exc}); CUDA calls take the Triton kernels",
+                      RuntimeWarning, stacklevel=2)
+        return {"gpu": "none", "date": "none", "source": f"missing: {TABLE_PATH}", "rows": []}
+
+
 # Read once at import: under torch.compile `choose` then runs on constants (no file access in a trace).
-TABLE: dict = load_table()
+TABLE: dict = _load_or_empty()
 
 
 def fastest(row: dict) -> str:
