@@ -64,9 +64,10 @@ def _configs(blocks_warps_stages, names):
 
 
 # The autotune spaces on a GPU: tiles 64-128 wide (Hopper's wgmma wants >= 64 rows per warpgroup).
-# For each launch `_prune_*` keeps at most MAX_TUNED configs whose estimated shared memory fits
-# (SMEM_BUDGET) and whose accumulator fits in registers, so a fresh machine compiles few. The estimates
-# are fitted to sm_90 compiles made offline (triton 3.8, no GPU; docs/kernels.md); not measured on a GPU.
+# For each launch `_prune_*` keeps, in list order, at most MAX_TUNED configs whose *compiled* kernel fits
+# the device's shared memory per block (compiled here for this launch's specialisation, exactly the binary
+# the autotuner then times; `_fitting`). A lower bound of the shared memory skips compiling configs that
+# cannot fit. tests/ops/test_kernels_sm90_fit.py compiles every kept config offline for sm_90 (no GPU).
 FORWARD_GPU_CONFIGS = _configs([((128, 64), 8, 3), ((128, 128), 8, 2), ((64, 64), 4, 3), ((64, 128), 4, 3),
                                 ((64, 64), 4, 2), ((64, 32), 4, 2)], ("BLOCK_M", "BLOCK_N"))
 # (owned block, streamed block): the owned tile and its fp32 accumulator stay on chip.
@@ -89,51 +90,141 @@ _FORWARD_KEY = ["B", "N", "D", "INPUT_PRECISION"]
 _BACKWARD_KEY = ["B", "N", "D", "INPUT_PRECISION", "ATOMIC_DF"]
 _SOFTMAX_GRAD_KEY = ["B", "N"]
 
-SMEM_BUDGET = 220 * 1024      # sm_90 allows 227 KiB per block
-MAX_TUNED = 4
+MAX_TUNED = 3
+# The autotuned kernels' JITFunctions by name, for `_fitting` (filled below the kernels).
+_JIT: dict = {}
 
 
 def _element_size(tensor) -> int:
     return tensor.element_size() if hasattr(tensor, "element_size") else 2
 
 
-def _fitting(configs, estimate, fits_registers):
-    """At most MAX_TUNED configs, in list order, whose shared-memory estimate fits; else the smallest one."""
-    kept = [c for c in configs if estimate(c) <= SMEM_BUDGET and fits_registers(c)]
-    return kept[:MAX_TUNED] or [min(configs, key=estimate)]
+def device_max_shared() -> int:
+    """Shared memory per block (opt-in maximum) of the device triton compiles for: 232,448 B on sm_90."""
+    from triton.runtime import driver
+
+    active = driver.active
+    return int(active.utils.get_device_properties(active.get_current_device())["max_shared_mem"])
+
+
+def compiled_shared(jit, named_args: dict, kwargs: dict, config) -> int | None:
+    """Shared memory per block of `config` compiled for this launch (the launch's own specialisation,
+    through `fn.warmup`; the binary lands in the kernel's cache, where the autotuner's run finds it),
+    or None where it does not compile for the target."""
+    from triton.compiler.errors import CompileTimeAssertionFailure
+    from triton.runtime.errors import OutOfResources, PTXASError
+
+    try:
+        compiled = jit.warmup(*named_args.values(), grid=(1,), **kwargs, **config.all_kwargs())
+    except (OutOfResources, PTXASError, CompileTimeAssertionFailure):
+        return None
+    return int(compiled.metadata.shared)
+
+
+# sm_90's shared memory per block, and the last device limit read outside a trace (for `_fitting` while
+# torch.compile traces the pruner, where nothing can be compiled and the driver is not called).
+SM90_MAX_SHARED = 232448
+_LIMIT_SEEN: list = []
+
+
+def _tracing(named_args: dict) -> bool:
+    """True under torch.compile, or with fake tensors (a trace of the launcher): nothing to compile."""
+    if torch.compiler.is_compiling():
+        return True
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return any(isinstance(value, FakeTensor) for value in named_args.values())
+
+
+def shared_upper_estimate(kernel: str, config, args: dict) -> int:
+    """A conservative estimate of the compiled kernel's shared memory, for traces only: 3 x (num_stages
+    streamed tiles + the resident tile) + 1 KiB. Offline sm_90 compiles (triton 3.6 and 3.8) took at most
+    2.8 x the tiles (the fp32 atomic backward); tests/ops/test_kernels_sm90_fit.py checks it is never below."""
+    if kernel == "forward":
+        rows = config.num_stages * config.kwargs["BLOCK_N"] + config.kwargs["BLOCK_M"]
+    else:
+        rows = config.num_stages * config.kwargs["BLOCK_STREAM"] + config.kwargs["BLOCK_OWN"]
+    return 3 * rows * _width(kernel, args) * _element_size(args["f_ptr"]) + 1024
+
+
+def _smallest(kernel: str, configs, args: dict):
+    best = configs[0]   # a plain loop: torch.compile traces this (no min with a key)
+    for config in configs:
+        if shared_lower_bound(kernel, config, args) < shared_lower_bound(kernel, best, args):
+            best = config
+    return best
+
+
+def _fitting(kernel: str, configs, named_args, kwargs):
+    """At most MAX_TUNED configs, in list order, whose compiled kernel fits the device's shared memory.
+
+    Only `candidate_configs` are compiled (a config whose pipelined tiles alone exceed the device, or whose
+    accumulator cannot sit in registers, is not). If none fits, the candidate with the least shared memory
+    (its launch then raises Triton's OutOfResources, naming the sizes). While torch.compile traces the
+    launcher (fake tensors, nothing to compile) the conservative `shared_upper_estimate` decides instead."""
+    if _tracing(named_args):
+        args = {**named_args, **kwargs}
+        limit = _LIMIT_SEEN[0] if _LIMIT_SEEN else SM90_MAX_SHARED
+        kept = [c for c in candidate_configs(kernel, configs, args, limit)
+                if shared_upper_estimate(kernel, c, args) <= limit][:MAX_TUNED]
+        return kept or [_smallest(kernel, configs, args)]
+    limit = device_max_shared()
+    _LIMIT_SEEN[:] = [limit]
+    kept, sizes = [], {}
+    for config in candidate_configs(kernel, configs, {**named_args, **kwargs}, limit):
+        if len(kept) == MAX_TUNED:
+            break
+        shared = compiled_shared(_JIT[kernel], named_args, kwargs, config)
+        if shared is None:
+            continue
+        sizes[config] = shared
+        if shared <= limit:
+            kept.append(config)
+    if kept:
+        return kept
+    return [min(sizes, key=sizes.get)] if sizes else [configs[-1]]
+
+
+def _width(kernel: str, args: dict) -> int:
+    """Head-dim columns of one pipelined step's tiles. Forward: all unrolled chunks, or one chunk of the
+    runtime loop. Backward: the output chunk, plus the unrolled score chunks on the split path."""
+    if kernel == "forward":
+        width = args["D"] if args.get("STATIC_CHUNKS", True) else args["BLOCK_D"]
+        return triton.cdiv(width, args["BLOCK_D"]) * args["BLOCK_D"]
+    width = args["BLOCK_DO"]
+    if args.get("SPLIT_D") and args.get("STATIC_CHUNKS", True):
+        width += triton.cdiv(args["D"], args["BLOCK_D"]) * args["BLOCK_D"]
+    return width
+
+
+def shared_lower_bound(kernel: str, config, args: dict) -> int:
+    """Bytes of the tiles a pipelined step must hold in shared memory: num_stages - 1 streamed tiles in
+    flight (key tiles forward, query or key tiles backward; at least one) plus the resident tile (query
+    block forward, owned block backward), each `_width` columns wide. The compiled kernels take this or
+    more (offline sm_90 compiles, docs/kernels.md; tests/ops/test_kernels_sm90_fit.py checks every one it
+    compiles); it only decides which configs are worth compiling, never which ones fit."""
+    if kernel == "forward":
+        stream, resident = config.kwargs["BLOCK_N"], config.kwargs["BLOCK_M"]
+    else:
+        stream, resident = config.kwargs["BLOCK_STREAM"], config.kwargs["BLOCK_OWN"]
+    rows = max(1, config.num_stages - 1) * stream + resident
+    return rows * _width(kernel, args) * _element_size(args["f_ptr"])
+
+
+def candidate_configs(kernel: str, configs, args: dict, limit: int) -> list:
+    """The configs worth compiling for one launch (`args`: its arguments by name), in list order: shared
+    memory lower bound within `limit`; backward: the fp32 accumulator at most 128 registers per thread."""
+    def fits_registers(c):
+        return kernel == "forward" or c.kwargs["BLOCK_OWN"] * args["BLOCK_DO"] <= 128 * 32 * c.num_warps
+    return [c for c in configs if shared_lower_bound(kernel, c, args) <= limit and fits_registers(c)]
 
 
 def _prune_forward(configs, named_args, **kwargs):
-    """Shared memory: the pipelined key tiles (all unrolled chunks of one step; one chunk with runtime
-    chunks). fp32 tiles multiplied as tf32/tf32x3 take about 1.6x their bytes (offline compiles)."""
-    args = {**named_args, **kwargs}
-    esize, depth = _element_size(args["f_ptr"]), args["D"]
-    width = depth if args.get("STATIC_CHUNKS", True) else args["BLOCK_D"]
-    width = triton.cdiv(width, args["BLOCK_D"]) * args["BLOCK_D"]
-
-    def estimate(c):
-        m, n, stages = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages
-        if esize >= 4:
-            return 1.6 * esize * (stages * n + m) * width
-        return 0.75 * esize * stages * n * width
-    return _fitting(configs, estimate, lambda c: True)
+    return _fitting("forward", configs, named_args, kwargs)
 
 
 def _prune_backward(configs, named_args, **kwargs):
-    """Shared memory: the owned tile and the pipelined streamed tiles of the output width; registers:
-    the fp32 accumulator at most 128 per thread."""
-    args = {**named_args, **kwargs}
-    esize, width = _element_size(args["f_ptr"]), args["BLOCK_DO"]
-    if args.get("SPLIT_D") and args.get("STATIC_CHUNKS", True):
-        width += triton.cdiv(args["D"], args["BLOCK_D"]) * args["BLOCK_D"]   # the unrolled score chunks too
-
-    def estimate(c):
-        own, stream, stages = c.kwargs["BLOCK_OWN"], c.kwargs["BLOCK_STREAM"], c.num_stages
-        return (1.6 if esize >= 4 else 1.0) * esize * (stages * stream + own) * width
-
-    def fits_registers(c):
-        return c.kwargs["BLOCK_OWN"] * args["BLOCK_DO"] <= 128 * 32 * c.num_warps
-    return _fitting(configs, estimate, fits_registers)
+    return _fitting("backward", configs, named_args, kwargs)
 
 
 # ------------------------------------------------------------------------------------------ kernels
@@ -445,6 +536,10 @@ def _attention_softmax_grad_kernel(
     tl.store(dzbar_ptr + batch * stride_dzb + offs_n * stride_dzn, dzbar.to(dzbar_ptr.dtype.element_ty), mask=mask_n)
 
 
+if not INTERPRETING:
+    _JIT.update(forward=_attention_forward_kernel.fn, backward=_attention_backward_kernel.fn)
+
+
 # ----------------------------------------------------------------------------------------- launchers
 
 BACKWARD_VARIANTS = ("fused", "atomic", "bmm")
@@ -458,11 +553,22 @@ FORCE_BACKWARD: str | None = os.environ.get("WSOL_FAST_ATTENTION_BACKWARD") or N
 BMM_MIN_HEAD_DIM = 384
 
 
+def _measured_variant(dtype: torch.dtype, n: int, head_dim: int) -> str | None:
+    """The backward variant the dispatch table (wsol_fast/ops/dispatch_table.json) measured fastest at the
+    nearest measured shape, where it names one."""
+    from wsol_fast.ops import dispatch
+
+    choice = dispatch.choose("nonlocal_attention_map", dtype, (n, head_dim))
+    return choice.variant if choice is not None and choice.impl == "triton" else None
+
+
 def backward_variant(dtype: torch.dtype, n: int, head_dim: int, force: str | None = None) -> str:
-    """The backward variant for one shape: `force` / FORCE_BACKWARD, else BACKWARD_POLICY, else "fused"."""
+    """The backward variant for one shape: `force` / FORCE_BACKWARD, else BACKWARD_POLICY, else the
+    dispatch table's measured variant (nearest shape), else "fused"."""
     choice = force or FORCE_BACKWARD
     if choice is None:
-        choice = BACKWARD_POLICY.get((str(dtype).removeprefix("torch."), n, head_dim), "fused")
+        choice = (BACKWARD_POLICY.get((str(dtype).removeprefix("torch."), n, head_dim))
+                  or _measured_variant(dtype, n, head_dim) or "fused")
         if choice == "bmm" and head_dim < BMM_MIN_HEAD_DIM:
             choice = "fused"
     if choice not in BACKWARD_VARIANTS:
@@ -488,10 +594,18 @@ def _head_block(head_dim: int) -> int:
     return min(max(16, triton.next_power_of_2(head_dim)), cap)
 
 
+# Widest C' whose chunks are unrolled for 16-bit tiles: past it no config's pipelined tiles fit sm_90's
+# 227 KiB (bf16 C' 1024: 64 x 32 at 2 stages needs (2 * 32 + 64) * 1024 * 2 * 2 = 256 KiB).
+MAX_STATIC_D = 512
+
+
 def _static_chunks(dtype: torch.dtype, head_dim: int) -> bool:
-    """Unroll the C' chunks (static_range) except for fp32 tiles past one chunk: their unrolled,
-    pipelined loads would not fit in shared memory (offline sm_90 compiles, docs/kernels.md)."""
-    return dtype != torch.float32 or head_dim <= _head_block(head_dim)
+    """Unroll the C' chunks (static_range) up to MAX_STATIC_D for 16-bit tiles and within one chunk for
+    fp32; past that a runtime chunk loop, whose pipelined tiles are one chunk wide (offline sm_90
+    compiles, docs/kernels.md)."""
+    if head_dim <= _head_block(head_dim):
+        return True
+    return dtype != torch.float32 and head_dim <= MAX_STATIC_D
 
 
 def _max_full_d(dtype: torch.dtype) -> int:

@@ -7,6 +7,9 @@ of scripts/gpu_check.sh (the same format, merged, with an "environment" block).
     python scripts/bench_table.py --targets results.json     # the GPU targets of issue 15: met / missed
     python scripts/bench_table.py --policy results.json      # BACKWARD_POLICY entries the rows support
     python scripts/bench_table.py --merge out.json a.json b.json [--env env.json]   # one results file
+    python scripts/bench_table.py --dispatch gpu_results.json > wsol_fast/ops/dispatch_table.json
+                                  # the CUDA dispatch table (wsol_fast/ops/dispatch.py): forward+backward
+                                  # device times per op, dtype and shape, with the GPU and the date
 
 Table columns: the provider (extra_info "provider", else the test's parameter id); "host ms",
 pytest-benchmark's median (for CUDA rows a call that ends in a synchronisation: launch overheads
@@ -208,6 +211,58 @@ def policy(benchmarks: list[dict]) -> str:
     return "BACKWARD_POLICY = {\n" + "\n".join(entries) + ("\n" if entries else "") + "}"
 
 
+_GAP_SHAPE = re.compile(r"cuda (?P<dtype>\w+) masked-gap B\d+ C(?P<c>\d+) (?P<h>\d+)x(?P<w>\d+) forward\+backward$")
+# Row label -> implementation name of the dispatch table; the plain "triton" row names the backward
+# variant it ran (extra_info backward_variant) where it recorded one.
+_DISPATCH_IMPLS = {"reference-cuda": "reference", "triton": "triton", "triton-atomic": "triton-atomic",
+                   "triton-bmm": "triton-bmm"}
+
+
+def dispatch_table(paths: list[str]) -> dict:
+    """The dispatch table of wsol_fast/ops/dispatch.py from CUDA forward+backward groups: per op, dtype and
+    shape, each implementation's device time (reference first, so that a tie keeps plain PyTorch).
+    Groups without a reference row or a Triton row are left out. GPU and date: the results' environment."""
+    benchmarks, _ = load(paths)
+    env, date = {}, None
+    for path in paths:
+        try:
+            with open(path) as fh:
+                data = json.load(fh)
+        except (OSError, ValueError):
+            continue
+        env.update(data.get("environment") or {})
+        date = date or data.get("datetime")
+    dtypes = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+    rows = []
+    for group, group_rows in _groups(benchmarks).items():
+        attention, gap = _ATTENTION.match(group), _GAP_SHAPE.match(group)
+        if attention and attention["mode"] == "forward+backward":
+            op, match, shape = "nonlocal_attention_map", attention, [int(attention["n"]), int(attention["c"])]
+        elif gap:
+            op, match, shape = "masked_gap", gap, [int(gap["c"]), int(gap["h"]) * int(gap["w"])]
+        else:
+            continue
+        ms = {}
+        for row in sorted(group_rows, key=lambda r: _label(r) != "reference-cuda"):
+            label = _label(row)
+            if label not in _DISPATCH_IMPLS:
+                continue
+            name = _DISPATCH_IMPLS[label]
+            if label == "triton" and op == "nonlocal_attention_map" and _extra(row).get("backward_variant"):
+                name = f"triton-{_extra(row)['backward_variant']}"
+            ms.setdefault(name, round(_time_ms(row), 4))
+        if "reference" in ms and len(ms) > 1:
+            rows.append({"op": op, "dtype": dtypes.get(match["dtype"], match["dtype"]), "shape": shape, "ms": ms})
+    return {"about": "Device times (ms, forward+backward) per op, dtype and shape, measured on a GPU; each shape's "
+                     "fastest implementation is what wsol_fast.ops runs on CUDA when impl=None "
+                     "(wsol_fast/ops/dispatch.py). Regenerate: python scripts/bench_table.py --dispatch "
+                     "gpu_out/gpu_results.json > wsol_fast/ops/dispatch_table.json",
+            "gpu": env.get("gpu", "unknown GPU"), "date": str(env.get("date") or date or "unknown date")[:10],
+            "source": ", ".join(os.path.basename(p) for p in paths) + " (device ms where recorded)",
+            "kernels": f"triton {env.get('triton', '?')}, torch {env.get('torch', '?')}",
+            "shape_key": {"nonlocal_attention_map": ["N", "C'"], "masked_gap": ["C", "N"]}, "rows": rows}
+
+
 # ------------------------------------------------------------------------------------------- I/O
 
 def load(paths: list[str]) -> tuple[list[dict], list[str]]:
@@ -270,10 +325,16 @@ def main(argv=None) -> int:
     mode.add_argument("--targets", action="store_true", help="issue 15's GPU targets, met or missed")
     mode.add_argument("--policy", action="store_true", help="the attention backward policy the rows support")
     mode.add_argument("--merge", metavar="OUT", help="merge the files into one results file OUT")
+    mode.add_argument("--dispatch", action="store_true",
+                      help="the CUDA dispatch table (JSON) for wsol_fast/ops/dispatch_table.json")
     parser.add_argument("--env", help="with --merge: a JSON file of environment facts (GPU, versions)")
     args = parser.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.files, args.env)
+    if args.dispatch:
+        table = dispatch_table(args.files)
+        print(json.dumps(table, indent=1))
+        return 0 if table["rows"] else 1
     benchmarks, header = load(args.files)
     if args.summary:
         text = summary(benchmarks)

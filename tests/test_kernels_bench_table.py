@@ -102,3 +102,22 @@ def test_non_benchmark_files_are_skipped(tmp_path, capsys):
     bad.write_text(json.dumps({"rows": []}))
     assert bench_table.main([str(bad)]) == 1
     assert "not a pytest-benchmark JSON" in capsys.readouterr().err
+
+
+def test_dispatch_table_from_results(results, capsys):
+    """--dispatch: forward+backward groups with a reference row become rows of the CUDA dispatch table,
+    which wsol_fast.ops.dispatch accepts; the GPU comes from the environment block."""
+    from wsol_fast.ops import dispatch
+
+    assert bench_table.main([str(results), "--dispatch"]) == 0
+    table = dispatch.validate(json.loads(capsys.readouterr().out))
+    assert table["gpu"] == "NVIDIA H200"
+    rows = {(r["op"], r["dtype"], tuple(r["shape"])): r["ms"] for r in table["rows"]}
+    assert rows == {
+        ("nonlocal_attention_map", "bfloat16", (784, 128)): {"reference": 0.8, "triton-fused": 0.2},
+        ("nonlocal_attention_map", "bfloat16", (784, 512)): {"reference": 1.0, "triton-fused": 0.9,
+                                                             "triton-atomic": 0.7, "triton-bmm": 0.8},
+        ("nonlocal_attention_map", "float32", (784, 512)): {"reference": 1.0, "triton": 1.0},
+    }   # the masked-GAP group has no reference row: left out
+    assert dispatch.choose("nonlocal_attention_map", "bfloat16", (784, 512), table).variant == "atomic"
+    assert dispatch.choose("nonlocal_attention_map", "float32", (784, 512), table).impl == "reference"   # a tie

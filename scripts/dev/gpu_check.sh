@@ -2,7 +2,18 @@
 # Development: every check that needs a CUDA GPU, in one pass of about 5 minutes on one H100/H200
 # (torch, triton, pytest and pytest-benchmark installed).
 #
-#   bash scripts/dev/gpu_check.sh        (outputs under $OUT, default ./gpu_out)
+#   bash scripts/dev/gpu_check.sh            (outputs under $OUT, default ./gpu_out)
+#   bash scripts/dev/gpu_check.sh --dry-run  (no GPU, a few seconds; .ci/run runs it on every CI run)
+#
+# No install step: wsol_fast and its Triton kernels are imported from this checkout (PYTHONPATH; the
+# package maps kernels/ to wsol_fast.kernels itself, wsol_fast/__init__.py), so nothing depends on the
+# machine's setuptools or wheel (an `pip install -e .` failed on setuptools < 70.1 without wheel).
+#
+# --dry-run: every step's command line is checked instead of run. The environment and import checks run
+# as they are; each pytest command is collected (pytest --collect-only with the same arguments: the files,
+# the -k selections and the plugins' options must still exist and select at least one test); the
+# precompile script lists its jobs (--dry-run); the summary and bench_table.py run on no rows. Exit 1 if
+# any check fails, so the script cannot rot between GPU runs.
 #
 # Outputs: $OUT/gpu_results.json (every benchmark row, pytest-benchmark format, plus an "environment"
 # block: GPU, driver, versions, test counts) and $OUT/gpu_log.txt (everything printed). Tables from it:
@@ -13,8 +24,8 @@
 # Steps, each under its own `timeout` and all under one deadline (GPU_CHECK_DEADLINE_S, default 290 s);
 # a failing step does not stop the next:
 #   env         nvidia-smi, versions, the GPU -> environment block
-#   install     `pip install -e .` (no index, no build isolation, no C++ build); wsol_fast and its
-#               Triton kernels must then import from this checkout
+#   source      the tools (torch, triton, pytest, pytest-benchmark) import, and wsol_fast and its Triton
+#               kernels import from this checkout (PYTHONPATH, no install; the C++ ops are not built)
 #   precompile  (in the background, beside the tests) scripts/dev/gpu_precompile.py: every Triton config the
 #               op benchmarks will autotune, compiled in parallel into Triton's cache, and one ICL step
 #               per backbone
@@ -26,17 +37,28 @@
 #               plain CAM, ICL on the reference ops)
 # Exit status 1 if any step failed or timed out (all steps still ran).
 set -o pipefail
+DRY_RUN=${GPU_CHECK_DRY_RUN:-0}
+for arg in "$@"; do
+  case $arg in
+    --dry-run) DRY_RUN=1 ;;
+    -h|--help) sed -n '2,/^set -o pipefail/p' "$0" | sed '$d'; exit 0 ;;
+    *) echo "gpu_check.sh: unknown argument $arg (only --dry-run)" >&2; exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")/../.." || exit 1
 REPO=$(pwd)
+# This checkout's wsol_fast (and, through it, its kernels/) first, whatever else is installed.
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 OUT=${OUT:-$REPO/gpu_out}
-mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/wsol_fast_gpu.XXXXXX)
+(( DRY_RUN )) && OUT=$WORK/out   # a dry run leaves nothing in the checkout
+mkdir -p "$OUT"
 LOG=$OUT/gpu_log.txt
 : >"$LOG"
 exec > >(tee -a "$LOG") 2>&1
 TEE_PID=$!
 
-export PY=${PYTHON:-python3} REPO OUT WORK
+export PY=${PYTHON:-python3} REPO OUT WORK DRY_RUN
 DEADLINE_S=${GPU_CHECK_DEADLINE_S:-290}
 export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0 WSOL_FAST_SKIP_CPP=1 WSOL_FAST_DISABLE_CPP=1
 # Autotune decisions persist on disk per kernel, key and config list (a shape tuned by one pytest run is
@@ -61,6 +83,12 @@ step() {
   echo
   echo "=== [$name] start at $(elapsed)s, limit ${limit}s: $*"
   local t0=$(date +%s) rc
+  if (( DRY_RUN )) && ! declare -F "$1" >/dev/null; then   # a command: recorded, checked at the end
+    printf '%s\0' "$name" "$@" >"$WORK/dry_step.$(printf '%02d' ${#SUMMARY[@]})"
+    echo "=== [$name] recorded for the dry-run check"
+    SUMMARY+=("$name: recorded")
+    return
+  fi
   if declare -F "$1" >/dev/null; then          # a function of this script: run it in a child bash
     timeout -k 5 "$limit" bash -c "$1"
   else
@@ -104,32 +132,42 @@ json.dump(env, open(sys.argv[1], "w"), indent=1)
 EOF
 }
 
-importable() {   # wsol_fast and its Triton kernels import from outside the checkout, and are this checkout's
+source_tree() {   # the tools import, and wsol_fast and its Triton kernels are this checkout's (PYTHONPATH)
   (cd /tmp && "$PY" - "$REPO" <<'EOF'
-import os, sys
+import importlib, os, sys
+missing = []
+for name in ("torch", "triton", "pytest", "pytest_benchmark"):
+    try:
+        importlib.import_module(name)
+    except Exception as exc:
+        missing.append(f"{name} ({type(exc).__name__}: {exc})")
+if missing:
+    print("missing tools:", "; ".join(missing))
+    sys.exit(4)
 import wsol_fast, wsol_fast.kernels.nonlocal_attention as k
 repo = os.path.realpath(sys.argv[1])
-where = os.path.realpath(k.__file__)
+where = os.path.realpath(k.__file__), os.path.realpath(wsol_fast.__file__)
 print("wsol_fast from", os.path.dirname(wsol_fast.__file__), "| kernels from", os.path.dirname(k.__file__))
-sys.exit(0 if where.startswith(repo + os.sep) else 3)
+sys.exit(0 if all(w.startswith(repo + os.sep) for w in where) else 3)
 EOF
   )
 }
 
-install() {
-  "$PY" -m pip install --no-build-isolation --no-deps --no-index --no-cache-dir --disable-pip-version-check -q -e . \
-    && importable
-}
-
-export -f env_info importable install
+export -f env_info source_tree
 step env 40 env_info
-step install 60 install
+step source 60 source_tree
 
 # Compiles beside the tests: both are CPU-bound compilation, the GPU is nearly idle.
 PRECOMPILE_S=$(( DEADLINE_S / 2 ))
-echo "=== [precompile] background, deadline ${PRECOMPILE_S}s"
-timeout -k 5 $(( PRECOMPILE_S + 10 )) "$PY" scripts/dev/gpu_precompile.py --steps --workers 8 --deadline "$PRECOMPILE_S" \
-  >"$WORK/precompile.log" 2>&1 &
+PRECOMPILE=("$PY" scripts/dev/gpu_precompile.py --steps --workers 8 --deadline "$PRECOMPILE_S")
+if (( DRY_RUN )); then
+  step precompile "$PRECOMPILE_S" "${PRECOMPILE[@]}"
+  : >"$WORK/precompile.log"
+  true &
+else
+  echo "=== [precompile] background, deadline ${PRECOMPILE_S}s"
+  timeout -k 5 $(( PRECOMPILE_S + 10 )) "${PRECOMPILE[@]}" >"$WORK/precompile.log" 2>&1 &
+fi
 PRECOMPILE_PID=$!
 
 PARALLEL=()
@@ -154,6 +192,17 @@ step bench-attention-bf16 70 "$PY" "${BENCH[@]}" -k "cuda and bf16" --benchmark-
 step bench-attention-fp32 50 "$PY" "${BENCH[@]}" -k "cuda and fp32" --benchmark-json "$WORK/bench_attention_fp32.json" \
   benchmarks/test_bench_nonlocal_attention.py
 step bench-step 60 "$PY" "${BENCH[@]}" --benchmark-json "$WORK/bench_step.json" benchmarks/test_bench_icl_step_cuda.py
+
+if (( DRY_RUN )); then   # every recorded command, checked in one process
+  echo
+  echo "=== [dry-run] checking the recorded commands"
+  if "$PY" scripts/dev/gpu_check_dry.py "$WORK"/dry_step.*; then
+    SUMMARY+=("dry-run check: ok")
+  else
+    SUMMARY+=("dry-run check: FAILED")
+    FAILED_STEPS=$(( FAILED_STEPS + 1 ))
+  fi
+fi
 
 echo
 "$PY" - "$WORK/env.json" "$WORK/tests_junit.xml" <<'EOF'

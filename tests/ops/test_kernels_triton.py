@@ -47,11 +47,12 @@ pytestmark = pytest.mark.skipif(
 needs_cuda = pytest.mark.skipif(DEVICE != "cuda", reason="compiled Triton on a CUDA device only")
 
 # On CUDA the many-shape tests run one config per kernel, so that they do not compile and time every
-# autotune config for every shape (minutes); test_*_every_gpu_config runs each config instead.
-# WSOL_FAST_TEST_AUTOTUNE=1 keeps the full autotuning everywhere. The interpreter has one config anyway.
+# autotune config for every shape (minutes); test_*_every_gpu_config runs each config instead. The
+# attention kernels keep their pruners with MAX_TUNED = 1: the first config whose compiled kernel fits
+# the device for the test's shape (one fixed config cannot fit every C'), run untimed. The other kernels
+# fit at any shape (a few KiB) and are pinned. WSOL_FAST_TEST_AUTOTUNE=1 keeps the full autotuning
+# everywhere. The interpreter has one config anyway.
 PINNED_CONFIGS = {
-    attention_kernels._attention_forward_kernel: attention_kernels.FORWARD_GPU_CONFIGS[2],          # 64 x 64
-    attention_kernels._attention_backward_kernel: attention_kernels.BACKWARD_GPU_CONFIGS[0],        # 64 x 64
     attention_kernels._attention_softmax_grad_kernel: attention_kernels.SOFTMAX_GRAD_GPU_CONFIGS[0],
     gap_kernels._masked_gap_forward_kernel: gap_kernels.GPU_CONFIGS[0],
     gap_kernels._masked_gap_backward_kernel: gap_kernels.GPU_CONFIGS[0],
@@ -63,6 +64,7 @@ def _one_config_per_kernel_on_cuda(monkeypatch):
     if DEVICE == "cuda" and os.environ.get("WSOL_FAST_TEST_AUTOTUNE", "0") != "1":
         for kernel, config in PINNED_CONFIGS.items():
             monkeypatch.setattr(kernel, "configs", [config])   # one config: the autotuner runs it untimed
+        monkeypatch.setattr(attention_kernels, "MAX_TUNED", 1)
     yield
 
 
@@ -184,12 +186,15 @@ def test_attention_large_logits(variant, dtype, atol, rtol):
 @pytest.mark.parametrize("config", range(len(attention_kernels.FORWARD_GPU_CONFIGS)))
 def test_attention_every_gpu_config(config, dtype, atol, rtol, monkeypatch):
     # Every block shape the autotuner may pick on a GPU (forward config i with backward config i), with
-    # a partial last block for each. Compiled: N = 221, C' = 160 (two forward chunks of 128, the second
-    # partial; a 256-wide backward accumulator). Interpreted (slow): N = 99, C' = 24.
+    # a partial last block for each, at a C' where every config fits sm_90's shared memory (a config
+    # pinned alone skips the pruner). Compiled: N = 221; bf16 C' = 160 (two forward chunks of 128, the
+    # second partial; a 256-wide backward accumulator: at most 225 KiB, offline sm_90 compiles); fp32
+    # C' = 64 (at C' >= 128 the tf32x3 tiles of configs 0, 1 and 3 compile to 256-320 KiB, and the
+    # pruner drops them). Interpreted (slow): N = 99, C' = 24.
     kernels = attention_kernels
     monkeypatch.setattr(kernels._attention_forward_kernel, "configs", [kernels.FORWARD_GPU_CONFIGS[config]])
     monkeypatch.setattr(kernels._attention_backward_kernel, "configs", [kernels.BACKWARD_GPU_CONFIGS[config]])
-    n, head_dim = (13 * 17, 160) if DEVICE == "cuda" else (9 * 11, 24)
+    n, head_dim = (13 * 17, 160 if dtype == torch.bfloat16 else 64) if DEVICE == "cuda" else (9 * 11, 24)
     check_attention(*attention_inputs(2, n, head_dim, dtype), 2.0 / head_dim ** 0.5, atol, rtol)
 
 
@@ -249,29 +254,80 @@ def test_backward_variant_policy(monkeypatch):
         choose(torch.float32, 10, 8, force="flash")
 
 
-# Shared memory per block of forward configs, read off offline compiles for sm_90 (triton 3.8,
-# triton.compile with a GPUTarget; no device): (dtype, C', static chunks, (BLOCK_M, BLOCK_N, warps, stages)).
-SM90_FORWARD_SHARED_BYTES = {
-    ("bfloat16", 512, True, (128, 64, 8, 3)): 147456, ("bfloat16", 512, True, (128, 128, 8, 2)): 163840,
-    ("bfloat16", 512, True, (64, 64, 4, 3)): 81920, ("bfloat16", 512, True, (64, 128, 4, 3)): 98304,
-    ("float32", 128, True, (128, 64, 8, 3)): 262144, ("float32", 128, True, (128, 128, 8, 2)): 327680,
-    ("float32", 128, True, (64, 64, 4, 3)): 196608, ("float32", 128, True, (64, 128, 4, 3)): 327680,
-    ("float32", 512, False, (64, 64, 4, 3)): 229376,
-}
-SM90_MAX_SHARED = 232448   # 227 KiB per block
+class _Config:   # stands for triton.Config in the pruning tests (no compile under the interpreter)
+    def __init__(self, name, num_stages=2, num_warps=4, **kwargs):
+        self.name, self.num_stages, self.num_warps, self.kwargs = name, num_stages, num_warps, kwargs
 
 
-def test_forward_pruning_keeps_no_config_measured_too_large():
-    """Every config the pruner keeps fits in sm_90's shared memory where an offline compile measured it,
-    and the ones measured too large are dropped (the estimate may be conservative, never optimistic)."""
-    for (dtype_name, head_dim, static, blocks), measured in SM90_FORWARD_SHARED_BYTES.items():
-        probe = torch.empty(1, dtype=getattr(torch, dtype_name))
-        kept = attention_kernels._prune_forward(
-            attention_kernels.FORWARD_GPU_CONFIGS, {"f_ptr": probe}, D=head_dim, BLOCK_D=128, STATIC_CHUNKS=static)
-        kept = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in kept}
-        assert kept, (dtype_name, head_dim)
-        if measured > SM90_MAX_SHARED:
-            assert blocks not in kept, (dtype_name, head_dim, blocks, measured)
+def test_pruning_keeps_compiled_configs_that_fit_in_list_order(monkeypatch):
+    """`_fitting`: configs whose tiles alone exceed the device are not compiled; of the rest, at most
+    MAX_TUNED whose *compiled* shared memory fits are kept, in list order; if none fits, the smallest."""
+    compiled = {"a": 300_000, "b": 100_000, "c": 50_000, "d": 90_000, "e": 10_000}
+    configs = [_Config(name, BLOCK_M=64, BLOCK_N=n) for name, n in zip("abcdef", (64, 64, 32, 64, 16, 4096))]
+    calls = []
+
+    def fake_compiled_shared(jit, named_args, kwargs, config):
+        calls.append(config.name)
+        return compiled[config.name]
+
+    monkeypatch.setattr(attention_kernels, "compiled_shared", fake_compiled_shared)
+    monkeypatch.setattr(attention_kernels, "device_max_shared", lambda: 232448)
+    monkeypatch.setitem(attention_kernels._JIT, "forward", object())
+    monkeypatch.setattr(attention_kernels, "MAX_TUNED", 2)
+    args = {"f_ptr": torch.empty(1, dtype=torch.bfloat16), "D": 128, "BLOCK_D": 128, "STATIC_CHUNKS": True}
+    # f's tiles: (2 * 4096 + 64) rows x 128 x 2 B > 227 KiB: never compiled
+    assert attention_kernels.shared_lower_bound("forward", configs[5], args) > 232448
+    kept = attention_kernels._prune_forward(configs, {"f_ptr": args["f_ptr"]}, D=128, BLOCK_D=128, STATIC_CHUNKS=True)
+    assert [c.name for c in kept] == ["b", "c"]      # a compiled too large; stop after MAX_TUNED
+    assert calls == ["a", "b", "c"]
+    compiled.update(b=250_000, c=240_000, d=233_000, e=232_449)
+    calls.clear()
+    kept = attention_kernels._prune_forward(configs, {"f_ptr": args["f_ptr"]}, D=128, BLOCK_D=128, STATIC_CHUNKS=True)
+    assert [c.name for c in kept] == ["e"] and calls == ["a", "b", "c", "d", "e"]   # none fits: the smallest
+
+
+def test_pruning_under_a_trace_compiles_nothing(monkeypatch):
+    """With fake tensors (torch.compile tracing the launcher) nothing can be compiled: the conservative
+    estimate (3 x the tiles + 1 KiB) picks the configs, at most MAX_TUNED, in list order."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    def no_compile(*args, **kwargs):
+        raise AssertionError("compiled under a trace")
+
+    monkeypatch.setattr(attention_kernels, "compiled_shared", no_compile)
+    monkeypatch.setattr(attention_kernels, "device_max_shared", no_compile)
+    monkeypatch.setattr(attention_kernels, "_LIMIT_SEEN", [])
+    monkeypatch.setattr(attention_kernels, "MAX_TUNED", 2)
+    configs = [_Config(name, num_stages=2, BLOCK_M=m, BLOCK_N=n) for name, m, n in
+               (("big", 128, 128), ("a", 64, 32), ("b", 32, 32), ("c", 16, 16))]
+    with FakeTensorMode():
+        f = torch.empty(2, 100, 128, dtype=torch.bfloat16)
+    args = {"f_ptr": f, "D": 128, "BLOCK_D": 128, "STATIC_CHUNKS": True}
+    # big: 3 x (2 x 128 + 128) x 128 x 2 + 1024 = 295,936 B > 232,448; a: 3 x 128 x 256 + 1024 = 99,328 B
+    assert attention_kernels.shared_upper_estimate("forward", configs[0], args) == 295936
+    kept = attention_kernels._prune_forward(configs, {"f_ptr": f}, D=128, BLOCK_D=128, STATIC_CHUNKS=True)
+    assert [c.name for c in kept] == ["a", "b"]
+
+
+@pytest.mark.parametrize("dtype, head_dim, static", [
+    (torch.bfloat16, 512, True), (torch.bfloat16, attention_kernels.MAX_STATIC_D + 1, False),
+    (torch.float16, 1024, False), (torch.float32, 16, True), (torch.float32, 512, False),
+])
+def test_static_chunks_policy(dtype, head_dim, static):
+    # Unrolled C' chunks up to MAX_STATIC_D (16-bit) or one chunk (fp32); a runtime chunk loop past that.
+    assert attention_kernels._static_chunks(dtype, head_dim) == static
+
+
+def test_shared_lower_bound_by_hand():
+    # ((stages - 1) x streamed rows + resident rows) x columns x bytes: bf16 C' 512 forward, 64 x 64, 3 stages.
+    config = _Config("x", num_stages=3, BLOCK_M=64, BLOCK_N=64)
+    args = {"f_ptr": torch.empty(1, dtype=torch.bfloat16), "D": 512, "BLOCK_D": 128, "STATIC_CHUNKS": True}
+    assert attention_kernels.shared_lower_bound("forward", config, args) == (2 * 64 + 64) * 512 * 2
+    args["STATIC_CHUNKS"] = False   # runtime chunk loop: one 128-wide chunk in flight
+    assert attention_kernels.shared_lower_bound("forward", config, args) == (2 * 64 + 64) * 128 * 2
+    backward = _Config("y", num_stages=2, BLOCK_OWN=64, BLOCK_STREAM=32)
+    split = {"f_ptr": torch.empty(1), "D": 600, "BLOCK_D": 128, "BLOCK_DO": 128, "SPLIT_D": True, "STATIC_CHUNKS": True}
+    assert attention_kernels.shared_lower_bound("backward", backward, split) == (32 + 64) * (128 + 640) * 4
 
 
 def test_eager_path_is_one_autograd_function():

@@ -4,21 +4,22 @@
     masked_gap(x, attention, gamma_fg, gamma_bg, impl=None) -> (pooled [B, 3, C], counts [B, 3], dfg_mask [B, N])
 
 `impl` forces one implementation: "reference" (pure PyTorch, literal form), "cpp" (csrc/, CPU tensors)
-or "triton" (kernels/, CUDA tensors, or CPU tensors under TRITON_INTERPRET=1). `None` picks the fastest
-one registered for the input's device: C++ on CPU, Triton on CUDA, else the reference.
+or "triton" (kernels/, CUDA tensors, or CPU tensors under TRITON_INTERPRET=1). `None` picks by device:
+on CUDA the implementation that measured fastest at the nearest measured shape and dtype (dispatch.py,
+dispatch_table.json; Triton where the table has no row), on CPU the C++ ops, else the reference.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from . import reference
+from . import dispatch, reference
 from ._checks import check_attention_inputs, check_masked_gap_inputs
 from . import _library, _triton
 
 IMPLS = ("reference", "cpp", "triton")
 
-__all__ = ["nonlocal_attention_map", "masked_gap", "available_impls", "resolve_impl", "reference", "IMPLS"]
+__all__ = ["nonlocal_attention_map", "masked_gap", "available_impls", "resolve_impl", "reference", "dispatch", "IMPLS"]
 
 
 def available_impls(device: torch.device | str) -> list[str]:
@@ -35,9 +36,17 @@ def available_impls(device: torch.device | str) -> list[str]:
     return out
 
 
-def resolve_impl(impl: str | None, device: torch.device | str) -> str:
+def resolve_impl(impl: str | None, device: torch.device | str, op: str | None = None, dtype=None,
+                 shape=None) -> str:
+    """`impl`, checked; for None the device's default, on CUDA by measurement (dispatch.choose) when the
+    op, dtype and shape key are given and the table's choice is available here."""
     if impl is None:
-        return available_impls(device)[0]
+        available = available_impls(device)
+        if torch.device(device).type == "cuda" and op is not None:
+            choice = dispatch.choose(op, dtype, shape)
+            if choice is not None and choice.impl in available:
+                return choice.impl
+        return available[0]
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS} or None, got {impl!r}")
     if impl not in available_impls(device):
@@ -54,7 +63,7 @@ def nonlocal_attention_map(f: Tensor, g: Tensor, zbar: Tensor, scale: float = 1.
     N x N matrix (online softmax; the backward recomputes it from the saved row log-sum-exp).
     """
     check_attention_inputs(f, g, zbar)
-    impl = resolve_impl(impl, f.device)
+    impl = resolve_impl(impl, f.device, "nonlocal_attention_map", f.dtype, f.shape[1:])
     if impl == "reference":
         # Autocast would cast the reference's bmm back to half precision; keep fp32 accumulation.
         with torch.autocast(f.device.type, enabled=False):
@@ -72,7 +81,7 @@ def masked_gap(x: Tensor, attention: Tensor, gamma_fg: float, gamma_bg: float,
     Differentiable with respect to x only (the masks are hard).
     """
     check_masked_gap_inputs(x, attention)
-    impl = resolve_impl(impl, x.device)
+    impl = resolve_impl(impl, x.device, "masked_gap", x.dtype, x.shape[1:])
     if impl == "reference":
         return reference.masked_gap(x, attention, float(gamma_fg), float(gamma_bg))
     if impl == "triton":
