@@ -83,6 +83,7 @@ ext_modules, cmdclass = cpp_extension()
 
 setup(
     packages=find_packages(include=["wsol_fast", "wsol_fast.*"]) + ["wsol_fast.kernels"],
+    package_data={"wsol_fast.ops": ["dispatch_table.json"]},   # the measured dispatch (ops/dispatch.py)
     package_dir={"wsol_fast.kernels": "kernels"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
