@@ -186,8 +186,8 @@ def test_double_sigint_waits_for_the_save_and_the_checkpoint_holds_its_step(tiny
     ("--lr", "inf", "must be finite and >= 0"),
     ("--crop-size", "7", "vgg16 needs at least 32"),
     ("--drop-rate", "2", "must be in [0, 1]"),
-    ("--gamma-fg", "-1", "must be in [0, 1]"),
-    ("--gamma-bg", "1.5", "must be in [0, 1]"),
+    ("--gamma-fg", "-1", "must be in (0, 1]"),
+    ("--gamma-bg", "0", "must be finite and > 0"),   # > 0: Table 1's 1.2 is a valid value
     ("--workers", "-3", "must be >= 0"),
     ("--max-steps-per-epoch", "0", "must be >= 1"),
 ])
