@@ -120,6 +120,19 @@ def _profile(a) -> tuple[int, int]:
     return epochs, warmup
 
 
+def _row_argv(flags: list[str], epochs: int, seed: int, folder: str, warmup_folder: str | None,
+              row_steps: int | None) -> list[str]:
+    """One row's train command: its flags, forked from the seed's CAM warm-up where there is one (built-in
+    data: its weights only, the blocks on from the first forked epoch), optionally capped in steps."""
+    argv = [*flags, "--epochs", str(epochs), "--seed", str(seed), "--output", folder]
+    if warmup_folder is not None:
+        argv += ["--init-from", os.path.join(warmup_folder, "last.pt"), "--fork-weights-only",
+                 "--block-warmup-epochs", "0"]
+    if row_steps:
+        argv += ["--max-steps-per-epoch", str(row_steps)]
+    return argv
+
+
 def _run(argv: list[str], folder: str) -> None:
     """One train run in `folder`: skipped when finished, resumed when interrupted."""
     if os.path.isfile(os.path.join(folder, "results.json")):
@@ -215,13 +228,9 @@ def main(argv=None) -> int:
                           "--output", wfolder, "--num-overlays", "0"]))
         for row in a.rows:
             folder = os.path.join(base, row)
-            argv_row = [*common, *ROWS[row][1], "--epochs", str(epochs), "--seed", str(seed), "--output", folder]
-            if builtin:
-                argv_row += ["--init-from", os.path.join(wfolder, "last.pt"), "--fork-weights-only",
-                             "--block-warmup-epochs", "0"]
-            if a.row_steps_per_epoch:
-                argv_row += ["--max-steps-per-epoch", str(a.row_steps_per_epoch)]
-            jobs.append((f"seed {seed} {ROWS[row][0]}", folder, argv_row))
+            jobs.append((f"seed {seed} {ROWS[row][0]}", folder,
+                         _row_argv([*common, *ROWS[row][1]], epochs, seed, folder, wfolder if builtin else None,
+                                   a.row_steps_per_epoch)))
     t0 = time.perf_counter()
     done = sum(os.path.isfile(os.path.join(f, "results.json")) for _, f, _ in jobs)
     with tqdm(total=len(jobs), initial=done, desc="ablation", unit="run", file=sys.stderr,
@@ -333,14 +342,9 @@ def location_study(a, passthrough: list[str]) -> int:
                           "--output", wfolder, "--num-overlays", "0"]))
         for row in trained:
             folder = os.path.join(out, f"seed{seed}", row)
-            argv_row = [*common, "--method", "icl", "--icl-blocks", *rows[row][1], "--epochs", str(epochs),
-                        "--seed", str(seed), "--output", folder]
-            if builtin:
-                argv_row += ["--init-from", os.path.join(wfolder, "last.pt"), "--fork-weights-only",
-                             "--block-warmup-epochs", "0"]
-            if a.row_steps_per_epoch:
-                argv_row += ["--max-steps-per-epoch", str(a.row_steps_per_epoch)]
-            jobs.append((f"seed {seed} {rows[row][0]}", folder, argv_row))
+            jobs.append((f"seed {seed} {rows[row][0]}", folder,
+                         _row_argv([*common, "--method", "icl", "--icl-blocks", *rows[row][1]], epochs, seed,
+                                   folder, wfolder if builtin else None, a.row_steps_per_epoch)))
     t0 = time.perf_counter()
     for desc, folder, argv_run in ([] if a.table_only else jobs):
         if os.path.isfile(os.path.join(folder, "results.json")):

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from mutations import byte_flips
 from PIL import Image
 
 from wsol_fast import guard
@@ -114,14 +115,7 @@ def files(draw, sources_fixture_formats=FORMATS):
         cut = draw(st.floats(0.05, 0.95))
         return fmt, f"truncate {cut:.3f} + EOI", lambda data: data[: int(len(data) * cut)] + b"\xff\xd9", ext
     if kind == "flip":
-        flips = draw(st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1,
-                              max_size=6))
-
-        def mutate(data):
-            out = bytearray(data)
-            for where, value in flips:
-                out[int(where * len(out))] = value
-            return bytes(out)
+        flips, mutate = byte_flips(draw, 6)
         return fmt, f"flip {flips}", mutate, ext
     return fmt, "as is", lambda data: data, ext
 

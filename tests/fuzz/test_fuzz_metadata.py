@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from mutations import byte_flips
 
 from wsol_fast import guard
 from wsol_fast.data import builtin
@@ -118,14 +119,7 @@ def mutations(draw):
             return data.decode("utf-8").encode(codec)
         return split, name, mutate, False
     if kind == "bytes":
-        flips = draw(st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1,
-                              max_size=4))
-
-        def mutate(data):
-            out = bytearray(data)
-            for where, value in flips:
-                out[int(where * len(out))] = value
-            return bytes(out)
+        flips, mutate = byte_flips(draw, 4)
         return split, name, mutate, False
     if kind == "path":
         line, value = draw(st.integers(0, 30)), draw(st.sampled_from([v for v in ODD_VALUES if "." in v or "/" in v]))
