@@ -287,7 +287,6 @@ def check_model_options(m: ModelConfig) -> None:
             raise ValueError(f"--attention-scale must be a positive number or inv_sqrt, got {m.attention_scale!r}")
 
 
-
 def icl_form(cfg: TrainConfig) -> str:
     """One line naming the ICL form a resolved config trains: the paper's text (--preset paper), the project
     default, or the nearer of the two with the elements that differ from it."""
