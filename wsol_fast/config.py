@@ -6,7 +6,6 @@ in about ten minutes on a 2-core laptop CPU. The resolved config is written to t
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 # Per-dataset schedule defaults (wsolevaluation's): epochs and lr step.
@@ -270,21 +269,23 @@ def _resolve_model_options(m: ModelConfig) -> None:
 
 
 def check_model_options(m: ModelConfig) -> None:
-    """The ranges the options' meaning allows (ValueError naming the flag)."""
-    def within(name, value, ok, what):
-        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
-                                      and math.isfinite(value) and ok(value)):
-            raise ValueError(f"--{name.replace('_', '-')} must be {what}, got {value!r}")
-    within("drop_rate", m.drop_rate, lambda v: 0 <= v <= 1, "a probability in [0, 1]")
-    within("gamma_fg", m.gamma_fg, lambda v: 0 < v <= 1, "a fraction of max A in (0, 1]")
-    within("gamma_bg", m.gamma_bg, lambda v: v > 0, "a positive multiple of mean A (the paper's is 1.2)")
-    if m.attention_scale is not None and m.attention_scale != "inv_sqrt":
+    """The ranges the options' meaning allows, checked by the same validators as their flags (guard.py), so a
+    config file's value meets the flag's range (ValueError naming the flag)."""
+    import argparse
+
+    from . import guard
+
+    for name, check in (("drop_rate", guard.unit_interval), ("gamma_fg", guard.fraction_of_max),
+                        ("gamma_bg", guard.positive_float), ("attention_scale", guard.attention_scale)):
+        value = getattr(m, name)
+        if value is None:
+            continue
         try:
-            scale = float(m.attention_scale)
-        except (TypeError, ValueError):
-            scale = float("nan")
-        if not (math.isfinite(scale) and scale > 0):
-            raise ValueError(f"--attention-scale must be a positive number or inv_sqrt, got {m.attention_scale!r}")
+            if isinstance(value, bool):
+                raise argparse.ArgumentTypeError(f"expected a number, got {value!r}")
+            check(str(value))
+        except argparse.ArgumentTypeError as exc:
+            raise ValueError(f"--{name.replace('_', '-')} {exc}") from None
 
 
 def icl_form(cfg: TrainConfig) -> str:
