@@ -260,7 +260,7 @@ def fork(state: dict, path: str, cfg, model, optimizer, scaler, num_classes: int
         raise ConfigError(f"--init-from {path}: the checkpoint has {state['num_classes']} classes, this "
                           f"dataset {num_classes}")
     if cfg.runtime.fork_weights_only or state["config"]["model"]["method"] != cfg.model.method:
-        fork_weights(model, state["model"], path)
+        fork_weights(model, state["model"], path, saved_block_points(state["config"]["model"]))
     else:   # as a resume, then this run's own settings on top
         load_weights(model, state["model"], path, _describe(cfg.model.backbone, cfg.model.method, num_classes))
         optimizer.load_state_dict(state["optimizer"])
@@ -272,14 +272,24 @@ def fork(state: dict, path: str, cfg, model, optimizer, scaler, num_classes: int
     return make_scheduler(optimizer, state["epoch"])
 
 
-def fork_weights(model, weights: dict, path: str) -> None:
-    """A fork into another method (or --fork-weights-only): the backbone's weights must all load; the
-    attention blocks' load where both models have them (ICL blocks keep their fresh init when the
-    checkpoint has none, e.g. a CAM warm-up); optimizer momentum starts at zero."""
+def fork_weights(model, weights: dict, path: str, their_points: list[str] | None = None) -> None:
+    """A fork into another method (or --fork-weights-only): the backbone's weights must all load; an
+    attention block loads from the checkpoint's block at the same insertion point (`their_points`, the
+    checkpoint's icl_blocks in order; None: the same points as `model`) when its shapes fit, and keeps
+    its fresh init otherwise (e.g. from a CAM warm-up, or at a point the checkpoint had no block at);
+    optimizer momentum starts at zero."""
     mine = model.state_dict()
     theirs = {k: v for k, v in weights.items() if not k.startswith("attention_blocks.")}
-    blocks = {k: v for k, v in weights.items() if k.startswith("attention_blocks.") and k in mine
-              and mine[k].shape == v.shape}
+    at = {point: j for j, point in enumerate(model.block_points if their_points is None else their_points)}
+    blocks = {}
+    for key, value in mine.items():
+        if not key.startswith("attention_blocks."):
+            continue
+        index, rest = key[len("attention_blocks."):].split(".", 1)
+        j = at.get(model.block_points[int(index)])
+        source = weights.get(f"attention_blocks.{j}.{rest}") if j is not None else None
+        if source is not None and source.shape == value.shape:
+            blocks[key] = source
     missing = [k for k in mine if not k.startswith("attention_blocks.") and k not in theirs]
     unexpected = [k for k in theirs if k not in mine]
     if missing or unexpected:
@@ -288,8 +298,17 @@ def fork_weights(model, weights: dict, path: str) -> None:
     model.load_state_dict({**theirs, **blocks}, strict=False)
 
 
+def saved_block_points(model_config: dict) -> list[str]:
+    """The insertion points a checkpoint's model config names (older checkpoints: None, the default)."""
+    if model_config.get("icl_blocks") is None:
+        from .models import default_blocks
+        return default_blocks(model_config["backbone"])
+    return list(model_config["icl_blocks"])
+
+
 def fork_mismatch(cfg, state: dict, total_epochs: int) -> str | None:
-    """Why --init-from cannot start this run (cfg, `total_epochs` once resolved) from `state`, or None."""
+    """Why --init-from cannot start this run (`cfg` resolved, so icl_blocks is filled in; `total_epochs`)
+    from `state`, or None."""
     saved = state["config"]
     if saved["model"]["backbone"] != cfg.model.backbone:
         return (f"the checkpoint is a {saved['model']['backbone']} / {saved['model']['method']} run, "
@@ -297,6 +316,12 @@ def fork_mismatch(cfg, state: dict, total_epochs: int) -> str | None:
     if state["step"] != 0:
         return (f"the checkpoint was written mid-epoch (epoch {state['epoch'] + 1}, step {state['step']}); fork "
                 "from an epoch-end best.pt or last.pt, or --resume it")
+    points, theirs = cfg.model.icl_blocks, saved_block_points(saved["model"])
+    if (points is not None and list(points) != theirs and saved["model"]["method"] == cfg.model.method
+            and not cfg.runtime.fork_weights_only):
+        return (f"its {cfg.model.method} blocks sit at {', '.join(theirs)}, this run's at {', '.join(points)}; "
+                "add --fork-weights-only to carry over the blocks at the points both share (fresh "
+                "optimizer momentum)")
     if total_epochs <= state["epoch"]:
         return f"it ends epoch {state['epoch']}, so --epochs must be larger (the run's total), got {total_epochs}"
     return None

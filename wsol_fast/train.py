@@ -268,8 +268,8 @@ def _run(cfg: TrainConfig) -> int:
     fork = cfg.runtime.init_from is not None   # a resumed fork (its saved config names init_from) is a resume
     if fork:
         resume_state = checkpoint.load_checkpoint(cfg.runtime.init_from)
-        epochs = resolve(copy.deepcopy(cfg), "cpu").optim.epochs   # resolve() fills in place; no device needed
-        error = checkpoint.fork_mismatch(cfg, resume_state, epochs)
+        resolved = resolve(copy.deepcopy(cfg), "cpu")   # resolve() fills in place; no device needed
+        error = checkpoint.fork_mismatch(resolved, resume_state, resolved.optim.epochs)
         if error:
             print(f"error: --init-from {cfg.runtime.init_from}: {error}", file=sys.stderr)
             return 2
