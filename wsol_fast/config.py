@@ -228,8 +228,9 @@ def resolve(cfg: TrainConfig, device_type: str) -> TrainConfig:
         m.pretrained = "imagenet"  # the paper starts from ImageNet weights
     if d.resize_size < d.crop_size:
         raise ValueError(f"--resize-size ({d.resize_size}) must be >= --crop-size ({d.crop_size})")
-    if d.partial_batches is None:
-        d.partial_batches = not builtin   # wsolevaluation keeps the last batch; the built-in profile drops it
+    if d.partial_batches is None:   # the loader's own rule: kept on real data (wsolevaluation), dropped on built-in
+        from .data.pipeline import partial_batches
+        d.partial_batches = partial_batches(d)
     if m.icl_blocks is None:
         from .models import default_blocks
         m.icl_blocks = default_blocks(m.backbone)
