@@ -76,7 +76,6 @@ def graph() -> dict[str, set[str]]:
     return {name: imports(path, set(mods)) for name, path in mods.items()}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 25: the house is being rebuilt")
 def test_the_graph_sees_the_imports_it_should():
     g = graph()
     assert "wsol_fast.errors" in g["wsol_fast.files"] or g["wsol_fast.files"] == set()

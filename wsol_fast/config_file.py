@@ -15,11 +15,12 @@ import os
 from dataclasses import fields
 
 from .config import DataConfig, ModelConfig, OptimConfig, RuntimeConfig
+from .errors import WsolError
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "runtime": RuntimeConfig}
 
 
-class ConfigFileError(ValueError):
+class ConfigFileError(WsolError, ValueError):
     pass
 
 

@@ -5,11 +5,12 @@ map, folder, full disk) is a `WsolError`. Every command catches exactly this bas
 foreign types in `guard.expected_errors`) and prints one `error: ...` line naming the flag, file (and
 line) or image, with exit code 2; anything else is a bug and keeps its traceback (exit code 1).
 
-The subclasses live where they are raised (and stay importable from there): `runtime.UserError` (and
-`ConfigError`, `UnavailableError`), `checkpoint.CheckpointError` / `DiskFullError`,
-`data.metadata.MetadataError`, `data.images.BadImageError`, `models.pretrained.PretrainedMismatchError`,
-`scoremaps.ScoremapError`, `predict.PredictError`. Those that were ValueError / RuntimeError before keep
-that base too, so code that catches the builtin type still catches them.
+The general kinds live here (`UserError`, `ConfigError`, `UnavailableError`; importable from runtime too);
+the specific ones live where they are raised: `files.DiskFullError`, `checkpoint.CheckpointError`,
+`config_file.ConfigFileError`, `data.metadata.MetadataError`, `data.images.BadImageError`,
+`models.pretrained.PretrainedMismatchError`, `scoremaps.ScoremapError`, `predict.PredictError`. Those that
+were ValueError / RuntimeError before keep that base too, so code that catches the builtin type still
+catches them.
 """
 from __future__ import annotations
 
@@ -19,6 +20,19 @@ EXIT_CODE = 2
 class WsolError(Exception):
     """An expected failure: one `error: <message>` line and exit code 2. The message names the flag,
     file (and line) or image."""
+
+
+class UserError(WsolError):
+    """An expected failure (a bad flag, file or folder): the commands print its message, one clear line
+    naming the file, line or flag, and exit with code 2 (--debug shows the traceback)."""
+
+
+class ConfigError(UserError, ValueError):
+    """Settings that do not fit together, or do not fit the data or checkpoint."""
+
+
+class UnavailableError(UserError, RuntimeError):
+    """Something the settings ask for is not installed here (e.g. --loader dali without DALI)."""
 
 
 def one_line(text: str) -> str:

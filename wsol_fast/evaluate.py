@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 import torch
 
-from . import checkpoint, metrics, runtime, scoremaps
+from . import checkpoint, files, metrics, runtime, scoremaps
 
 CAM_SIZE = (224, 224)  # the protocol scores every map at 224 x 224
 
@@ -291,7 +291,7 @@ def _jsonable(results: dict) -> dict:
 
 def write_outputs(results: dict, out_dir: str, data, cfg, name: str = "results.json") -> None:
     os.makedirs(out_dir, exist_ok=True)
-    checkpoint.atomic_write(json.dumps(_jsonable(results), indent=2), os.path.join(out_dir, name))
+    files.atomic_write(json.dumps(_jsonable(results), indent=2), os.path.join(out_dir, name))
     write_overlays(results.get("_samples", []), results.get("loc_threshold"), out_dir, data)
 
 
@@ -421,7 +421,7 @@ def _evaluate_scoremaps(a) -> int:
                                            a.multi_contour, a.workers)
     if a.output:
         os.makedirs(a.output, exist_ok=True)
-        checkpoint.atomic_write(json.dumps(_jsonable(results), indent=2),
+        files.atomic_write(json.dumps(_jsonable(results), indent=2),
                                 os.path.join(a.output, "results.json"))
     results["top1_cls"] = None
     contour = "" if a.multi_contour or meta.has_masks else ", largest contour only"

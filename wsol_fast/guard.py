@@ -193,7 +193,7 @@ def claim_run_folder(folder: str, resume: bool, overwrite: bool) -> RunLock:
     """Create and lock `folder` for this run. A folder holding a finished or interrupted run is refused
     unless resuming it or --overwrite (which removes that run's files). Stale temp files from an earlier
     crash are removed."""
-    from .checkpoint import remove_stale_temp_files
+    from .files import remove_stale_temp_files
 
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise UserError(f"--output {folder}: exists and is not a folder")

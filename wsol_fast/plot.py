@@ -21,7 +21,7 @@ import math
 import os
 import sys
 
-from .checkpoint import atomic_write
+from .files import atomic_write
 
 THRESHOLD_FIGURE = "box_acc_vs_threshold.png"
 TRAINING_FIGURE = "training_curves.png"

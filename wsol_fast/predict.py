@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 import torch
 
-from . import checkpoint, guard, metrics, runtime
+from . import checkpoint, files, guard, metrics, runtime
 from .data import opencv
 from .data.images import IMAGENET_MEAN, IMAGENET_STD, BadImageError, read_image_rgb
 from .data.transforms import eval_resize
@@ -178,7 +178,7 @@ def label_scoremaps(model, images: torch.Tensor, autocast, labels: torch.Tensor)
 
 def _atomic_bytes(path: str, data: bytes) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    checkpoint.atomic_write(data, path, fsync=False)   # one per image: no sync each
+    files.atomic_write(data, path, fsync=False)   # one per image: no sync each
 
 
 def save_scoremap(path: str, scoremap: np.ndarray) -> None:
@@ -267,7 +267,7 @@ def predict(a) -> int:
 
     bar = tqdm(total=len(paths), desc="predict", unit="img", dynamic_ncols=True, file=sys.stderr)
     try:
-        with checkpoint.atomic_open(jsonl, "w") as out:   # predictions.jsonl appears whole, or not at all
+        with files.atomic_open(jsonl, "w") as out:   # predictions.jsonl appears whole, or not at all
             if a.workers:   # workers forked with OpenCV at one thread (see opencv.cv2_single_threaded)
                 with opencv.cv2_single_threaded():
                     batches = iter(loader)

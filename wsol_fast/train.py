@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from . import checkpoint, diagnostics, guard, plot, runlog, runtime
+from . import checkpoint, diagnostics, files, guard, plot, runlog, runtime
 from .config import TrainConfig, icl_form, resolve
 from .data import RunData, prepare_data
 from .evaluate import evaluate_model, localization_score, print_table, write_outputs
@@ -40,7 +40,7 @@ class Trainer:
         self.out = run_dir(c)
         if self.info.is_main:
             os.makedirs(self.out, exist_ok=True)
-            checkpoint.atomic_write(json.dumps(c.to_dict(), indent=2), os.path.join(self.out, "config.json"))
+            files.atomic_write(json.dumps(c.to_dict(), indent=2), os.path.join(self.out, "config.json"))
             if c.model.method == "icl":
                 print(f"ICL form: {icl_form(c)}")
         runtime.seed_everything(c.runtime.seed)

@@ -57,7 +57,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ..checkpoint import atomic_write
+from ..files import atomic_write
 
 VERSION = 2   # 2: dark, low-contrast backgrounds and light objects (1: photo contrast, either polarity)
 DATASET = "builtin"
