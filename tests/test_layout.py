@@ -111,7 +111,6 @@ def test_no_import_circle():
     assert circles == []
 
 
-@pytest.mark.xfail(strict=True, reason="issue 25: the house is being rebuilt")
 def test_no_import_from_a_lower_floor_to_a_higher_one():
     g = graph()
     rank = {f: i for i, f in enumerate(FLOORS)}
@@ -120,7 +119,6 @@ def test_no_import_from_a_lower_floor_to_a_higher_one():
     assert upward == []
 
 
-@pytest.mark.xfail(strict=True, reason="issue 25: the house is being rebuilt")
 def test_commands_stand_side_by_side():
     g = graph()
     borrowed = [f"{m} -> {t}" for m in sorted(g) if m in COMMANDS for t in sorted(g[m])

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from wsol_fast import evaluate, metrics, scoremaps
+from wsol_fast import evaluate, evaluation, metrics, scoremaps
 from wsol_fast.config import TrainConfig
 from wsol_fast.data.metadata import SplitMetadata, load_metadata
 
@@ -351,7 +351,7 @@ def test_eval_cams_are_fp32_and_saved_maps_score_the_same(box_case, tmp_path):
     cfg = TrainConfig()
     bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
     saved = str(tmp_path / "maps")
-    results = evaluate.evaluate_model(model, loader, meta, torch.device("cpu"), bf16, cfg, save_scoremaps=saved)
+    results = evaluation.evaluate_model(model, loader, meta, torch.device("cpu"), bf16, cfg, save_scoremaps=saved)
     with torch.no_grad():
         fp32 = model.class_map(model.forward_features(images)[0], labels).numpy()
         with bf16:

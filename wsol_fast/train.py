@@ -20,10 +20,10 @@ import time
 
 import torch
 
-from . import checkpoint, diagnostics, files, guard, plot, runlog, runtime
+from . import checkpoint, diagnostics, figures, files, guard, runlog, runtime
 from .config import TrainConfig, icl_form, resolve
 from .data import RunData, prepare_data
-from .evaluate import evaluate_model, localization_score, print_table, write_outputs
+from .evaluation import evaluate_model, localization_score, print_table, write_outputs
 from .losses import WSOLLoss
 from .optim import build_optimizer, build_scheduler
 from .tblog import TensorBoardLog
@@ -247,7 +247,7 @@ class Trainer:
         results.update(telemetry=summary, best_val=self.best, eval_checkpoint=c.runtime.eval_checkpoint)
         if self.info.is_main:
             write_outputs(results, self.out, self.data, c)
-            plot.plot_run(self.out, quiet=True)   # the protocol's figures as PNGs in the run folder
+            figures.plot_run(self.out, quiet=True)   # the protocol's figures as PNGs in the run folder
             print_table(results, f"{c.model.backbone} / {c.model.method} on {c.data.dataset} (test split)")
             print(f"throughput {summary['images_per_s']:.1f} img/s, step {summary['step_time_s']:.2f} s, "
                   f"data wait {100 * summary['data_wait_frac']:.0f}%, peak memory {summary['peak_mem_mb']:.0f} MiB, "
