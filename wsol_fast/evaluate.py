@@ -15,7 +15,7 @@ import json
 import os
 import sys
 
-from . import checkpoint, files, metrics, runtime, scoremaps
+from . import build, checkpoint, files, metrics, runtime, scoremaps
 from .evaluation import evaluate_model, jsonable, localization_score, print_table, write_outputs
 
 
@@ -110,7 +110,7 @@ def _evaluate_checkpoint(a) -> int:
     data = prepare_data(cfg.data, info, device, batch_size=cfg.optim.batch_size, seed=cfg.runtime.seed,
                         channels_last=bool(cfg.runtime.channels_last),
                         splits=("val", "test") if a.split == "test" else ("val",))
-    model = checkpoint.build_model(cfg, state["num_classes"], device, state, a.checkpoint)
+    model = build.build_model(cfg, state["num_classes"], device, state, a.checkpoint)
     autocast = runtime.autocast_context(device, runtime.resolve_amp(cfg.runtime.amp, device))
     # The CAM threshold chosen on val at this checkpoint's own epoch (last.pt: the last epoch's; best.pt: the
     # best epoch's); older checkpoints without it store the best epoch's in "best".

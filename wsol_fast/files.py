@@ -1,8 +1,10 @@
-"""Atomic file writes: the ground floor of the package, with errors.py (it imports nothing else of it).
+"""Atomic file writes and safe torch loads: the ground floor of the package, with errors.py (it imports
+nothing else of it).
 
 Every file the package writes (checkpoints, results, score maps, overlays, metrics.csv, the generated
 datasets, figures, the ablation table) goes through `atomic_open`: a temp file in the same folder, flushed
-and fsynced, then renamed, so a crash never leaves a torn file.
+and fsynced, then renamed, so a crash never leaves a torn file. Every torch file it reads (checkpoints,
+pretrained weights) goes through `torch_load`: weights_only, so a file can never run code.
 """
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ import contextlib
 import errno
 import os
 
-from .errors import UserError
+import torch
+
+from .errors import UserError, one_line, scrub_torch_advice
 
 
 class DiskFullError(UserError):
@@ -70,3 +74,32 @@ def remove_stale_temp_files(folder: str) -> list[str]:
                         os.remove(path)
                         removed.append(name)
     return removed
+
+
+# ----------------------------------------------------------------------------- safe loads
+
+def load_failure(exc: BaseException) -> str:
+    """Why torch.load(weights_only=True) failed, in one line, without torch's advice to retry with
+    weights_only=False (that would run whatever code a malicious file holds; never do it)."""
+    import re
+
+    text = str(exc).strip()
+    if "Weights only load failed" in text or "weights_only" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found:
+            return (f"it refers to {found.group(1)}, which a file of tensors and plain values never does; it "
+                    "is not loaded (loading it could run code)")
+        found = re.search(r"Unsupported (operand \d+|class [\w.]+)", text)
+        what = f" (unsupported {found.group(1)})" if found else ""
+        return f"its bytes are not a file of tensors and plain values{what}; it is not loaded"
+    return one_line(scrub_torch_advice(text)) or type(exc).__name__
+
+
+def torch_load(path: str):
+    """torch.load(path, weights_only=True) on the CPU, without torch's warnings about the pickle protocol
+    of a foreign file (the failure, if any, is the message)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 import torch
 
-from . import cam, checkpoint, files, guard, metrics, runtime
+from . import build, cam, checkpoint, files, guard, metrics, runtime
 from .data import opencv
 from .data.images import BadImageError, read_image_rgb
 from .data.transforms import eval_resize
@@ -162,7 +162,7 @@ def load_model(path: str, device):
 
     state = checkpoint.load_checkpoint(path)
     cfg = resolve(TrainConfig.from_dict(state["config"]), device.type)
-    model = checkpoint.build_model(cfg, state["num_classes"], device, state, path).eval()
+    model = build.build_model(cfg, state["num_classes"], device, state, path).eval()
     return model, state, cfg
 
 

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from . import checkpoint, diagnostics, figures, files, guard, runlog, runtime
+from . import build, checkpoint, diagnostics, figures, files, guard, runlog, runtime
 from .config import TrainConfig, icl_form, resolve
 from .data import RunData, prepare_data
 from .evaluation import evaluate_model, localization_score, print_table, write_outputs
@@ -55,7 +55,7 @@ class Trainer:
             self.issues.record([])
 
         pretrained = {None: None, "none": None, "imagenet": True}.get(c.model.pretrained, c.model.pretrained)
-        self.raw_model = checkpoint.build_model(   # uncompiled, unwrapped: what checkpoints save
+        self.raw_model = build.build_model(   # uncompiled, unwrapped: what checkpoints save
             c, self.data.num_classes, self.device, pretrained=pretrained, keep_classifier=c.data.dataset == "ILSVRC",
             sync_bn=c.runtime.sync_bn and self.info.enabled)
         self.autocast = runtime.autocast_context(self.device, self.amp_dtype)
