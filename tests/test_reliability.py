@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from wsol_fast import checkpoint, evaluate, files, guard, runtime, train
+from wsol_fast import checkpoint, evaluate, files, runlock, runtime, train, train_args
 from wsol_fast.data import __main__ as data_cli
 from wsol_fast.data import builtin, dali, images, opencv, pipeline
 from wsol_fast.data.metadata import MetadataError, load_splits
@@ -201,10 +201,10 @@ def test_flag_ranges_are_checked_at_parse_time_naming_the_flag(tiny_root, tmp_pa
 
 
 def test_minimum_crop_table_is_what_the_networks_need():
-    """guard.MIN_CROP: at the minimum the class map is 2 x 2; one pixel less it is smaller or fails."""
+    """train_args.MIN_CROP: at the minimum the class map is 2 x 2; one pixel less it is smaller or fails."""
     from wsol_fast.models import create_model
 
-    for backbone, low in guard.MIN_CROP.items():
+    for backbone, low in train_args.MIN_CROP.items():
         model = create_model(backbone, 3, method="icl", pretrained=None).eval()
         with torch.no_grad():
             def cam_side(size):
@@ -531,11 +531,11 @@ def test_atomic_write_failure_of_another_kind_also_leaves_nothing(tmp_path, monk
 
 
 def test_lock_is_dropped_when_the_holder_ends(tmp_path):
-    lock = guard.RunLock(str(tmp_path)).acquire()
+    lock = runlock.RunLock(str(tmp_path)).acquire()
     with pytest.raises(runtime.UserError, match=f"pid {os.getpid()}"):
-        guard.RunLock(str(tmp_path)).acquire()
+        runlock.RunLock(str(tmp_path)).acquire()
     lock.release()
-    guard.RunLock(str(tmp_path)).acquire().release()
+    runlock.RunLock(str(tmp_path)).acquire().release()
     with open(tmp_path / ".lock") as fh:                 # released: anyone can take it
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
 

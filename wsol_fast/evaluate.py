@@ -15,15 +15,13 @@ import json
 import os
 import sys
 
-from . import build, checkpoint, files, metrics, runtime, scoremaps
+from . import build, checkpoint, errors, files, flags, metrics, runtime, scoremaps
 from .evaluation import evaluate_model, jsonable, localization_score, print_table, write_outputs
 
 
 # ------------------------------------------------------------------------------------- CLI
 
 def main(argv=None) -> int:
-    from . import guard
-
     p = argparse.ArgumentParser(prog="python -m wsol_fast.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=None, help="a last.pt or best.pt written by wsol_fast.train")
     p.add_argument("--scoremap-root", default=None,
@@ -38,7 +36,7 @@ def main(argv=None) -> int:
                                                    "dataset folder under the metadata root")
     p.add_argument("--mask-root", default=None, help="masks at MASK_ROOT/DATASET/<mask_path> (OpenImages; "
                                                      "default: the data root)")
-    p.add_argument("--cam-curve-interval", type=guard.open_interval, default=None,
+    p.add_argument("--cam-curve-interval", type=flags.open_interval, default=None,
                    help="default: the checkpoint's; 0.01 with --scoremap-root (wsolevaluation's evaluation.py); "
                         "0.001 for the paper protocol")
     p.add_argument("--iou-thresholds", type=int, nargs="+", default=list(metrics.DEFAULT_IOU_THRESHOLDS),
@@ -46,14 +44,14 @@ def main(argv=None) -> int:
     p.add_argument("--no-multi-contour", dest="multi_contour", action="store_false",
                    help="with --scoremap-root: only the largest contour's box per threshold (MaxBoxAcc V1; "
                         "wsolevaluation's multi_contour_eval=False). Default: all contours (V2)")
-    p.add_argument("--workers", type=guard.positive_int, default=1,
+    p.add_argument("--workers", type=flags.positive_int, default=1,
                    help="with --scoremap-root: processes scoring the maps")
     p.add_argument("--save-scoremaps", default=None, metavar="DIR",
                    help="with --checkpoint: write every GT-class CAM of the split as DIR/<image_id>.npy "
                         "(224 x 224 float64, min-max normalised, as wsolevaluation writes them)")
     p.add_argument("--device", default=None)
-    p.add_argument("--num-overlays", type=guard.nonneg_int, default=16)
-    p.add_argument("--max-image-pixels", type=guard.positive_int, default=None,
+    p.add_argument("--num-overlays", type=flags.nonneg_int, default=16)
+    p.add_argument("--max-image-pixels", type=flags.positive_int, default=None,
                    help="refuse images whose header claims more pixels (default 64,000,000)")
     p.add_argument("--debug", action="store_true", help="show the traceback of an expected error too")
     a = p.parse_args(argv)
@@ -62,7 +60,7 @@ def main(argv=None) -> int:
     if a.scoremap_root is not None and (a.metadata_root is None or a.dataset is None):
         p.error("--scoremap-root needs --metadata-root and --dataset")
     # Exit codes: 0 done, 2 an expected error (one message naming the file, line or flag).
-    return guard.run_command(
+    return errors.run_command(
         lambda: _evaluate_scoremaps(a) if a.scoremap_root is not None else _evaluate_checkpoint(a), a.debug)
 
 

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 import torch
 
-from . import build, cam, checkpoint, files, guard, metrics, runtime
+from . import build, cam, checkpoint, errors, files, flags, metrics, runtime
 from .data import opencv
 from .data.images import BadImageError, read_image_rgb
 from .data.transforms import eval_resize
@@ -38,7 +38,7 @@ from .data.transforms import eval_resize
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
-class PredictError(guard.WsolError, ValueError):
+class PredictError(errors.WsolError, ValueError):
     """A bad input of predict (a path, --class-names, --threshold); the message names it."""
 
 
@@ -58,9 +58,9 @@ def expand_inputs(paths) -> list[str]:
 
     def walk(folder):
         found = []
-        for root, dirs, files in os.walk(folder):
+        for root, dirs, names in os.walk(folder):
             dirs.sort()
-            found += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+            found += [os.path.join(root, f) for f in sorted(names) if f.lower().endswith(IMAGE_EXTENSIONS)]
         return found
 
     for arg in paths:
@@ -263,7 +263,7 @@ def main(argv=None) -> int:
     p.add_argument("--output", default="predictions", help="folder for predictions.jsonl and overlays/")
     p.add_argument("--threshold", type=float, default=None,
                    help="CAM threshold in [0, 1) (default: the one chosen on val, stored in the checkpoint)")
-    p.add_argument("--top-k", type=guard.positive_int, default=5,
+    p.add_argument("--top-k", type=flags.positive_int, default=5,
                    help="classes reported per image (>= 1; at most the model's class count), each with its boxes")
     p.add_argument("--class-names", default=None, metavar="FILE",
                    help="one class name per line, or CUB's classes.txt ('id name'); default: the label index")
@@ -271,13 +271,13 @@ def main(argv=None) -> int:
                    help="write each image's top-1 score map to DIR/<id>.npy (224 x 224 float32, min-max "
                         "normalised)")
     p.add_argument("--no-overlays", action="store_true", help="no overlay PNGs")
-    p.add_argument("--batch-size", type=guard.positive_int, default=32)
-    p.add_argument("--workers", type=guard.nonneg_int, default=min(4, os.cpu_count() or 1),
+    p.add_argument("--batch-size", type=flags.positive_int, default=32)
+    p.add_argument("--workers", type=flags.nonneg_int, default=min(4, os.cpu_count() or 1),
                    help="image decoding processes (0: decode in this process)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--debug", action="store_true", help="show the traceback of an expected error too")
     a = p.parse_args(argv)
-    return guard.run_command(lambda: predict(a), a.debug)
+    return errors.run_command(lambda: predict(a), a.debug)
 
 
 if __name__ == "__main__":

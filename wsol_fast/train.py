@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from . import build, checkpoint, diagnostics, figures, files, guard, runlog, runtime
+from . import build, checkpoint, diagnostics, errors, figures, files, guard, runlog, runlock, runtime, signals
 from .config import TrainConfig, icl_form, resolve
 from .data import RunData, prepare_data
 from .evaluation import evaluate_model, localization_score, print_table, write_outputs
@@ -170,7 +170,7 @@ class Trainer:
             bar.update(1)
             if self.guard.signals.stop:   # a signal arrived: this step is done, its weights are saved next
                 bar.close()
-                raise guard.Stopped(step)
+                raise signals.Stopped(step)
         bar.close()
         runtime.synchronize(dev)
         self._acc = None
@@ -217,7 +217,7 @@ class Trainer:
                     self.guard.exit_stopped(f"end of epoch {epoch + 1}")
         self.tb.close()
         # The test pass writes nothing until results.json (atomically): a signal there just stops it.
-        with guard.StopSignals(enabled=self.info.is_main, immediate=True):
+        with signals.StopSignals(enabled=self.info.is_main, immediate=True):
             try:
                 return self.test(time.perf_counter() - t_run)
             except Exception:
@@ -260,7 +260,7 @@ def main(argv=None) -> int:
     """Exit codes: 0 done, 2 an expected error (one message), 3 non-finite loss, 130 / 143 stopped by
     SIGINT / SIGTERM with a resumable checkpoint (wsol_fast.guard)."""
     cfg = parse_args(argv)
-    return guard.run_command(lambda: _run(cfg), cfg.cli["debug"])
+    return errors.run_command(lambda: _run(cfg), cfg.cli["debug"])
 
 
 def _run(cfg: TrainConfig) -> int:
@@ -282,7 +282,7 @@ def _run(cfg: TrainConfig) -> int:
         raise runtime.ConfigError(str(exc)) from None
     cfg.runtime.output = run_dir(cfg)   # fixed now: the lock and every rank use this folder
     main_rank = int(os.environ.get("RANK", "0")) == 0
-    lock = guard.claim_run_folder(cfg.runtime.output, resume=bool(cfg.runtime.resume),
+    lock = runlock.claim_run_folder(cfg.runtime.output, resume=bool(cfg.runtime.resume),
                                   overwrite=cfg.cli["overwrite"]) if main_rank else None
     trainer = None
     try:
