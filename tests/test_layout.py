@@ -89,7 +89,6 @@ def test_ground_floor_imports_nothing_above_it():
     assert {m: sorted(g[m] - GROUND) for m in GROUND if m in g and g[m] - GROUND} == {}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 25: the house is being rebuilt")
 def test_no_import_circle():
     g = graph()
     circles, state = [], {}
