@@ -56,7 +56,7 @@ import cv2
 import numpy as np
 import pytest
 
-from wsol_fast import metrics
+from wsol_fast import box_search, metrics
 from wsol_fast.data.metadata import load_metadata
 
 INTERVAL = 0.001
@@ -193,7 +193,7 @@ def _floor(maps):
     thresholds = metrics.cam_thresholds(INTERVAL)
     for m in maps:
         img = metrics.quantize_scoremap(m)
-        for k in np.unique(metrics._integer_thresholds(thresholds, int(img.max()))):
+        for k in np.unique(box_search.integer_thresholds(thresholds, int(img.max()))):
             _, binary = cv2.threshold(img, int(k), 255, cv2.THRESH_BINARY)
             cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
 
@@ -202,7 +202,7 @@ def _contour_path(maps, boxes):
     thresholds = metrics.cam_thresholds(INTERVAL)
     ev = metrics.BoxEvaluator(INTERVAL)
     for m, b in zip(maps, boxes):
-        best = metrics._ThresholdBoxes(metrics.quantize_scoremap(m), thresholds, True).best_ious(b)
+        best = box_search._ThresholdBoxes(metrics.quantize_scoremap(m), thresholds, True).best_ious(b)
         for row, iou in enumerate(ev.iou_thresholds):
             ev.num_correct[row] += best >= (iou / 100)
         ev.cnt += 1
@@ -244,7 +244,7 @@ def test_box_evaluator_per_map(benchmark, generated_maps, kind, provider):
             return ev.compute()
     benchmark.group = f"BoxEvaluator per 224x224 map, interval {INTERVAL}, {kind}"
     benchmark.extra_info.update({"provider": provider, "kind": kind, "maps": len(maps),
-                                 "tree_path": metrics._threshold_boxes_op() is not None})
+                                 "tree_path": box_search._threshold_boxes_op() is not None})
     try:
         wall, cpu = time.perf_counter(), time.process_time()
         result = benchmark.pedantic(call, rounds=1, iterations=1, warmup_rounds=0)

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from wsol_fast import box_search as B
 from wsol_fast import metrics as M
 from wsol_fast.data.metadata import load_metadata
 
@@ -246,7 +247,7 @@ def _contour_boxes_at(img, k):
     return sorted(boxes)
 
 
-needs_tree = pytest.mark.skipif(M._threshold_boxes_op() is None,
+needs_tree = pytest.mark.skipif(B._threshold_boxes_op() is None,
                                 reason="wsol_fast._C (threshold_boxes) is not built")
 
 
@@ -260,7 +261,7 @@ def test_component_trees_give_findcontours_boxes_at_every_threshold():
     import torch
     for m in maps:
         img = M.quantize_scoremap(m)
-        rows = M._threshold_boxes_op()(torch.from_numpy(img)).numpy()
+        rows = B._threshold_boxes_op()(torch.from_numpy(img)).numpy()
         assert rows.dtype == np.int32 and rows.shape[1] == 6
         for k in range(int(img.max())):
             active = (rows[:, 0] <= k) & (k < rows[:, 1])
@@ -275,7 +276,7 @@ def test_component_trees_on_many_tiny_maps():
     first pixel, a level reached from several components, 1-pixel strips) occurs many times."""
     import torch
     rng = np.random.default_rng(41)
-    op = M._threshold_boxes_op()
+    op = B._threshold_boxes_op()
     for trial in range(400):
         h, w = (int(v) for v in rng.integers(1, 13, 2))
         levels = int(rng.choice([2, 3, 6, 256]))
@@ -297,7 +298,7 @@ def test_component_trees_on_many_tiny_maps():
 @needs_tree
 def test_threshold_boxes_op_checks_its_input():
     import torch
-    op = M._threshold_boxes_op()
+    op = B._threshold_boxes_op()
     with pytest.raises(ValueError, match="image must be uint8"):
         op(torch.zeros(4, 4, dtype=torch.float32))
     with pytest.raises(ValueError, match="image must be 2D"):
@@ -321,7 +322,7 @@ def test_hard_maps_equal_literal_loop(interval, multi_contour):
     for m, gt in cases:
         literal.append(_literal_best_ious(m, gt, thresholds, multi_contour))
         np.testing.assert_array_equal(ev.accumulate(m, gt), literal[-1])
-        contour_path = M._ThresholdBoxes(M.quantize_scoremap(m), thresholds, multi_contour)
+        contour_path = B._ThresholdBoxes(M.quantize_scoremap(m), thresholds, multi_contour)
         np.testing.assert_array_equal(contour_path.best_ious(gt), literal[-1])
     want = _literal_maxboxacc(literal, thresholds)
     assert [ev.compute()["maxboxacc"][i] for i in IOUS] == want
@@ -332,7 +333,7 @@ def test_a_hole_can_hold_the_best_iou():
     # The ring of test_hole_contours_are_boxes_too under texture: at the thresholds where the ring is
     # whole, the best box is the hole's (59, 59, 141, 141) (IoU 1), never the outer (20, 20, 180, 180).
     m, gt = _hard_cases(5)[-1]
-    tree = M._TreeBoxes(M.quantize_scoremap(m), M.cam_thresholds(0.01), M._threshold_boxes_op())
+    tree = B._TreeBoxes(M.quantize_scoremap(m), M.cam_thresholds(0.01), B._threshold_boxes_op())
     best = tree.best_ious(gt)
     assert best.max() == 1.0
     assert [59, 59, 141, 141] in tree.boxes.tolist()
@@ -347,15 +348,15 @@ def test_contour_areas_equal_cv2_contour_area():
             contours += list(cv2.findContours((img > k).astype(np.uint8), cv2.RETR_TREE,
                                               cv2.CHAIN_APPROX_SIMPLE)[-2])
     assert len(contours) > 100 and min(map(len, contours)) == 1        # single points included
-    np.testing.assert_array_equal(M._contour_areas(contours), [cv2.contourArea(c) for c in contours])
-    assert M._largest(contours)[0] is max(contours, key=cv2.contourArea)
+    np.testing.assert_array_equal(B._contour_areas(contours), [cv2.contourArea(c) for c in contours])
+    assert B._largest(contours)[0] is max(contours, key=cv2.contourArea)
     # ties at the maximum: Python's max keeps the first, so must _largest
     big = max(contours, key=cv2.contourArea)
     small = min(contours, key=cv2.contourArea)
     tied = [small, big.copy(), big, big[::-1].copy()]
-    assert M._largest(tied)[0] is tied[1] and max(tied, key=cv2.contourArea) is tied[1]
+    assert B._largest(tied)[0] is tied[1] and max(tied, key=cv2.contourArea) is tied[1]
     zeros = [c for c in contours if cv2.contourArea(c) == 0][:5]
-    assert len(zeros) == 5 and M._largest(zeros)[0] is zeros[0]
+    assert len(zeros) == 5 and B._largest(zeros)[0] is zeros[0]
 
 
 def test_interval_max_equals_brute_force():
@@ -366,20 +367,20 @@ def test_interval_max_equals_brute_force():
     want = np.full(256, -np.inf)
     for a, b, v in zip(lo, hi, values):
         want[a:b] = np.maximum(want[a:b], v)
-    np.testing.assert_array_equal(M._interval_max(lo, hi, values), want)
-    np.testing.assert_array_equal(M._interval_max(np.array([0]), np.array([256]), np.array([0.5])),
+    np.testing.assert_array_equal(B._interval_max(lo, hi, values), want)
+    np.testing.assert_array_equal(B._interval_max(np.array([0]), np.array([256]), np.array([0.5])),
                                   np.full(256, 0.5))
 
 
 
-needs_level_op = pytest.mark.skipif(M._level_best_ious_op() is None,
+needs_level_op = pytest.mark.skipif(B._level_best_ious_op() is None,
                                     reason="wsol_fast._C (level_best_ious) is not built")
 
 
 def _numpy_level_best_ious(rows, gt):
     """What _TreeBoxes computes without the C++ op: numpy IoU per row, then the max per level."""
     # check=False: the drill feeds degenerate boxes on purpose (the C++ op's own handling is compared)
-    return M._interval_max(rows[:, 0], rows[:, 1], M.multiple_iou(rows[:, 2:], gt, check=False).max(axis=1))
+    return B._interval_max(rows[:, 0], rows[:, 1], M.multiple_iou(rows[:, 2:], gt, check=False).max(axis=1))
 
 
 @needs_level_op
@@ -389,7 +390,7 @@ def test_level_best_ious_equals_numpy_iou_and_interval_max():
     (0, 0, 0, 0) box, one-pixel boxes, boxes equal to a GT box (IoU 1), disjoint ones (IoU 0),
     degenerate rows with a non-positive union (IoU 0), and int64 overflow, which wraps as in numpy."""
     import torch
-    op = M._level_best_ious_op()
+    op = B._level_best_ious_op()
     rng = np.random.default_rng(31)
     for trial in range(60):
         n = int(rng.integers(0, 400))
@@ -426,7 +427,7 @@ def test_level_best_ious_equals_numpy_iou_and_interval_max():
 @needs_level_op
 def test_level_best_ious_checks_its_input():
     import torch
-    op = M._level_best_ious_op()
+    op = B._level_best_ious_op()
     rows = torch.tensor([[0, 5, 1, 1, 4, 4]], dtype=torch.int32)
     gt = torch.tensor([[1, 1, 4, 4]])
     assert op(rows, gt)[:6].tolist() == [1.0] * 5 + [-np.inf]
@@ -451,9 +452,9 @@ def test_tree_rows_scored_in_cpp_equal_numpy():
     thresholds = M.cam_thresholds(0.001)
     for m, gt in _hard_cases(17):
         img = M.quantize_scoremap(m)
-        fast = M._threshold_boxes(img, thresholds, True)
-        assert isinstance(fast, M._TreeBoxes) and fast.level_op is not None
-        slow = M._TreeBoxes(img, thresholds, M._threshold_boxes_op())
+        fast = B.threshold_boxes(img, thresholds, True)
+        assert isinstance(fast, B._TreeBoxes) and fast.level_op is not None
+        slow = B._TreeBoxes(img, thresholds, B._threshold_boxes_op())
         np.testing.assert_array_equal(fast.best_ious(gt), slow.best_ious(gt))
         np.testing.assert_array_equal(fast.best_ious(gt[:1]), slow.best_ious(gt[:1]))
 
