@@ -7,8 +7,6 @@ import ast
 import pathlib
 import re
 
-import pytest
-
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "wsol_fast"
 MAX_LINES = 450
 WHY_LONGER = re.compile(r"longer than 450 lines", re.IGNORECASE)
@@ -125,7 +123,6 @@ def test_commands_stand_side_by_side():
     assert borrowed == []
 
 
-@pytest.mark.xfail(strict=True, reason="issue 25: the house is being rebuilt")
 def test_no_module_is_too_long_without_saying_why():
     too_long = []
     for name, path in modules().items():
