@@ -16,7 +16,7 @@ Providers:
               distinct binarisation, vectorised boxes and IoU; the fast path before the trees)
   fast        preprocess + BoxEvaluator(0.001).accumulate on all 5,794 maps (component trees,
               csrc/threshold_boxes.cpp, where the C++ library is built; else `contours`)
-  naive       preprocess + the literal per-threshold loop (BoxEvaluator(reference=True)), timed
+  naive       preprocess + the literal per-threshold loop (tests/wsolevaluation_oracle.py), timed
               on the first 100 maps; extra_info["full_set_s"] extrapolates to 5,794
 
 extra_info: images (timed), images_per_s, full_set_s (seconds for the 5,794 maps), cpu_s (process
@@ -31,7 +31,7 @@ MaxBoxAccV2 unless the provider says V1, on two families of generated maps (seed
   textured  the same plus uniform pixel noise of amplitude 0.1 before the normalisation
 (no resize here: the maps are already 224 x 224; the score is the same for every provider).
 Providers:
-  literal         wsolevaluation's per-threshold loop (BoxEvaluator(reference=True)), on a subset
+  literal         wsolevaluation's per-threshold loop (tests/wsolevaluation_oracle.py), on a subset
   floor           one cv2.threshold + findContours per DISTINCT binarisation (int(t * max) values),
                   nothing else: the least work of any method that runs the contour search at each
                   distinct threshold (the previous fast path and V1 pay it)
@@ -50,6 +50,7 @@ numbers (equal across providers on the same maps; `literal` scores a subset).
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import cv2
@@ -58,6 +59,9 @@ import pytest
 
 from wsol_fast import box_search, metrics
 from wsol_fast.data.metadata import load_metadata
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from wsolevaluation_oracle import LiteralBoxEvaluator  # noqa: E402  (the literal loop, outside the package)
 
 INTERVAL = 0.001
 CAM_GRID = 28
@@ -109,7 +113,7 @@ def _make_call(provider, boxes, cams):
             return _contour_path([_scoremap(cam) for cam in cams], boxes)
     else:
         def call():
-            ev = metrics.BoxEvaluator(INTERVAL, multi_contour=True, reference=provider == "naive")
+            ev = (LiteralBoxEvaluator if provider == "naive" else metrics.BoxEvaluator)(INTERVAL, multi_contour=True)
             for cam, b in zip(cams, boxes):
                 ev.accumulate(_scoremap(cam), b)
             return ev.compute()
@@ -237,8 +241,8 @@ def test_box_evaluator_per_map(benchmark, generated_maps, kind, provider):
             return metrics.BoxEvaluator.merge(ev for ev, _ in parts).compute()
     else:
         def call():
-            ev = metrics.BoxEvaluator(INTERVAL, multi_contour=provider != "fast_v1",
-                                      reference=provider == "literal")
+            ev = (LiteralBoxEvaluator if provider == "literal" else metrics.BoxEvaluator)(
+                INTERVAL, multi_contour=provider != "fast_v1")
             for m, b in zip(maps, boxes):
                 ev.accumulate(m, b)
             return ev.compute()

@@ -5,8 +5,8 @@ loop the tests compare against), and the protocol's IoU.
 Speed. wsolevaluation thresholds and runs findContours once per t (1,000 times per image at the
 paper's interval 0.001). Here the binary image depends only on `k = int(t * max)`, and the best IoU
 is computed once per k (at most 256 values) and scattered back to every t. Two ways to get the boxes
-of every k, both bit-identical to the literal loop (`BoxEvaluator(reference=True)`,
-`reference_best_ious`, which the tests check on smooth, textured, hole-containing and adversarial maps):
+of every k, both bit-identical to the literal loop (tests/wsolevaluation_oracle.py, which the tests check
+them against on smooth, textured, hole-containing and adversarial maps):
 
 * MaxBoxAccV2 (all contours), when the C++ library is built: `threshold_boxes` (csrc/) builds the
   max-tree (8-connected components of img > k, for all k) and the min-tree (4-connected components

@@ -65,7 +65,7 @@ from .box_search import boxes_of_binary, find_contours, integer_thresholds, mult
 __all__ = [
     "BoxEvaluator", "MaskEvaluator", "rescale_boxes", "resize_scoremap", "normalize_scoremap",
     "cam_thresholds", "quantize_scoremap", "multiple_iou", "boxes_at_threshold",
-    "best_iou_at_threshold", "reference_best_ious", "center_prior_scoremap", "load_gt_mask",
+    "best_iou_at_threshold", "center_prior_scoremap", "load_gt_mask",
     "check_box_convention", "check_scoremap",
 ]
 
@@ -172,47 +172,22 @@ def best_iou_at_threshold(scoremap, gt_boxes, threshold: float, multi_contour: b
     return float(multiple_iou(boxes_at_threshold(scoremap, threshold, multi_contour), gt).max())
 
 
-def reference_best_ious(scoremap, gt_boxes, thresholds, multi_contour: bool = True) -> np.ndarray:
-    """The literal per-threshold loop of wsolevaluation (threshold, findContours, boundingRect per
-    contour, IoU), kept as the reference the fast path is tested and benchmarked against."""
-    img = quantize_scoremap(scoremap)
-    gt = check_box_convention(gt_boxes, "gt_boxes")
-    height, width = img.shape
-    best = np.empty(len(thresholds), np.float64)
-    for j, t in enumerate(thresholds):
-        _, binary = cv2.threshold(img, int(t * np.max(img)), 255, cv2.THRESH_BINARY)
-        contours = find_contours(binary)
-        if len(contours) == 0:
-            boxes = np.asarray([[0, 0, 0, 0]])
-        else:
-            if not multi_contour:
-                contours = [max(contours, key=cv2.contourArea)]
-            rows = []
-            for contour in contours:
-                x, y, w, h = cv2.boundingRect(contour)
-                rows.append([x, y, min(x + w, width - 1), min(y + h, height - 1)])
-            boxes = np.asarray(rows)
-        best[j] = max(multiple_iou(boxes, gt).max(axis=1))
-    return best
-
-
 # ------------------------------------------------------------------------------- evaluators
 
 class BoxEvaluator:
     """MaxBoxAcc / MaxBoxAccV2 (multi_contour=True) or V1's box accuracy (multi_contour=False).
 
-    State is counts only (picklable, mergeable across DDP ranks with `merge`). `reference=True` runs
-    the literal per-threshold loop instead of the grouped fast path (same numbers, slower)."""
+    State is counts only (picklable, mergeable across DDP ranks with `merge`). The literal per-threshold
+    loop it equals, bit for bit, is tests/wsolevaluation_oracle.py (outside the package)."""
 
     def __init__(self, cam_curve_interval: float = 0.01, iou_thresholds=DEFAULT_IOU_THRESHOLDS,
-                 multi_contour: bool = True, reference: bool = False):
+                 multi_contour: bool = True):
         self.cam_curve_interval = float(cam_curve_interval)
         self.thresholds = cam_thresholds(self.cam_curve_interval)
         self.iou_thresholds = tuple(int(i) for i in iou_thresholds)
         if not self.iou_thresholds:
             raise ValueError("iou_thresholds must not be empty")
         self.multi_contour = bool(multi_contour)
-        self.reference = bool(reference)
         self.num_correct = np.zeros((len(self.iou_thresholds), len(self.thresholds)), np.int64)
         self.cnt = 0
         # The boxes of the last map: a map scored again (the centre prior, the same CAM for several
@@ -226,8 +201,6 @@ class BoxEvaluator:
 
     def best_ious(self, scoremap, gt_boxes) -> np.ndarray:
         """Best IoU at every threshold for one image (float64 [num_thresholds])."""
-        if self.reference:
-            return reference_best_ious(scoremap, gt_boxes, self.thresholds, self.multi_contour)
         img = quantize_scoremap(scoremap)
         gt = check_box_convention(gt_boxes, "gt_boxes")
         cached = self._cache
@@ -280,7 +253,7 @@ class BoxEvaluator:
         if not evaluators:
             raise ValueError("BoxEvaluator.merge needs at least one evaluator")
         head = evaluators[0]
-        out = cls(head.cam_curve_interval, head.iou_thresholds, head.multi_contour, head.reference)
+        out = cls(head.cam_curve_interval, head.iou_thresholds, head.multi_contour)
         for ev in evaluators:
             if not head._same_protocol(ev):
                 raise ValueError("BoxEvaluator.merge: evaluators use different thresholds or settings")
