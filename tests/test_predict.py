@@ -193,3 +193,16 @@ def test_bombs_are_skipped_naming_them_at_bounded_memory(trained, tiny_root, tmp
         assert "refusing to decode image" in line and "above the cap of 64 MP" in line, line
     assert "Traceback" not in err
     assert peak <= base + 200, f"predict: {peak:.0f} MiB with the bombs, {base:.0f} MiB without"
+
+
+@pytest.mark.parametrize("content", [None, b"not a checkpoint"], ids=["missing", "garbage"])
+def test_a_bad_checkpoint_is_one_error_line_and_exit_2(tmp_path, capsys, content):
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.zeros((20, 20, 3), np.uint8))
+    path = tmp_path / "model.pt"
+    if content is not None:
+        path.write_bytes(content)
+    assert predict.main(["--checkpoint", str(path), str(image), "--output", str(tmp_path / "out"),
+                         "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: checkpoint {path}"), err

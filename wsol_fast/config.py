@@ -99,7 +99,7 @@ class DataConfig:
     skip_bad_images: bool = False
     builtin_seed: int = 0
     num_classes: int | None = None          # None: the train split's (max label + 1)
-    max_image_pixels: int | None = None     # None: data.dali.DEFAULT_MAX_IMAGE_PIXELS
+    max_image_pixels: int | None = None     # None: data.images.DEFAULT_MAX_IMAGE_PIXELS
     # Keep the last incomplete train batch. None: kept on real data (wsolevaluation's DataLoader, drop_last
     # False), dropped on the built-in profile (its measured numbers were made so); resolve() records which.
     partial_batches: bool | None = None
