@@ -253,13 +253,6 @@ def test_missing_mask_root_and_missing_masks_are_errors(mask_case, capsys, tmp_p
     assert "mask file(s)" in err and os.path.join(str(tmp_path), "OpenImages", "test/0cls0/") in err
 
 
-def test_command_line_needs_one_source(capsys):
-    with pytest.raises(SystemExit):
-        evaluate.main(["--metadata-root", "m", "--dataset", "CUB"])
-    with pytest.raises(SystemExit):
-        evaluate.main(["--scoremap-root", "maps", "--dataset", "CUB"])
-
-
 # ---------------------------------------------------------------- saving, fp32 CAMs, round trip
 
 class _TinyCAM(torch.nn.Module):
