@@ -16,7 +16,7 @@ Providers:
               distinct binarisation, vectorised boxes and IoU; the fast path before the trees)
   fast        preprocess + BoxEvaluator(0.001).accumulate on all 5,794 maps (component trees,
               csrc/threshold_boxes.cpp, where the C++ library is built; else `contours`)
-  naive       preprocess + the literal per-threshold loop (BoxEvaluator(reference=True)), timed
+  naive       preprocess + the literal per-threshold loop (tests/wsolevaluation_oracle.py), timed
               on the first 100 maps; extra_info["full_set_s"] extrapolates to 5,794
 
 extra_info: images (timed), images_per_s, full_set_s (seconds for the 5,794 maps), cpu_s (process
@@ -31,7 +31,7 @@ MaxBoxAccV2 unless the provider says V1, on two families of generated maps (seed
   textured  the same plus uniform pixel noise of amplitude 0.1 before the normalisation
 (no resize here: the maps are already 224 x 224; the score is the same for every provider).
 Providers:
-  literal         wsolevaluation's per-threshold loop (BoxEvaluator(reference=True)), on a subset
+  literal         wsolevaluation's per-threshold loop (tests/wsolevaluation_oracle.py), on a subset
   floor           one cv2.threshold + findContours per DISTINCT binarisation (int(t * max) values),
                   nothing else: the least work of any method that runs the contour search at each
                   distinct threshold (the previous fast path and V1 pay it)
@@ -50,14 +50,18 @@ numbers (equal across providers on the same maps; `literal` scores a subset).
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import cv2
 import numpy as np
 import pytest
 
-from wsol_fast import metrics
+from wsol_fast import box_search, metrics
 from wsol_fast.data.metadata import load_metadata
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from wsolevaluation_oracle import LiteralBoxEvaluator  # noqa: E402  (the literal loop, outside the package)
 
 INTERVAL = 0.001
 CAM_GRID = 28
@@ -109,7 +113,7 @@ def _make_call(provider, boxes, cams):
             return _contour_path([_scoremap(cam) for cam in cams], boxes)
     else:
         def call():
-            ev = metrics.BoxEvaluator(INTERVAL, multi_contour=True, reference=provider == "naive")
+            ev = (LiteralBoxEvaluator if provider == "naive" else metrics.BoxEvaluator)(INTERVAL, multi_contour=True)
             for cam, b in zip(cams, boxes):
                 ev.accumulate(_scoremap(cam), b)
             return ev.compute()
@@ -193,7 +197,7 @@ def _floor(maps):
     thresholds = metrics.cam_thresholds(INTERVAL)
     for m in maps:
         img = metrics.quantize_scoremap(m)
-        for k in np.unique(metrics._integer_thresholds(thresholds, int(img.max()))):
+        for k in np.unique(box_search.integer_thresholds(thresholds, int(img.max()))):
             _, binary = cv2.threshold(img, int(k), 255, cv2.THRESH_BINARY)
             cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
 
@@ -202,7 +206,7 @@ def _contour_path(maps, boxes):
     thresholds = metrics.cam_thresholds(INTERVAL)
     ev = metrics.BoxEvaluator(INTERVAL)
     for m, b in zip(maps, boxes):
-        best = metrics._ThresholdBoxes(metrics.quantize_scoremap(m), thresholds, True).best_ious(b)
+        best = box_search._ThresholdBoxes(metrics.quantize_scoremap(m), thresholds, True).best_ious(b)
         for row, iou in enumerate(ev.iou_thresholds):
             ev.num_correct[row] += best >= (iou / 100)
         ev.cnt += 1
@@ -237,14 +241,14 @@ def test_box_evaluator_per_map(benchmark, generated_maps, kind, provider):
             return metrics.BoxEvaluator.merge(ev for ev, _ in parts).compute()
     else:
         def call():
-            ev = metrics.BoxEvaluator(INTERVAL, multi_contour=provider != "fast_v1",
-                                      reference=provider == "literal")
+            ev = (LiteralBoxEvaluator if provider == "literal" else metrics.BoxEvaluator)(
+                INTERVAL, multi_contour=provider != "fast_v1")
             for m, b in zip(maps, boxes):
                 ev.accumulate(m, b)
             return ev.compute()
     benchmark.group = f"BoxEvaluator per 224x224 map, interval {INTERVAL}, {kind}"
     benchmark.extra_info.update({"provider": provider, "kind": kind, "maps": len(maps),
-                                 "tree_path": metrics._threshold_boxes_op() is not None})
+                                 "tree_path": box_search._threshold_boxes_op() is not None})
     try:
         wall, cpu = time.perf_counter(), time.process_time()
         result = benchmark.pedantic(call, rounds=1, iterations=1, warmup_rounds=0)

@@ -26,8 +26,10 @@ import json
 import os
 import re
 import sys
-import tempfile
 from collections import OrderedDict
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))   # run from a checkout
+from wsol_fast.files import atomic_write  # noqa: E402
 
 REFERENCES = ("reference", "reference-cuda", "icl-reference-ops")
 
@@ -305,11 +307,7 @@ def merge(output: str, paths: list[str], env_path: str | None) -> int:
     if env_path:
         with open(env_path) as fh:
             merged["environment"] = json.load(fh)
-    directory = os.path.dirname(os.path.abspath(output))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".bench_merge.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(merged, fh, indent=1)
-    os.replace(tmp, output)
+    atomic_write(json.dumps(merged, indent=1), output)
     print(f"bench_table: {len(merged['benchmarks'])} rows -> {output}")
     return 0 if merged["benchmarks"] else 1
 
@@ -346,11 +344,7 @@ def main(argv=None) -> int:
         text = "\n".join(header) + "\n\n" + tables(benchmarks)
     print(text)
     if args.output:
-        directory = os.path.dirname(os.path.abspath(args.output))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".bench_table.")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text + "\n")
-        os.replace(tmp, args.output)
+        atomic_write(text + "\n", args.output)
     return 0 if benchmarks else 1
 
 

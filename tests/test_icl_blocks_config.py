@@ -1,5 +1,5 @@
 """--icl-blocks in the run's settings: config.json records the points (the default three when not given),
-`train --config` of that file reruns them, and `--resume` refuses a change of them (guard.RESUME_MAY_CHANGE
+`train --config` of that file reruns them, and `--resume` refuses a change of them (train_args.RESUME_MAY_CHANGE
 does not list icl_blocks). Also the partial-batch default: kept on real data, as wsolevaluation's train
 DataLoader keeps it (data_loaders.py lines 228-240: DataLoader(..., batch_size=batch_size, shuffle=split ==
 'train', num_workers=workers), so drop_last is False), dropped on the built-in profile (its numbers were measured

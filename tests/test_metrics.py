@@ -1,6 +1,6 @@
-"""wsol_fast.metrics: hand-worked cases (answers derived in the comments), the grouped fast path
-against a literal per-threshold loop written here after wsolevaluation's structure, rescaling on the
-real CUB metadata, and PxAP against a literal np.histogram formula."""
+"""wsol_fast.metrics and wsol_fast.box_search: hand-worked cases (answers derived in the comments), the
+grouped fast path against wsolevaluation's literal per-threshold loop (tests/wsolevaluation_oracle.py),
+rescaling on the real CUB metadata, and PxAP against the oracle's np.histogram formula."""
 import os
 import pickle
 
@@ -8,55 +8,12 @@ import cv2
 import numpy as np
 import pytest
 
+from wsol_fast import box_search as B
 from wsol_fast import metrics as M
 from wsol_fast.data.metadata import load_metadata
+import wsolevaluation_oracle as oracle
 
 IOUS = (30, 50, 70)
-
-
-# ------------------------------------------------------------------ literal reference (test-local)
-
-def _literal_iou(box, gt):
-    """One pair, Python ints, inclusive pixels (+1), 0 for a non-positive union."""
-    iw = max(0, min(box[2], gt[2]) - max(box[0], gt[0]) + 1)
-    ih = max(0, min(box[3], gt[3]) - max(box[1], gt[1]) + 1)
-    inter = iw * ih
-    union = ((box[2] - box[0] + 1) * (box[3] - box[1] + 1) + (gt[2] - gt[0] + 1) * (gt[3] - gt[1] + 1)
-             - inter)
-    return 0.0 if union <= 0 else inter / union
-
-
-def _literal_boxes(scoremap, threshold, multi_contour):
-    """One threshold, spelled out as wsolevaluation's compute_bboxes_from_scoremaps does it."""
-    height, width = scoremap.shape
-    image = np.expand_dims((scoremap.astype(np.float64) * 255).astype(np.uint8), 2)
-    _, binary = cv2.threshold(src=image, thresh=int(threshold * np.max(image)), maxval=255,
-                              type=cv2.THRESH_BINARY)
-    contours = cv2.findContours(image=binary, mode=cv2.RETR_TREE, method=cv2.CHAIN_APPROX_SIMPLE)[-2]
-    if len(contours) == 0:
-        return [[0, 0, 0, 0]]
-    if not multi_contour:
-        contours = [max(contours, key=cv2.contourArea)]
-    boxes = []
-    for contour in contours:
-        x, y, w, h = cv2.boundingRect(contour)
-        boxes.append([x, y, min(x + w, width - 1), min(y + h, height - 1)])
-    return boxes
-
-
-def _literal_best_ious(scoremap, gt_boxes, thresholds, multi_contour):
-    gts = [[int(v) for v in g] for g in np.asarray(gt_boxes).reshape(-1, 4)]
-    return np.array([max(_literal_iou(b, g) for b in _literal_boxes(scoremap, t, multi_contour) for g in gts)
-                     for t in thresholds])
-
-
-def _literal_maxboxacc(best_ious_per_image, thresholds):
-    """num_correct per IoU threshold, then max over t of num_correct * 100. / cnt."""
-    num_correct = {iou: np.zeros(len(thresholds)) for iou in IOUS}
-    for best in best_ious_per_image:
-        for iou in IOUS:
-            num_correct[iou][np.where(best >= iou / 100)[0]] += 1
-    return [float((num_correct[iou] * 100. / float(len(best_ious_per_image))).max()) for iou in IOUS]
 
 
 # ------------------------------------------------------------------ map makers
@@ -117,20 +74,20 @@ def test_fast_path_equals_literal_loop(interval, multi_contour):
     ev = M.BoxEvaluator(interval, multi_contour=multi_contour)
     literal = []
     for m, gt in cases:
-        literal.append(_literal_best_ious(m, gt, thresholds, multi_contour))
+        literal.append(oracle.best_ious(m, gt, thresholds, multi_contour))
         np.testing.assert_array_equal(ev.accumulate(m, gt), literal[-1])
-    want = _literal_maxboxacc(literal, thresholds)
+    want = oracle.maxboxacc(literal, thresholds, IOUS)
     got = ev.compute()
     assert [got["maxboxacc"][i] for i in IOUS] == want          # exact, not approx
     assert got["maxboxacc_v2"] == float(np.average(want))
     assert got["num_images"] == len(cases)
 
 
-def test_module_reference_path_equals_fast_path():
+def test_the_oracles_evaluator_counts_as_the_fast_one():
     cases = _cases(6, seed=7)
     for multi in (True, False):
         fast = M.BoxEvaluator(0.001, multi_contour=multi)
-        ref = M.BoxEvaluator(0.001, multi_contour=multi, reference=True)
+        ref = oracle.LiteralBoxEvaluator(0.001, multi_contour=multi)
         for m, gt in cases:
             np.testing.assert_array_equal(fast.accumulate(m, gt), ref.accumulate(m, gt))
         np.testing.assert_array_equal(fast.num_correct, ref.num_correct)
@@ -141,11 +98,11 @@ def test_best_iou_and_boxes_at_threshold_match_literal():
     for i in range(12):
         m, gt = _random_case(rng, KINDS[i % len(KINDS)])
         for t in (0.0, 0.13, 0.5, 0.77, 0.999):
-            assert M.boxes_at_threshold(m, t).tolist() == _literal_boxes(m, t, True)
-            assert M.boxes_at_threshold(m, t, multi_contour=False).tolist() == _literal_boxes(m, t, False)
-            assert M.best_iou_at_threshold(m, gt, t) == _literal_best_ious(m, gt, [t], False)[0]
+            assert M.boxes_at_threshold(m, t).tolist() == oracle.boxes(m, t, True)
+            assert M.boxes_at_threshold(m, t, multi_contour=False).tolist() == oracle.boxes(m, t, False)
+            assert M.best_iou_at_threshold(m, gt, t) == oracle.best_ious(m, gt, [t], False)[0]
             assert M.best_iou_at_threshold(m, gt, t, multi_contour=True) == \
-                _literal_best_ious(m, gt, [t], True)[0]
+                oracle.best_ious(m, gt, [t], True)[0]
 
 
 # ------------------------------------------------------------------ hard maps: texture, holes, adversarial
@@ -246,7 +203,7 @@ def _contour_boxes_at(img, k):
     return sorted(boxes)
 
 
-needs_tree = pytest.mark.skipif(M._threshold_boxes_op() is None,
+needs_tree = pytest.mark.skipif(B._threshold_boxes_op() is None,
                                 reason="wsol_fast._C (threshold_boxes) is not built")
 
 
@@ -260,7 +217,7 @@ def test_component_trees_give_findcontours_boxes_at_every_threshold():
     import torch
     for m in maps:
         img = M.quantize_scoremap(m)
-        rows = M._threshold_boxes_op()(torch.from_numpy(img)).numpy()
+        rows = B._threshold_boxes_op()(torch.from_numpy(img)).numpy()
         assert rows.dtype == np.int32 and rows.shape[1] == 6
         for k in range(int(img.max())):
             active = (rows[:, 0] <= k) & (k < rows[:, 1])
@@ -275,7 +232,7 @@ def test_component_trees_on_many_tiny_maps():
     first pixel, a level reached from several components, 1-pixel strips) occurs many times."""
     import torch
     rng = np.random.default_rng(41)
-    op = M._threshold_boxes_op()
+    op = B._threshold_boxes_op()
     for trial in range(400):
         h, w = (int(v) for v in rng.integers(1, 13, 2))
         levels = int(rng.choice([2, 3, 6, 256]))
@@ -297,7 +254,7 @@ def test_component_trees_on_many_tiny_maps():
 @needs_tree
 def test_threshold_boxes_op_checks_its_input():
     import torch
-    op = M._threshold_boxes_op()
+    op = B._threshold_boxes_op()
     with pytest.raises(ValueError, match="image must be uint8"):
         op(torch.zeros(4, 4, dtype=torch.float32))
     with pytest.raises(ValueError, match="image must be 2D"):
@@ -319,11 +276,11 @@ def test_hard_maps_equal_literal_loop(interval, multi_contour):
     ev = M.BoxEvaluator(interval, multi_contour=multi_contour)
     literal = []
     for m, gt in cases:
-        literal.append(_literal_best_ious(m, gt, thresholds, multi_contour))
+        literal.append(oracle.best_ious(m, gt, thresholds, multi_contour))
         np.testing.assert_array_equal(ev.accumulate(m, gt), literal[-1])
-        contour_path = M._ThresholdBoxes(M.quantize_scoremap(m), thresholds, multi_contour)
+        contour_path = B._ThresholdBoxes(M.quantize_scoremap(m), thresholds, multi_contour)
         np.testing.assert_array_equal(contour_path.best_ious(gt), literal[-1])
-    want = _literal_maxboxacc(literal, thresholds)
+    want = oracle.maxboxacc(literal, thresholds, IOUS)
     assert [ev.compute()["maxboxacc"][i] for i in IOUS] == want
 
 
@@ -332,7 +289,7 @@ def test_a_hole_can_hold_the_best_iou():
     # The ring of test_hole_contours_are_boxes_too under texture: at the thresholds where the ring is
     # whole, the best box is the hole's (59, 59, 141, 141) (IoU 1), never the outer (20, 20, 180, 180).
     m, gt = _hard_cases(5)[-1]
-    tree = M._TreeBoxes(M.quantize_scoremap(m), M.cam_thresholds(0.01), M._threshold_boxes_op())
+    tree = B._TreeBoxes(M.quantize_scoremap(m), M.cam_thresholds(0.01), B._threshold_boxes_op())
     best = tree.best_ious(gt)
     assert best.max() == 1.0
     assert [59, 59, 141, 141] in tree.boxes.tolist()
@@ -347,15 +304,15 @@ def test_contour_areas_equal_cv2_contour_area():
             contours += list(cv2.findContours((img > k).astype(np.uint8), cv2.RETR_TREE,
                                               cv2.CHAIN_APPROX_SIMPLE)[-2])
     assert len(contours) > 100 and min(map(len, contours)) == 1        # single points included
-    np.testing.assert_array_equal(M._contour_areas(contours), [cv2.contourArea(c) for c in contours])
-    assert M._largest(contours)[0] is max(contours, key=cv2.contourArea)
+    np.testing.assert_array_equal(B._contour_areas(contours), [cv2.contourArea(c) for c in contours])
+    assert B._largest(contours)[0] is max(contours, key=cv2.contourArea)
     # ties at the maximum: Python's max keeps the first, so must _largest
     big = max(contours, key=cv2.contourArea)
     small = min(contours, key=cv2.contourArea)
     tied = [small, big.copy(), big, big[::-1].copy()]
-    assert M._largest(tied)[0] is tied[1] and max(tied, key=cv2.contourArea) is tied[1]
+    assert B._largest(tied)[0] is tied[1] and max(tied, key=cv2.contourArea) is tied[1]
     zeros = [c for c in contours if cv2.contourArea(c) == 0][:5]
-    assert len(zeros) == 5 and M._largest(zeros)[0] is zeros[0]
+    assert len(zeros) == 5 and B._largest(zeros)[0] is zeros[0]
 
 
 def test_interval_max_equals_brute_force():
@@ -366,20 +323,20 @@ def test_interval_max_equals_brute_force():
     want = np.full(256, -np.inf)
     for a, b, v in zip(lo, hi, values):
         want[a:b] = np.maximum(want[a:b], v)
-    np.testing.assert_array_equal(M._interval_max(lo, hi, values), want)
-    np.testing.assert_array_equal(M._interval_max(np.array([0]), np.array([256]), np.array([0.5])),
+    np.testing.assert_array_equal(B._interval_max(lo, hi, values), want)
+    np.testing.assert_array_equal(B._interval_max(np.array([0]), np.array([256]), np.array([0.5])),
                                   np.full(256, 0.5))
 
 
 
-needs_level_op = pytest.mark.skipif(M._level_best_ious_op() is None,
+needs_level_op = pytest.mark.skipif(B._level_best_ious_op() is None,
                                     reason="wsol_fast._C (level_best_ious) is not built")
 
 
 def _numpy_level_best_ious(rows, gt):
     """What _TreeBoxes computes without the C++ op: numpy IoU per row, then the max per level."""
     # check=False: the drill feeds degenerate boxes on purpose (the C++ op's own handling is compared)
-    return M._interval_max(rows[:, 0], rows[:, 1], M.multiple_iou(rows[:, 2:], gt, check=False).max(axis=1))
+    return B._interval_max(rows[:, 0], rows[:, 1], M.multiple_iou(rows[:, 2:], gt, check=False).max(axis=1))
 
 
 @needs_level_op
@@ -389,7 +346,7 @@ def test_level_best_ious_equals_numpy_iou_and_interval_max():
     (0, 0, 0, 0) box, one-pixel boxes, boxes equal to a GT box (IoU 1), disjoint ones (IoU 0),
     degenerate rows with a non-positive union (IoU 0), and int64 overflow, which wraps as in numpy."""
     import torch
-    op = M._level_best_ious_op()
+    op = B._level_best_ious_op()
     rng = np.random.default_rng(31)
     for trial in range(60):
         n = int(rng.integers(0, 400))
@@ -426,7 +383,7 @@ def test_level_best_ious_equals_numpy_iou_and_interval_max():
 @needs_level_op
 def test_level_best_ious_checks_its_input():
     import torch
-    op = M._level_best_ious_op()
+    op = B._level_best_ious_op()
     rows = torch.tensor([[0, 5, 1, 1, 4, 4]], dtype=torch.int32)
     gt = torch.tensor([[1, 1, 4, 4]])
     assert op(rows, gt)[:6].tolist() == [1.0] * 5 + [-np.inf]
@@ -451,9 +408,9 @@ def test_tree_rows_scored_in_cpp_equal_numpy():
     thresholds = M.cam_thresholds(0.001)
     for m, gt in _hard_cases(17):
         img = M.quantize_scoremap(m)
-        fast = M._threshold_boxes(img, thresholds, True)
-        assert isinstance(fast, M._TreeBoxes) and fast.level_op is not None
-        slow = M._TreeBoxes(img, thresholds, M._threshold_boxes_op())
+        fast = B.threshold_boxes(img, thresholds, True)
+        assert isinstance(fast, B._TreeBoxes) and fast.level_op is not None
+        slow = B._TreeBoxes(img, thresholds, B._threshold_boxes_op())
         np.testing.assert_array_equal(fast.best_ious(gt), slow.best_ious(gt))
         np.testing.assert_array_equal(fast.best_ious(gt[:1]), slow.best_ious(gt[:1]))
 
@@ -588,7 +545,7 @@ def test_top1_loc_and_gt_known_use_the_largest_contour_only():
     m = _block((224, 224), 150, 150, 189, 189, value=0.8, base=_block((224, 224), 0, 0, 119, 119))
     for t in (0.0, 0.3, 0.79):
         largest = M.best_iou_at_threshold(m, gt, t)
-        assert largest == _literal_best_ious(m, gt, [t], False)[0] == 0.0
+        assert largest == oracle.best_ious(m, gt, [t], False)[0] == 0.0
         assert M.best_iou_at_threshold(m, gt, t, multi_contour=True) == 1.0
     assert M.best_iou_at_threshold(m, gt, 0.85) == 0.0      # uint8 203 <= int(0.85 * 255) = 216: big blob only
     # random maps: the largest-contour IoU equals the literal V1 loop's and never exceeds the all-contour one
@@ -597,7 +554,7 @@ def test_top1_loc_and_gt_known_use_the_largest_contour_only():
         m, gt = _random_case(rng, KINDS[i % len(KINDS)])
         for t in (0.1, 0.45, 0.8):
             largest = M.best_iou_at_threshold(m, gt, t)
-            assert largest == _literal_best_ious(m, gt, [t], False)[0]
+            assert largest == oracle.best_ious(m, gt, [t], False)[0]
             assert largest <= M.best_iou_at_threshold(m, gt, t, multi_contour=True)
 
 
@@ -630,9 +587,9 @@ def test_repeated_map_reuses_boxes_without_changing_results():
     ev = M.BoxEvaluator(0.001)
     thresholds = ev.thresholds
     for gt in gts:
-        np.testing.assert_array_equal(ev.accumulate(m, gt), _literal_best_ious(m, gt, thresholds, True))
+        np.testing.assert_array_equal(ev.accumulate(m, gt), oracle.best_ious(m, gt, thresholds, True))
     m[:100] = 0.0                                               # same object, new content
-    np.testing.assert_array_equal(ev.accumulate(m, gts[0]), _literal_best_ious(m, gts[0], thresholds, True))
+    np.testing.assert_array_equal(ev.accumulate(m, gts[0]), oracle.best_ious(m, gts[0], thresholds, True))
     assert pickle.loads(pickle.dumps(ev))._cache is None         # counts travel, boxes do not
     assert len(pickle.dumps(ev)) < 40_000
 
@@ -746,26 +703,6 @@ def test_rescale_boxes_on_cub_test_metadata(cub_metadata_root):
 
 # ------------------------------------------------------------------ PxAP
 
-def _literal_pxap(maps, gts, ignores, interval):
-    """wsolevaluation's MaskEvaluator formula, with np.histogram, float histograms."""
-    thresholds = list(np.arange(0, 1, interval))
-    edges = np.append(thresholds, [1.0, 2.0, 3.0])
-    true_hist = np.zeros(len(thresholds) + 2)
-    false_hist = np.zeros(len(thresholds) + 2)
-    for m, gt, ign in zip(maps, gts, ignores):
-        label = gt.astype(np.uint8) + 255 * (ign & ~gt).astype(np.uint8)
-        true_hist += np.histogram(m[label == 1], bins=edges)[0].astype(float)
-        false_hist += np.histogram(m[label == 0], bins=edges)[0].astype(float)
-    tp = true_hist[::-1].cumsum()
-    fn = true_hist.sum() - tp
-    fp = false_hist[::-1].cumsum()
-    valid = (tp + fp) != 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = tp / (tp + fp)
-        recall = tp / (tp + fn)
-    return (precision[1:] * np.diff(recall))[valid[1:]].sum() * 100
-
-
 def test_pxap_perfect_map_and_ignore_region():
     gt = np.zeros((224, 224), bool)
     gt[50:100, 60:120] = True                                   # F = 3000 foreground pixels
@@ -811,7 +748,7 @@ def test_pxap_equals_literal_histogram_formula(interval):
     for i, (m, gt, ign) in enumerate(zip(maps, gts, ignores)):
         ev.accumulate(m, gt, ign)
         halves[i % 2].accumulate(m, gt.astype(np.uint8), ign.astype(np.uint8))
-    want = _literal_pxap(maps, gts, ignores, interval)
+    want = oracle.pxap(maps, [oracle.label_map(g, i) for g, i in zip(gts, ignores)], interval)
     assert ev.compute() == want                                  # exact
     merged = M.MaskEvaluator.merge([pickle.loads(pickle.dumps(h)) for h in halves])
     assert merged.compute() == want

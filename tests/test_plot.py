@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from wsol_fast import plot
+from wsol_fast import figures, plot
 
 
 def _results(with_pxap: bool) -> dict:
@@ -47,10 +47,10 @@ def test_figures_of_a_box_run(tmp_path, capsys):
     (tmp_path / "results.json").write_text(json.dumps(_results(with_pxap=False)))
     _metrics_csv(tmp_path / "metrics.csv", extra=("diag_fg_mask_area",))
     assert plot.main([str(tmp_path)]) == 0
-    threshold_png = _png(tmp_path / plot.THRESHOLD_FIGURE)
+    threshold_png = _png(tmp_path / figures.THRESHOLD_FIGURE)
     assert threshold_png.shape == (400, 600, 3)               # 6 x 4 inches at 100 dpi
-    assert _png(tmp_path / plot.TRAINING_FIGURE).shape == (360, 900, 3)
-    assert not (tmp_path / plot.PXAP_FIGURE).exists()         # box dataset: no PxAP curve
+    assert _png(tmp_path / figures.TRAINING_FIGURE).shape == (360, 900, 3)
+    assert not (tmp_path / figures.PXAP_FIGURE).exists()         # box dataset: no PxAP curve
     assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
     assert "wrote" in capsys.readouterr().out
 
@@ -59,9 +59,9 @@ def test_threshold_figure_marks_the_chosen_threshold(tmp_path):
     """The dashed line sits at x = loc_threshold: redraw without it and the only changed pixel column band
     is where 0.3 maps on the axis (which spans the same pixels in both figures)."""
     results = _results(with_pxap=False)
-    plot.threshold_figure(results, str(tmp_path / "with.png"), title="t")
+    figures.threshold_figure(results, str(tmp_path / "with.png"), title="t")
     results.pop("loc_threshold")
-    plot.threshold_figure(results, str(tmp_path / "without.png"), title="t")
+    figures.threshold_figure(results, str(tmp_path / "without.png"), title="t")
     diff = np.abs(_png(tmp_path / "with.png").astype(int) - _png(tmp_path / "without.png").astype(int)).sum(axis=2)
     # the legend gains a row too: look at the plot area's lower half only
     cols = np.nonzero(diff[200:340].sum(axis=0))[0]
@@ -74,9 +74,9 @@ def test_threshold_figure_marks_the_chosen_threshold(tmp_path):
 
 def test_pxap_curve_when_results_hold_one(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps(_results(with_pxap=True)))
-    written = plot.plot_run(str(tmp_path), quiet=True)
-    assert [os.path.basename(p) for p in written] == [plot.THRESHOLD_FIGURE, plot.PXAP_FIGURE]
-    assert _png(tmp_path / plot.PXAP_FIGURE).shape == (400, 450, 3)
+    written = figures.plot_run(str(tmp_path), quiet=True)
+    assert [os.path.basename(p) for p in written] == [figures.THRESHOLD_FIGURE, figures.PXAP_FIGURE]
+    assert _png(tmp_path / figures.PXAP_FIGURE).shape == (400, 450, 3)
 
 
 def test_missing_inputs(tmp_path, capsys):
@@ -90,4 +90,4 @@ def test_missing_inputs(tmp_path, capsys):
     _metrics_csv(tmp_path / "metrics.csv", epochs=1)
     out = tmp_path / "figs"
     assert plot.main([str(tmp_path), "--output", str(out)]) == 0
-    assert sorted(os.listdir(out)) == [plot.TRAINING_FIGURE]
+    assert sorted(os.listdir(out)) == [figures.TRAINING_FIGURE]

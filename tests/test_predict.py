@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from test_train import TINY, _args, tiny_root  # noqa: F401  (the module-scoped tiny built-in set)
-from wsol_fast import checkpoint, evaluate, metrics, predict, runtime, train
+from wsol_fast import cam, checkpoint, evaluation, metrics, predict, runtime, train
 from wsol_fast.config import TrainConfig, resolve
 from wsol_fast.data import builtin
 from wsol_fast.data import prepare_data
@@ -58,7 +58,7 @@ def test_boxes_equal_the_evaluation_boxes_mapped_to_the_original_sizes(trained, 
     model.load_state_dict(state["model"])
     cpu = torch.device("cpu")
     autocast = runtime.autocast_context(cpu, runtime.resolve_amp(cfg.runtime.amp, cpu))
-    results = evaluate.evaluate_model(model, data.test_loader, data.test_meta, torch.device("cpu"), autocast, cfg,
+    results = evaluation.evaluate_model(model, data.test_loader, data.test_meta, torch.device("cpu"), autocast, cfg,
                                       loc_threshold=threshold, overlays=TINY["num_test"])
     assert len(results["_samples"]) == TINY["num_test"]
     distinct = set()
@@ -67,11 +67,11 @@ def test_boxes_equal_the_evaluation_boxes_mapped_to_the_original_sizes(trained, 
         w, h = data.test_meta.sizes[image_id]
         assert (rec["width"], rec["height"], rec["threshold"]) == (w, h, threshold)
         label = data.test_meta.class_labels[image_id]
-        expected = metrics.rescale_boxes(metrics.boxes_at_threshold(gt_map, threshold), evaluate.CAM_SIZE, (w, h))
+        expected = metrics.rescale_boxes(metrics.boxes_at_threshold(gt_map, threshold), cam.CAM_SIZE, (w, h))
         entry = next(e for e in rec["top_k"] if e["class"] == label)
         assert entry["boxes"] == expected.tolist(), image_id
         distinct.add(json.dumps(entry["boxes"]))
-        expected = metrics.rescale_boxes(metrics.boxes_at_threshold(gt_map, other), evaluate.CAM_SIZE, (w, h))
+        expected = metrics.rescale_boxes(metrics.boxes_at_threshold(gt_map, other), cam.CAM_SIZE, (w, h))
         entry = next(e for e in overridden[image_id]["top_k"] if e["class"] == label)
         assert entry["boxes"] == expected.tolist() and overridden[image_id]["threshold"] == other
         if rec["class"] == label:   # the saved map is the top-1 class's, float32
@@ -193,3 +193,16 @@ def test_bombs_are_skipped_naming_them_at_bounded_memory(trained, tiny_root, tmp
         assert "refusing to decode image" in line and "above the cap of 64 MP" in line, line
     assert "Traceback" not in err
     assert peak <= base + 200, f"predict: {peak:.0f} MiB with the bombs, {base:.0f} MiB without"
+
+
+@pytest.mark.parametrize("content", [None, b"not a checkpoint"], ids=["missing", "garbage"])
+def test_a_bad_checkpoint_is_one_error_line_and_exit_2(tmp_path, capsys, content):
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.zeros((20, 20, 3), np.uint8))
+    path = tmp_path / "model.pt"
+    if content is not None:
+        path.write_bytes(content)
+    assert predict.main(["--checkpoint", str(path), str(image), "--output", str(tmp_path / "out"),
+                         "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: checkpoint {path}"), err

@@ -92,7 +92,7 @@ def test_box_coverage_hand_computed():
     with the +1 pixel convention it has 21 x 51 = 1,071 pixels, 1,050 of them inside the 80 x 50 GT box."""
     import numpy as np
 
-    from wsol_fast.evaluate import box_coverage
+    from wsol_fast.evaluation import box_coverage
     from wsol_fast.metrics import boxes_at_threshold
 
     m = np.zeros((224, 224), np.float32)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from wsol_fast import checkpoint, evaluate, guard, runtime, train
+from wsol_fast import checkpoint, evaluate, files, runlock, runtime, train, train_args
 from wsol_fast.data import __main__ as data_cli
 from wsol_fast.data import builtin, dali, images, opencv, pipeline
 from wsol_fast.data.metadata import MetadataError, load_splits
@@ -142,7 +142,7 @@ def test_double_sigint_waits_for_the_save_and_the_checkpoint_holds_its_step(tiny
     save completes (no temp file), exit 130, and the checkpoint records the step whose weights it holds
     (a resume ends with the uninterrupted run's weights)."""
     out = tmp_path / "run"
-    real_make, real_write = pipeline.make_train_loader, checkpoint._write_all
+    real_make, real_write = pipeline.make_train_loader, files._write_all
     calls = {"batches": 0, "writes": 0}
 
     def write_with_a_signal(fh, data):
@@ -156,7 +156,7 @@ def test_double_sigint_waits_for_the_save_and_the_checkpoint_holds_its_step(tiny
 
     monkeypatch.setattr(pipeline, "make_train_loader",
                         lambda *a, **k: InterruptingLoader(real_make(*a, **k), 3, calls))
-    monkeypatch.setattr(checkpoint, "_write_all", write_with_a_signal)
+    monkeypatch.setattr(files, "_write_all", write_with_a_signal)
     with pytest.raises(SystemExit) as stop:
         train.main(_args(tiny_root, out, "--epochs", "2"))
     assert stop.value.code == 130
@@ -168,7 +168,7 @@ def test_double_sigint_waits_for_the_save_and_the_checkpoint_holds_its_step(tiny
     state = checkpoint.load_checkpoint(out / "last.pt")
     assert (state["epoch"], state["step"]) == (1, 1)
     monkeypatch.setattr(pipeline, "make_train_loader", real_make)
-    monkeypatch.setattr(checkpoint, "_write_all", real_write)
+    monkeypatch.setattr(files, "_write_all", real_write)
     assert train.main(["--resume", str(out / "last.pt")]) == 0
     _same_weights(full_run / "last.pt", out / "last.pt")
 
@@ -201,10 +201,10 @@ def test_flag_ranges_are_checked_at_parse_time_naming_the_flag(tiny_root, tmp_pa
 
 
 def test_minimum_crop_table_is_what_the_networks_need():
-    """guard.MIN_CROP: at the minimum the class map is 2 x 2; one pixel less it is smaller or fails."""
+    """train_args.MIN_CROP: at the minimum the class map is 2 x 2; one pixel less it is smaller or fails."""
     from wsol_fast.models import create_model
 
-    for backbone, low in guard.MIN_CROP.items():
+    for backbone, low in train_args.MIN_CROP.items():
         model = create_model(backbone, 3, method="icl", pretrained=None).eval()
         with torch.no_grad():
             def cam_side(size):
@@ -343,7 +343,7 @@ def test_size_mismatch_is_a_check_error_and_a_training_warning_and_symlinks_out_
 
 def test_a_full_disk_says_so_names_the_file_and_leaves_nothing_partial(tiny_root, tmp_path, monkeypatch, capsys):
     """Checkpoint bytes go to /dev/full (a real ENOSPC); the run stops with exit 2 naming the file."""
-    real_write = checkpoint._write_all
+    real_write = files._write_all
 
     def full_for_checkpoints(fh, data):
         if ".pt.tmp-" in fh.name:
@@ -353,7 +353,7 @@ def test_a_full_disk_says_so_names_the_file_and_leaves_nothing_partial(tiny_root
                 full.flush()
         real_write(fh, data)
 
-    monkeypatch.setattr(checkpoint, "_write_all", full_for_checkpoints)
+    monkeypatch.setattr(files, "_write_all", full_for_checkpoints)
     out = tmp_path / "run"
     assert train.main(_args(tiny_root, out, "--epochs", "1", "--max-steps-per-epoch", "1")) == 2
     err = capsys.readouterr().err
@@ -524,34 +524,37 @@ def test_atomic_write_failure_of_another_kind_also_leaves_nothing(tmp_path, monk
         fh.write(b"partial")
         raise OSError(errno.EIO, "I/O error")
 
-    monkeypatch.setattr(checkpoint, "_write_all", broken)
+    monkeypatch.setattr(files, "_write_all", broken)
     with pytest.raises(OSError, match="I/O error"):
-        checkpoint.atomic_write("hello", str(tmp_path / "a.txt"))
+        files.atomic_write("hello", str(tmp_path / "a.txt"))
     assert os.listdir(tmp_path) == []
 
 
 def test_lock_is_dropped_when_the_holder_ends(tmp_path):
-    lock = guard.RunLock(str(tmp_path)).acquire()
+    lock = runlock.RunLock(str(tmp_path)).acquire()
     with pytest.raises(runtime.UserError, match=f"pid {os.getpid()}"):
-        guard.RunLock(str(tmp_path)).acquire()
+        runlock.RunLock(str(tmp_path)).acquire()
     lock.release()
-    guard.RunLock(str(tmp_path)).acquire().release()
+    runlock.RunLock(str(tmp_path)).acquire().release()
     with open(tmp_path / ".lock") as fh:                 # released: anyone can take it
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def test_settings_that_clash_once_resolved_are_messages(tiny_root, tmp_path, capsys):
-    """--crop-size above the profile's resize, and --loader dali where DALI is not installed."""
+    """--crop-size above the profile's resize."""
     args = _args(tiny_root, tmp_path / "a", "--epochs", "1")
     args.remove("--resize-size")
     args.remove("36")                               # the built-in profile's resize is 73
     assert train.main([*args, "--crop-size", "100"]) == 2
     assert "--resize-size (73) must be >= --crop-size (100)" in capsys.readouterr().err
-    if not dali.dali_available():
-        args = _args(tiny_root, tmp_path / "b", "--epochs", "1")
-        args[args.index("--loader") + 1] = "dali"
-        assert train.main(args) == 2
-        assert "--loader dali: nvidia.dali is not installed" in capsys.readouterr().err
+
+
+def test_loader_dali_without_dali_is_a_message(tiny_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(dali, "dali_available", lambda: False)   # as where nvidia.dali is not installed
+    args = _args(tiny_root, tmp_path / "b", "--epochs", "1")
+    args[args.index("--loader") + 1] = "dali"
+    assert train.main(args) == 2
+    assert "--loader dali: nvidia.dali is not installed" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- issue 27: every command, one line

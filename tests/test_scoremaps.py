@@ -1,8 +1,8 @@
 """`evaluate --scoremap-root`: any method's saved score maps, scored with no model, must give exactly the
 numbers of clovaai/wsolevaluation's `evaluate_wsol` for the same flags.
 
-The reference here is a literal port, written for this test from reading wsolevaluation's
-evaluation.py and data_loaders.py (not copied): `evaluate_wsol` reads the metadata files
+The reference here is a literal port of evaluate_wsol's reading, written from wsolevaluation's
+data_loaders.py (not copied), over the literal metrics of tests/wsolevaluation_oracle.py: `evaluate_wsol` reads the metadata files
 (get_image_ids / get_image_sizes / get_bounding_boxes / get_mask_paths), loads each map as
 `np.load(<root>/<image_id>.npy)` cast to float64 (CamDataset + t2n), and accumulates it, in file
 order, into BoxEvaluator (compute_bboxes_from_scoremaps per threshold, calculate_multiple_iou,
@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 import torch
 
-from wsol_fast import evaluate, metrics, scoremaps
+from wsol_fast import evaluate, evaluation, metrics, scoremaps
 from wsol_fast.config import TrainConfig
 from wsol_fast.data.metadata import SplitMetadata, load_metadata
+import wsolevaluation_oracle as oracle
 
 R = 224
 # the box case repeats one box line on purpose (evaluate_wsol keeps it; it changes no number here)
@@ -35,37 +36,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::wsol_fast.data.metadata.Duplica
 def _read(path):
     with open(path) as fh:
         return [line.strip("\n") for line in fh.readlines()]
-
-
-def _port_box_boxes(scoremap, threshold, multi_contour):
-    height, width = scoremap.shape
-    img = np.expand_dims((scoremap * 255).astype(np.uint8), 2)
-    _, binary = cv2.threshold(src=img, thresh=int(threshold * np.max(img)), maxval=255, type=cv2.THRESH_BINARY)
-    contours = cv2.findContours(image=binary, mode=cv2.RETR_TREE, method=cv2.CHAIN_APPROX_SIMPLE)[-2]
-    if len(contours) == 0:
-        return np.asarray([[0, 0, 0, 0]]), 1
-    if not multi_contour:
-        contours = [max(contours, key=cv2.contourArea)]
-    rows = []
-    for c in contours:
-        x, y, w, h = cv2.boundingRect(c)
-        rows.append([x, y, min(x + w, width - 1), min(y + h, height - 1)])
-    return np.asarray(rows), len(contours)
-
-
-def _port_iou(a, b):
-    a = a[:, None, :]
-    b = b[None, :, :]
-    inter = (np.maximum(0, np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1)
-             * np.maximum(0, np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1))
-    area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
-    area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
-    den = area_a + area_b - inter
-    bad = np.where(den <= 0)
-    den[bad] = 1
-    out = inter / den
-    out[bad] = 0
-    return out
 
 
 def port_evaluate_wsol_boxes(scoremap_root, split_dir, interval, iou_list, multi_contour, multi_iou):
@@ -81,20 +51,9 @@ def port_evaluate_wsol_boxes(scoremap_root, split_dir, interval, iou_list, multi
     gt = {i: np.array([[int(float(c) * float(R) / float(sizes[i][k % 2])) for k, c in enumerate(b)]
                        for b in boxes[i]]) for i in ids}
     thresholds = list(np.arange(0, 1, interval))
-    num_correct = {t: np.zeros(len(thresholds)) for t in iou_list}
-    cnt = 0
-    for i in ids:
-        m = np.load(os.path.join(scoremap_root, i + ".npy")).astype(np.float64)
-        per_thr, counts = zip(*[_port_box_boxes(m, t, multi_contour) for t in thresholds])
-        ious = _port_iou(np.concatenate(per_thr, axis=0), gt[i])
-        best, idx = [], 0
-        for n in counts:
-            best.append(max(ious.max(1)[idx:idx + n]))
-            idx += n
-        for t in iou_list:
-            num_correct[t][np.where(np.asarray(best) >= t / 100)[0]] += 1
-        cnt += 1
-    accs = [(num_correct[t] * 100. / float(cnt)).max() for t in iou_list]
+    best = [oracle.best_ious(np.load(os.path.join(scoremap_root, i + ".npy")).astype(np.float64), gt[i], thresholds,
+                             multi_contour) for i in ids]
+    accs = oracle.maxboxacc(best, thresholds, iou_list)
     return accs, (np.average(accs) if multi_iou else accs[iou_list.index(50)])
 
 
@@ -102,8 +61,8 @@ def _port_mask(mask_root, paths, ignore_path):
     load = lambda f: cv2.resize(np.float32(cv2.imread(f, cv2.IMREAD_GRAYSCALE)), (R, R),  # noqa: E731
                                 interpolation=cv2.INTER_NEAREST)
     fg = np.stack([load(os.path.join(mask_root, p)) > 0.5 for p in paths]).any(axis=0)
-    ignore = np.logical_and(load(os.path.join(mask_root, ignore_path)) > 0.5, np.logical_not(fg))
-    return fg.astype(np.uint8) + 255 * ignore.astype(np.uint8)
+    ignore = load(os.path.join(mask_root, ignore_path)) > 0.5
+    return oracle.label_map(fg, ignore)
 
 
 def port_evaluate_wsol_masks(scoremap_root, split_dir, mask_root, interval):
@@ -116,22 +75,9 @@ def port_evaluate_wsol_masks(scoremap_root, split_dir, mask_root, interval):
             assert ig == ""
         else:
             paths[i], ignores[i] = [m], ig
-    edges = np.append(list(np.arange(0, 1, interval)), [1.0, 2.0, 3.0])
-    true_hist = np.zeros(len(edges) - 1)
-    false_hist = np.zeros(len(edges) - 1)
-    for i in ids:
-        m = np.load(os.path.join(scoremap_root, i + ".npy")).astype(np.float64)
-        label = _port_mask(os.path.join(mask_root, "OpenImages"), paths[i], ignores[i])
-        true_hist += np.histogram(m[label == 1], bins=edges)[0].astype(float)
-        false_hist += np.histogram(m[label == 0], bins=edges)[0].astype(float)
-    tp = true_hist[::-1].cumsum()
-    fn = true_hist.sum() - tp
-    fp = false_hist[::-1].cumsum()
-    valid = (tp + fp) != 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = tp / (tp + fp)
-        recall = tp / (tp + fn)
-    return (precision[1:] * np.diff(recall))[valid[1:]].sum() * 100
+    maps = [np.load(os.path.join(scoremap_root, i + ".npy")).astype(np.float64) for i in ids]
+    labels = [_port_mask(os.path.join(mask_root, "OpenImages"), paths[i], ignores[i]) for i in ids]
+    return oracle.pxap(maps, labels, interval)
 
 
 # ---------------------------------------------------------------- generated cases
@@ -307,13 +253,6 @@ def test_missing_mask_root_and_missing_masks_are_errors(mask_case, capsys, tmp_p
     assert "mask file(s)" in err and os.path.join(str(tmp_path), "OpenImages", "test/0cls0/") in err
 
 
-def test_command_line_needs_one_source(capsys):
-    with pytest.raises(SystemExit):
-        evaluate.main(["--metadata-root", "m", "--dataset", "CUB"])
-    with pytest.raises(SystemExit):
-        evaluate.main(["--scoremap-root", "maps", "--dataset", "CUB"])
-
-
 # ---------------------------------------------------------------- saving, fp32 CAMs, round trip
 
 class _TinyCAM(torch.nn.Module):
@@ -351,7 +290,7 @@ def test_eval_cams_are_fp32_and_saved_maps_score_the_same(box_case, tmp_path):
     cfg = TrainConfig()
     bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
     saved = str(tmp_path / "maps")
-    results = evaluate.evaluate_model(model, loader, meta, torch.device("cpu"), bf16, cfg, save_scoremaps=saved)
+    results = evaluation.evaluate_model(model, loader, meta, torch.device("cpu"), bf16, cfg, save_scoremaps=saved)
     with torch.no_grad():
         fp32 = model.class_map(model.forward_features(images)[0], labels).numpy()
         with bf16:

@@ -33,7 +33,7 @@ import sys
 import time
 
 from . import train
-from .checkpoint import atomic_write
+from .files import atomic_write
 
 # Row name -> (label in the table, train flags). Table 2 of the paper, plus ICL exactly as the paper writes it
 # (`--preset paper`: for measuring the project's default form against it on val).

@@ -1,6 +1,5 @@
-"""Files a run writes, and the checkpoint format: one atomic write for every file (temp file, fsync,
-rename), then save, load (weights_only), resume and fork, and the build-then-load of a model that the
-train, evaluate and predict commands share.
+"""The checkpoint format, written atomically (files.py): save, load (weights_only), resume and fork (the
+build-then-load of a model that train, evaluate and predict share is build.py).
 
 A checkpoint (RUN/last.pt, RUN/best.pt) holds only tensors and plain values, so `torch.load(...,
 weights_only=True)` reads it: the model's weights, optimizer, scheduler and scaler state, epoch and step
@@ -9,8 +8,6 @@ class count and every RNG state.
 """
 from __future__ import annotations
 
-import contextlib
-import errno
 import io
 import os
 import random
@@ -18,59 +15,15 @@ import random
 import numpy as np
 import torch
 
-from .errors import one_line, scrub_torch_advice
-from .runtime import ConfigError, UserError
+from .errors import ConfigError, UserError
+from .files import DiskFullError, atomic_write, load_failure, torch_load  # noqa: F401  (DiskFullError: a full disk)
 
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, unreadable, of another kind, or does not fit the model."""
 
 
-class DiskFullError(UserError):
-    """A write that failed for want of space (or quota); the partial file has been removed."""
-
-
-# ----------------------------------------------------------------------------- atomic writes
-
-def _write_all(fh, data) -> None:
-    """The one place checkpoint bytes reach the disk (a seam the full-disk drill replaces)."""
-    fh.write(data)
-
-
-@contextlib.contextmanager
-def atomic_open(path: str, mode: str = "wb", fsync: bool = True, **open_kwargs):
-    """Write `path` through `path.tmp-PID` in the same folder, flushed (and fsynced), then renamed over
-    `path`: a crash never leaves a torn file. Any failure removes the temp file, so nothing partial is
-    left; a full disk (ENOSPC, EDQUOT) is a DiskFullError that says so and names the path.
-
-    fsync=False for the many small per-image files of evaluate and predict (score maps, overlays), where
-    a sync per file would cost more than the file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    if "b" not in mode:
-        open_kwargs.setdefault("encoding", "utf-8")
-    try:
-        with open(tmp, mode, **open_kwargs) as fh:
-            yield fh
-            fh.flush()
-            if fsync:
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(f"no space left on device writing {path} (nothing partial was left; "
-                                f"the previous {os.path.basename(path)}, if any, is intact)") from exc
-        raise
-
-
-def atomic_write(data, path: str, fsync: bool = True) -> None:
-    """Write bytes (or a str, as UTF-8) to `path` atomically (atomic_open)."""
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    with atomic_open(path, "wb", fsync=fsync) as fh:
-        _write_all(fh, data)
-
+# ----------------------------------------------------------------------------- saving
 
 def atomic_save(obj, path: str) -> None:
     """torch.save into memory, then one atomic write. Serialising to a buffer first makes a full disk an
@@ -78,21 +31,6 @@ def atomic_save(obj, path: str) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write(buf.getbuffer(), path)
-
-
-def remove_stale_temp_files(folder: str) -> list[str]:
-    """Remove `*.tmp-*` / `*.tmp` files that an earlier crash left in a run folder (call it holding the
-    folder's lock, so no live writer owns them). Returns the names removed."""
-    removed = []
-    with contextlib.suppress(OSError):
-        for name in sorted(os.listdir(folder)):
-            if ".tmp-" in name or name.endswith(".tmp"):
-                path = os.path.join(folder, name)
-                if os.path.isfile(path):
-                    with contextlib.suppress(OSError):
-                        os.remove(path)
-                        removed.append(name)
-    return removed
 
 
 # ----------------------------------------------------------------------------- RNG state
@@ -171,33 +109,6 @@ def load_checkpoint(path: str, require=CHECKPOINT_KEYS) -> dict:
     return st
 
 
-def load_failure(exc: BaseException) -> str:
-    """Why torch.load(weights_only=True) failed, in one line, without torch's advice to retry with
-    weights_only=False (that would run whatever code a malicious file holds; never do it)."""
-    import re
-
-    text = str(exc).strip()
-    if "Weights only load failed" in text or "weights_only" in text:
-        found = re.search(r"GLOBAL ([\w.]+)", text)
-        if found:
-            return (f"it refers to {found.group(1)}, which a file of tensors and plain values never does; it "
-                    "is not loaded (loading it could run code)")
-        found = re.search(r"Unsupported (operand \d+|class [\w.]+)", text)
-        what = f" (unsupported {found.group(1)})" if found else ""
-        return f"its bytes are not a file of tensors and plain values{what}; it is not loaded"
-    return one_line(scrub_torch_advice(text)) or type(exc).__name__
-
-
-def torch_load(path: str):
-    """torch.load(path, weights_only=True) on the CPU, without torch's warnings about the pickle protocol
-    of a foreign file (the failure, if any, is the message)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def load_weights(model: torch.nn.Module, weights: dict, path: str, what: str = "the model") -> None:
     """model.load_state_dict(weights), with a short CheckpointError (counts and the first few keys)
     instead of PyTorch's dump of every mismatched tensor."""
@@ -213,29 +124,9 @@ def load_weights(model: torch.nn.Module, weights: dict, path: str, what: str = "
     model.load_state_dict(weights)
 
 
-def _describe(backbone: str, method: str, num_classes: int) -> str:
+def describe_model(backbone: str, method: str, num_classes: int) -> str:
     """The model a load_weights error names."""
     return f"a {backbone} / {method} model with {num_classes} classes"
-
-
-def build_model(cfg, num_classes: int, device: torch.device, state: dict | None = None, path: str = "",
-                pretrained=None, keep_classifier: bool = False, sync_bn: bool = False) -> torch.nn.Module:
-    """create_model from a resolved TrainConfig, with `state`'s weights when given (load_weights: a model
-    that does not fit is a CheckpointError naming `path`), on `device` in the config's memory format.
-    The one build-then-load of train (pretrained; SyncBatchNorm under DDP), evaluate and predict."""
-    from .models import create_model
-
-    m = cfg.model
-    model = create_model(m.backbone, num_classes, method=m.method, pretrained=pretrained,
-                         keep_classifier=keep_classifier, **m.overrides())
-    if sync_bn:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if state is not None:
-        load_weights(model, state["model"], path, _describe(m.backbone, m.method, num_classes))
-    model.to(device)
-    if cfg.runtime.channels_last:
-        model.to(memory_format=torch.channels_last)
-    return model
 
 
 # ----------------------------------------------------------------------------- resume and fork
@@ -243,7 +134,7 @@ def build_model(cfg, num_classes: int, device: torch.device, state: dict | None 
 def resume(state: dict, path: str, model, optimizer, scheduler, scaler, num_classes: int) -> None:
     """Continue a run: weights, optimizer, scheduler, scaler and RNG exactly as saved."""
     cfg = state["config"]["model"]
-    load_weights(model, state["model"], path, _describe(cfg["backbone"], cfg["method"], num_classes))
+    load_weights(model, state["model"], path, describe_model(cfg["backbone"], cfg["method"], num_classes))
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
@@ -262,7 +153,7 @@ def fork(state: dict, path: str, cfg, model, optimizer, scaler, num_classes: int
     if cfg.runtime.fork_weights_only or state["config"]["model"]["method"] != cfg.model.method:
         fork_weights(model, state["model"], path, saved_block_points(state["config"]["model"]))
     else:   # as a resume, then this run's own settings on top
-        load_weights(model, state["model"], path, _describe(cfg.model.backbone, cfg.model.method, num_classes))
+        load_weights(model, state["model"], path, describe_model(cfg.model.backbone, cfg.model.method, num_classes))
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])

@@ -99,7 +99,7 @@ class DataConfig:
     skip_bad_images: bool = False
     builtin_seed: int = 0
     num_classes: int | None = None          # None: the train split's (max label + 1)
-    max_image_pixels: int | None = None     # None: data.dali.DEFAULT_MAX_IMAGE_PIXELS
+    max_image_pixels: int | None = None     # None: data.images.DEFAULT_MAX_IMAGE_PIXELS
     # Keep the last incomplete train batch. None: kept on real data (wsolevaluation's DataLoader, drop_last
     # False), dropped on the built-in profile (its measured numbers were made so); resolve() records which.
     partial_batches: bool | None = None
@@ -270,14 +270,14 @@ def _resolve_model_options(m: ModelConfig) -> None:
 
 
 def check_model_options(m: ModelConfig) -> None:
-    """The ranges the options' meaning allows, checked by the same validators as their flags (guard.py), so a
+    """The ranges the options' meaning allows, checked by the same validators as their flags (flags.py), so a
     config file's value meets the flag's range (ValueError naming the flag)."""
     import argparse
 
-    from . import guard
+    from . import flags
 
-    for name, check in (("drop_rate", guard.unit_interval), ("gamma_fg", guard.fraction_of_max),
-                        ("gamma_bg", guard.positive_float), ("attention_scale", guard.attention_scale)):
+    for name, check in (("drop_rate", flags.unit_interval), ("gamma_fg", flags.fraction_of_max),
+                        ("gamma_bg", flags.positive_float), ("attention_scale", flags.attention_scale)):
         value = getattr(m, name)
         if value is None:
             continue

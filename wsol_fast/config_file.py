@@ -15,11 +15,12 @@ import os
 from dataclasses import fields
 
 from .config import DataConfig, ModelConfig, OptimConfig, RuntimeConfig
+from .errors import WsolError
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "runtime": RuntimeConfig}
 
 
-class ConfigFileError(ValueError):
+class ConfigFileError(WsolError, ValueError):
     pass
 
 
@@ -86,7 +87,7 @@ def _checked(action, key: str, value, path: str):
     """The value a flag's default may take: strings converted by the flag's type, choices enforced."""
     if value is None:
         return value
-    kind = getattr(action.type, "base_type", action.type)   # guard's range-checked types: int or float
+    kind = getattr(action.type, "base_type", action.type)   # flags.py's range-checked types: int or float
     if kind in (int, float):
         if isinstance(value, str):
             try:

@@ -12,7 +12,7 @@ PATHs are image files, folders (searched recursively for .jpg/.jpeg/.png) or glo
 
 Images go through the evaluation's path exactly: the data pipeline's decoder (`read_image_rgb`: any size,
 grayscale, RGBA, CMYK), its eval resize to the checkpoint's crop size and ImageNet normalisation, the
-model's class maps without the attention blocks, then `evaluate._scoremap` (bicubic resize to 224 x 224,
+model's class maps without the attention blocks, then `cam.to_scoremap` (bicubic resize to 224 x 224,
 min-max normalisation) and `metrics.boxes_at_threshold` (one box per contour, as MaxBoxAccV2 scores
 them). Boxes are mapped back with `metrics.rescale_boxes`, the protocol's box scaling, from 224 x 224 to
 the image's size. An unreadable image is skipped, named and counted; every file is written atomically.
@@ -30,16 +30,15 @@ import cv2
 import numpy as np
 import torch
 
-from . import checkpoint, guard, metrics, runtime
+from . import build, cam, checkpoint, errors, files, flags, metrics, runtime
 from .data import opencv
-from .data.images import IMAGENET_MEAN, IMAGENET_STD, BadImageError, read_image_rgb
+from .data.images import BadImageError, read_image_rgb
 from .data.transforms import eval_resize
-from .evaluate import CAM_SIZE, _scoremap
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
-class PredictError(guard.WsolError, ValueError):
+class PredictError(errors.WsolError, ValueError):
     """A bad input of predict (a path, --class-names, --threshold); the message names it."""
 
 
@@ -59,9 +58,9 @@ def expand_inputs(paths) -> list[str]:
 
     def walk(folder):
         found = []
-        for root, dirs, files in os.walk(folder):
+        for root, dirs, names in os.walk(folder):
             dirs.sort()
-            found += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+            found += [os.path.join(root, f) for f in sorted(names) if f.lower().endswith(IMAGE_EXTENSIONS)]
         return found
 
     for arg in paths:
@@ -140,45 +139,11 @@ def _collate(items):
     return batch, [it[0] for it in good], [it[2] for it in good], [(it[0], it[3]) for it in items if it[1] is None]
 
 
-def normalise(batch: torch.Tensor, device, channels_last: bool) -> torch.Tensor:
-    """uint8 N x H x W x 3 -> float32 N x 3 x H x W, normalised by the loaders' arithmetic (x - 255 mean)
-    * 1 / (255 std), in the memory format the evaluation runs the model in."""
-    mean = (torch.tensor(IMAGENET_MEAN) * 255).view(1, 3, 1, 1).to(device)
-    scale = (1.0 / (torch.tensor(IMAGENET_STD) * 255)).view(1, 3, 1, 1).to(device)
-    x = batch.to(device).permute(0, 3, 1, 2).to(torch.float32).sub_(mean).mul_(scale)
-    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-
-
-@torch.no_grad()
-def class_scoremaps(model, images: torch.Tensor, autocast, top_k: int):
-    """(probabilities [N, k], classes [N, k], score maps [N][k] of 224 x 224 float64): the evaluation's
-    CAM path (blocks bypassed, class maps of the same features) for the k most probable classes."""
-    with autocast:
-        features, _ = model.forward_features(images, use_blocks=False)
-        logits = model.logits(features)
-    probs, classes = torch.softmax(logits.float(), dim=1).topk(top_k, dim=1)
-    maps = []
-    with autocast:
-        cams = [model.class_map(features, classes[:, j]).float().cpu() for j in range(top_k)]
-    for i in range(images.shape[0]):
-        maps.append([_scoremap(cams[j][i].numpy()) for j in range(top_k)])
-    return probs.cpu(), classes.cpu(), maps
-
-
-@torch.no_grad()
-def label_scoremaps(model, images: torch.Tensor, autocast, labels: torch.Tensor) -> list[np.ndarray]:
-    """224 x 224 score maps (float64) of the given class of each image, by the same path."""
-    with autocast:
-        features, _ = model.forward_features(images, use_blocks=False)
-        cams = model.class_map(features, labels).float().cpu()
-    return [_scoremap(cam.numpy()) for cam in cams]
-
-
 # ------------------------------------------------------------------------------------- outputs
 
 def _atomic_bytes(path: str, data: bytes) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    checkpoint.atomic_write(data, path, fsync=False)   # one per image: no sync each
+    files.atomic_write(data, path, fsync=False)   # one per image: no sync each
 
 
 def save_scoremap(path: str, scoremap: np.ndarray) -> None:
@@ -189,37 +154,6 @@ def save_scoremap(path: str, scoremap: np.ndarray) -> None:
     _atomic_bytes(path, buf.getvalue())
 
 
-def overlay(image_rgb: np.ndarray, scoremap: np.ndarray, boxes, label: str, min_side: int = 320,
-            max_side: int = 1024) -> np.ndarray:
-    """BGR picture: the score map as a JET heatmap over the image, the boxes in green, `label` on the
-    largest box. Drawn at the image's size, scaled so that its longer side lies in [min_side, max_side]
-    (a small image is enlarged so that the label stays legible)."""
-    h, w = image_rgb.shape[:2]
-    scale = min(max(1.0, min_side / max(h, w)), max_side / max(h, w))
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    image = image_rgb if scale == 1 else cv2.resize(
-        image_rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    heat = cv2.resize(scoremap.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
-    heat = cv2.applyColorMap(np.clip(heat * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
-    canvas = cv2.addWeighted(image, 0.5, heat, 0.5, 0)
-    thick = max(1, round(max(size) / 200))
-    font = max(0.4, max(size) / 700)
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    largest = int(np.argmax((boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)))
-    for n, (x0, y0, x1, y1) in enumerate(boxes * scale):
-        p0, p1 = (int(x0), int(y0)), (int(x1), int(y1))
-        cv2.rectangle(canvas, p0, p1, (0, 255, 0), thick)
-        if n == largest and label:
-            (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font, max(1, thick // 2))
-            ty = p0[1] - base - 2 if p0[1] - th - base - 2 >= 0 else p0[1] + th + 2
-            tx = min(p0[0], max(0, size[0] - tw))
-            cv2.rectangle(canvas, (tx, ty - th - 1), (tx + tw, ty + base), (0, 255, 0), -1)
-            cv2.putText(canvas, label, (tx, ty), cv2.FONT_HERSHEY_SIMPLEX, font, (0, 0, 0), max(1, thick // 2),
-                        cv2.LINE_AA)
-    return canvas
-
-
 # ------------------------------------------------------------------------------------- the command
 
 def load_model(path: str, device):
@@ -228,7 +162,7 @@ def load_model(path: str, device):
 
     state = checkpoint.load_checkpoint(path)
     cfg = resolve(TrainConfig.from_dict(state["config"]), device.type)
-    model = checkpoint.build_model(cfg, state["num_classes"], device, state, path).eval()
+    model = build.build_model(cfg, state["num_classes"], device, state, path).eval()
     return model, state, cfg
 
 
@@ -267,7 +201,7 @@ def predict(a) -> int:
 
     bar = tqdm(total=len(paths), desc="predict", unit="img", dynamic_ncols=True, file=sys.stderr)
     try:
-        with checkpoint.atomic_open(jsonl, "w") as out:   # predictions.jsonl appears whole, or not at all
+        with files.atomic_open(jsonl, "w") as out:   # predictions.jsonl appears whole, or not at all
             if a.workers:   # workers forked with OpenCV at one thread (see opencv.cv2_single_threaded)
                 with opencv.cv2_single_threaded():
                     batches = iter(loader)
@@ -278,8 +212,8 @@ def predict(a) -> int:
                     skipped.append(paths[k])
                     bar.write(f"skipped unreadable image {paths[k]}: {message}", file=sys.stderr)
                 if batch is not None:
-                    x = normalise(batch, device, bool(cfg.runtime.channels_last))
-                    probs, classes, maps = class_scoremaps(model, x, autocast, top_k)
+                    x = cam.normalise(batch, device, bool(cfg.runtime.channels_last))
+                    probs, classes, maps = cam.class_scoremaps(model, x, autocast, top_k)
                     for i, k in enumerate(index):
                         record = _record(paths[k], ids[k], sizes[i], probs[i], classes[i], maps[i], names,
                                          threshold)
@@ -303,7 +237,7 @@ def _record(path, image_id, size, probs, classes, maps, names, threshold) -> dic
     w, h = size
     top = []
     for j in range(len(classes)):
-        boxes = metrics.rescale_boxes(metrics.boxes_at_threshold(maps[j], threshold), CAM_SIZE, (w, h))
+        boxes = metrics.rescale_boxes(metrics.boxes_at_threshold(maps[j], threshold), cam.CAM_SIZE, (w, h))
         c = int(classes[j])
         top.append({"class": c, "name": names[c], "prob": float(probs[j]), "boxes": boxes.tolist()})
     first = top[0]
@@ -314,7 +248,7 @@ def _record(path, image_id, size, probs, classes, maps, names, threshold) -> dic
 
 def _write_overlay(record: dict, scoremap: np.ndarray) -> None:
     image = read_image_rgb(record["path"])
-    canvas = overlay(image, scoremap, record["boxes"], f"{record['name']} {record['prob']:.2f}")
+    canvas = cam.overlay(image, scoremap, record["boxes"], f"{record['name']} {record['prob']:.2f}")
     ok, png = cv2.imencode(".png", canvas, [cv2.IMWRITE_PNG_COMPRESSION, 6])
     if not ok:
         raise RuntimeError(f"could not encode the overlay of {record['path']}")
@@ -329,7 +263,7 @@ def main(argv=None) -> int:
     p.add_argument("--output", default="predictions", help="folder for predictions.jsonl and overlays/")
     p.add_argument("--threshold", type=float, default=None,
                    help="CAM threshold in [0, 1) (default: the one chosen on val, stored in the checkpoint)")
-    p.add_argument("--top-k", type=guard.positive_int, default=5,
+    p.add_argument("--top-k", type=flags.positive_int, default=5,
                    help="classes reported per image (>= 1; at most the model's class count), each with its boxes")
     p.add_argument("--class-names", default=None, metavar="FILE",
                    help="one class name per line, or CUB's classes.txt ('id name'); default: the label index")
@@ -337,13 +271,13 @@ def main(argv=None) -> int:
                    help="write each image's top-1 score map to DIR/<id>.npy (224 x 224 float32, min-max "
                         "normalised)")
     p.add_argument("--no-overlays", action="store_true", help="no overlay PNGs")
-    p.add_argument("--batch-size", type=guard.positive_int, default=32)
-    p.add_argument("--workers", type=guard.nonneg_int, default=min(4, os.cpu_count() or 1),
+    p.add_argument("--batch-size", type=flags.positive_int, default=32)
+    p.add_argument("--workers", type=flags.nonneg_int, default=min(4, os.cpu_count() or 1),
                    help="image decoding processes (0: decode in this process)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--debug", action="store_true", help="show the traceback of an expected error too")
     a = p.parse_args(argv)
-    return guard.run_command(lambda: predict(a), a.debug)
+    return errors.run_command(lambda: predict(a), a.debug)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import csv
 import os
 import sys
 
-from .checkpoint import atomic_open, atomic_write
+from .files import atomic_open, atomic_write
 
 
 def write_metrics_csv(history: list[dict], out: str) -> None:

@@ -1,5 +1,5 @@
-"""Run-time plumbing shared by train and evaluate: devices, mixed precision, torch.distributed, the
-expected-error types, seeds, and peak-memory telemetry (checkpoints and atomic writes: checkpoint.py)."""
+"""Run-time plumbing shared by train and evaluate: devices, mixed precision, torch.distributed, seeds,
+and peak-memory telemetry (checkpoints: checkpoint.py; atomic writes: files.py; error types: errors.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .errors import WsolError
+from .errors import ConfigError, UnavailableError, UserError  # noqa: F401  (importable from here too)
 
 
 # ----------------------------------------------------------------------------- devices and precision
@@ -129,20 +129,7 @@ def wrap_for_training(model: torch.nn.Module, info: DistInfo, device: torch.devi
     return model
 
 
-# ----------------------------------------------------------------------------- errors and seeds
-
-class UserError(WsolError):
-    """An expected failure (a bad flag, file or folder): the commands print its message, one clear line
-    naming the file, line or flag, and exit with code 2 (--debug shows the traceback)."""
-
-
-class ConfigError(UserError, ValueError):
-    """Settings that do not fit together, or do not fit the data or checkpoint."""
-
-
-class UnavailableError(UserError, RuntimeError):
-    """Something the settings ask for is not installed here (e.g. --loader dali without DALI)."""
-
+# ----------------------------------------------------------------------------- seeds
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)

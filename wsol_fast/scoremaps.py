@@ -26,7 +26,7 @@ import os
 import numpy as np
 
 from . import metrics
-from .checkpoint import atomic_open
+from .files import atomic_open
 from .errors import WsolError
 
 SCOREMAP_SIZE = (224, 224)   # (W, H), as wsolevaluation's _RESIZE_LENGTH

@@ -20,6 +20,8 @@ import cv2
 import numpy as np
 import torch
 
+from . import cam, metrics
+
 GRID_IMAGES = 8
 TILE = 128   # pixels per grid tile: 8 tiles of 128 x 128 keep each epoch's image small in the event file
 
@@ -70,8 +72,6 @@ class TensorBoardLog:
         """The first GRID_IMAGES val images: model input, 224 x 224 pictures, labels, GT boxes at 224."""
         from .data.images import read_image_rgb
         from .data.transforms import eval_resize
-        from .evaluate import CAM_SIZE, _boxes_224
-        from .predict import normalise
 
         meta = self.data.val_meta
         ids, images = [], []
@@ -84,20 +84,17 @@ class TensorBoardLog:
             if len(ids) == GRID_IMAGES:
                 break
         batch = torch.from_numpy(np.stack([eval_resize(im, self.cfg.data.crop_size) for im in images]))
-        x = normalise(batch, device, bool(self.cfg.runtime.channels_last))
-        pictures = [cv2.resize(im, CAM_SIZE, interpolation=cv2.INTER_LINEAR) for im in images]
+        x = cam.normalise(batch, device, bool(self.cfg.runtime.channels_last))
+        pictures = [cv2.resize(im, cam.CAM_SIZE, interpolation=cv2.INTER_LINEAR) for im in images]
         labels = torch.tensor([meta.class_labels[i] for i in ids], device=device)
         # Mask datasets (OpenImages' layout) have no boxes and no image sizes: no GT box is drawn there.
-        boxes = [_boxes_224(meta, i) if i in (meta.boxes or {}) and i in (meta.sizes or {}) else np.zeros((0, 4))
+        boxes = [cam.gt_boxes_224(meta, i) if i in (meta.boxes or {}) and i in (meta.sizes or {}) else np.zeros((0, 4))
                  for i in ids]
         return x, pictures, labels, boxes
 
     @torch.no_grad()
     def cam_grid(self, model, threshold: float | None) -> np.ndarray:
         """uint8 RGB grid (2 rows) of the fixed val images with their GT-class score maps and boxes."""
-        from .metrics import boxes_at_threshold
-        from .predict import label_scoremaps
-
         device = next(model.parameters()).device
         if self._grid is None:
             self._grid = self._grid_inputs(device)
@@ -105,7 +102,7 @@ class TensorBoardLog:
         was_training = model.training
         model.eval()
         try:
-            maps = label_scoremaps(model, x, self.autocast, labels)
+            maps = cam.label_scoremaps(model, x, self.autocast, labels)
         finally:
             model.train(was_training)
         tiles = []
@@ -115,7 +112,7 @@ class TensorBoardLog:
             for x0, y0, x1, y1 in np.asarray(gt).reshape(-1, 4):
                 cv2.rectangle(tile, (int(x0), int(y0)), (int(x1), int(y1)), (255, 0, 0), 2)
             if threshold is not None:
-                for x0, y0, x1, y1 in boxes_at_threshold(scoremap, threshold):
+                for x0, y0, x1, y1 in metrics.boxes_at_threshold(scoremap, threshold):
                     cv2.rectangle(tile, (int(x0), int(y0)), (int(x1), int(y1)), (0, 255, 0), 2)
             tiles.append(cv2.resize(tile, (TILE, TILE), interpolation=cv2.INTER_AREA))
         while len(tiles) % 2:

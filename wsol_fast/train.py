@@ -20,10 +20,10 @@ import time
 
 import torch
 
-from . import checkpoint, diagnostics, guard, plot, runlog, runtime
+from . import build, checkpoint, diagnostics, errors, figures, files, guard, runlog, runlock, runtime, signals
 from .config import TrainConfig, icl_form, resolve
 from .data import RunData, prepare_data
-from .evaluate import evaluate_model, localization_score, print_table, write_outputs
+from .evaluation import evaluate_model, localization_score, print_table, write_outputs
 from .losses import WSOLLoss
 from .optim import build_optimizer, build_scheduler
 from .tblog import TensorBoardLog
@@ -40,7 +40,7 @@ class Trainer:
         self.out = run_dir(c)
         if self.info.is_main:
             os.makedirs(self.out, exist_ok=True)
-            checkpoint.atomic_write(json.dumps(c.to_dict(), indent=2), os.path.join(self.out, "config.json"))
+            files.atomic_write(json.dumps(c.to_dict(), indent=2), os.path.join(self.out, "config.json"))
             if c.model.method == "icl":
                 print(f"ICL form: {icl_form(c)}")
         runtime.seed_everything(c.runtime.seed)
@@ -55,7 +55,7 @@ class Trainer:
             self.issues.record([])
 
         pretrained = {None: None, "none": None, "imagenet": True}.get(c.model.pretrained, c.model.pretrained)
-        self.raw_model = checkpoint.build_model(   # uncompiled, unwrapped: what checkpoints save
+        self.raw_model = build.build_model(   # uncompiled, unwrapped: what checkpoints save
             c, self.data.num_classes, self.device, pretrained=pretrained, keep_classifier=c.data.dataset == "ILSVRC",
             sync_bn=c.runtime.sync_bn and self.info.enabled)
         self.autocast = runtime.autocast_context(self.device, self.amp_dtype)
@@ -170,7 +170,7 @@ class Trainer:
             bar.update(1)
             if self.guard.signals.stop:   # a signal arrived: this step is done, its weights are saved next
                 bar.close()
-                raise guard.Stopped(step)
+                raise signals.Stopped(step)
         bar.close()
         runtime.synchronize(dev)
         self._acc = None
@@ -217,7 +217,7 @@ class Trainer:
                     self.guard.exit_stopped(f"end of epoch {epoch + 1}")
         self.tb.close()
         # The test pass writes nothing until results.json (atomically): a signal there just stops it.
-        with guard.StopSignals(enabled=self.info.is_main, immediate=True):
+        with signals.StopSignals(enabled=self.info.is_main, immediate=True):
             try:
                 return self.test(time.perf_counter() - t_run)
             except Exception:
@@ -247,7 +247,7 @@ class Trainer:
         results.update(telemetry=summary, best_val=self.best, eval_checkpoint=c.runtime.eval_checkpoint)
         if self.info.is_main:
             write_outputs(results, self.out, self.data, c)
-            plot.plot_run(self.out, quiet=True)   # the protocol's figures as PNGs in the run folder
+            figures.plot_run(self.out, quiet=True)   # the protocol's figures as PNGs in the run folder
             print_table(results, f"{c.model.backbone} / {c.model.method} on {c.data.dataset} (test split)")
             print(f"throughput {summary['images_per_s']:.1f} img/s, step {summary['step_time_s']:.2f} s, "
                   f"data wait {100 * summary['data_wait_frac']:.0f}%, peak memory {summary['peak_mem_mb']:.0f} MiB, "
@@ -260,7 +260,7 @@ def main(argv=None) -> int:
     """Exit codes: 0 done, 2 an expected error (one message), 3 non-finite loss, 130 / 143 stopped by
     SIGINT / SIGTERM with a resumable checkpoint (wsol_fast.guard)."""
     cfg = parse_args(argv)
-    return guard.run_command(lambda: _run(cfg), cfg.cli["debug"])
+    return errors.run_command(lambda: _run(cfg), cfg.cli["debug"])
 
 
 def _run(cfg: TrainConfig) -> int:
@@ -282,7 +282,7 @@ def _run(cfg: TrainConfig) -> int:
         raise runtime.ConfigError(str(exc)) from None
     cfg.runtime.output = run_dir(cfg)   # fixed now: the lock and every rank use this folder
     main_rank = int(os.environ.get("RANK", "0")) == 0
-    lock = guard.claim_run_folder(cfg.runtime.output, resume=bool(cfg.runtime.resume),
+    lock = runlock.claim_run_folder(cfg.runtime.output, resume=bool(cfg.runtime.resume),
                                   overwrite=cfg.cli["overwrite"]) if main_rank else None
     trainer = None
     try:

@@ -5,13 +5,61 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from dataclasses import fields
 
-from . import guard, runtime
+from . import flags, runtime
 from .config import DataConfig, ModelConfig, OptimConfig, RuntimeConfig, TrainConfig
 from .config_file import ConfigFileError, apply_to_parser, output_in_use
 from .models import check_icl_blocks, default_blocks, insertion_points, list_models
+
+# The smallest --crop-size per backbone: the smallest crop whose class activation map is still 2 x 2
+# (measured with create_model(..., method="icl") in train and eval mode; smaller crops either fail in the
+# network or leave a 1 x 1 map, which localises nothing). tests/test_reliability.py re-measures it.
+MIN_CROP = {"inceptionv3": 15, "resnet50": 9, "vgg16": 32}
+# Settings a --resume may change: they do not alter what the run computes (or, for --epochs, extend it).
+RESUME_MAY_CHANGE = {"epochs", "output", "device", "workers", "loader", "data_root", "metadata_root",
+                     "num_overlays", "skip_bad_images", "compile", "max_image_pixels"}
+
+
+def check_crop(parser: argparse.ArgumentParser, backbone: str, crop: int | None, resize: int | None) -> None:
+    low = MIN_CROP.get(backbone, 1)
+    if crop is not None and crop < low:
+        parser.error(f"argument --crop-size: {backbone} needs at least {low} (its class map is 2 x 2 "
+                     f"there), got {crop}")
+    if resize is not None and resize < 1:
+        parser.error(f"argument --resize-size: must be >= 1, got {resize}")
+
+
+def given_dests(parser: argparse.ArgumentParser, argv) -> set[str]:
+    """The `dest`s of the options written on the command line (not left at their defaults)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    words = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+    options = {o: act.dest for act in parser._actions for o in act.option_strings}
+    given = set()
+    for word in words:
+        if word in options:
+            given.add(options[word])
+        else:   # argparse accepts a unique prefix (--epoch for --epochs)
+            dests = {d for o, d in options.items() if o.startswith(word)}
+            given |= dests if len(dests) == 1 else set()
+    return given
+
+
+def resume_conflicts(cli: dict, saved: dict, given: set[str]) -> list[str]:
+    """`--flag: run X, now Y` for every given flag whose value differs from the resumed run's and that
+    may not change (RESUME_MAY_CHANGE). cli / saved: TrainConfig.to_dict()s."""
+    out = []
+    for section, fields in cli.items():
+        for key, value in fields.items():
+            if key not in given or key in RESUME_MAY_CHANGE or key in ("resume", "init_from"):
+                continue
+            old = saved.get(section, {}).get(key)
+            if value != old:
+                out.append(f"--{key.replace('_', '-')}: run {old!r}, now {value!r}")
+    return out
+
 
 DESCRIPTION = ("Trains a WSOL model (ICL, ADL or plain CAM) on wsolevaluation-format data, or on the built-in dataset\n"
                "when no data flags are given, evaluates every epoch on val, and ends with the test evaluation, a\n"
@@ -33,12 +81,12 @@ def parse_args(argv=None) -> TrainConfig:
                         "on the raw map, L_fc the plain sum of Eq. 4, Table 1's values; lr 1e-3 on real data); "
                         "flags given explicitly still override it. Default: the project's measured choices "
                         "(README, 'The paper and the default')")
-    m.add_argument("--drop-rate", type=guard.unit_interval, default=None,
+    m.add_argument("--drop-rate", type=flags.unit_interval, default=None,
                    help="probability of the dropped-foreground mask, in [0, 1] (default: per backbone, the "
                         "paper's Table 1: vgg16 0.33, inceptionv3 0.69, resnet50 0.85)")
-    m.add_argument("--gamma-fg", type=guard.fraction_of_max, default=None,
+    m.add_argument("--gamma-fg", type=flags.fraction_of_max, default=None,
                    help="theta_fg = gamma_fg * max A, in (0, 1] (default: Table 1: 0.72 / 0.86 / 0.95)")
-    m.add_argument("--gamma-bg", type=guard.positive_float, default=None,
+    m.add_argument("--gamma-bg", type=flags.positive_float, default=None,
                    help="theta_bg = gamma_bg * mean A, > 0 (default: Table 1's 1.2 for every backbone)")
     m.add_argument("--no-contrastive", dest="use_contrastive", action="store_const", const=False,
                    help="ablation: no contrastive attention loss")
@@ -54,7 +102,7 @@ def parse_args(argv=None) -> TrainConfig:
     m.add_argument("--mask-norm", default=None, choices=["none", "minmax"],
                    help="thresholds of Eq. 1-2 on the raw map (paper) or the per-sample min-max normalised "
                         "map (default minmax)")
-    m.add_argument("--attention-scale", type=guard.attention_scale, default=None,
+    m.add_argument("--attention-scale", type=flags.attention_scale, default=None,
                    help="logit scale s of softmax(f g^T s): a positive number (paper: 1) or inv_sqrt "
                         "(1/sqrt(C'), default)")
     m.add_argument("--icl-blocks", nargs="+", default=None, metavar="POINT",
@@ -73,26 +121,26 @@ def parse_args(argv=None) -> TrainConfig:
                         "scored by PxAP); default: builtin")
     d.add_argument("--data-root", default=None, help="images at DATA_ROOT/DATASET/<image_id>")
     d.add_argument("--metadata-root", default=None, help="metadata at METADATA_ROOT/DATASET/<split>/")
-    d.add_argument("--resize-size", type=guard.positive_int, default=None,
+    d.add_argument("--resize-size", type=flags.positive_int, default=None,
                    help="train resize (default 256; built-in profile 73)")
-    d.add_argument("--crop-size", type=guard.positive_int, default=None,
+    d.add_argument("--crop-size", type=flags.positive_int, default=None,
                    help="train crop / eval size (default 224; built-in profile 64); at least "
-                        + ", ".join(f"{v} for {k}" for k, v in guard.MIN_CROP.items()))
-    d.add_argument("--workers", type=guard.nonneg_int, default=None)
+                        + ", ".join(f"{v} for {k}" for k, v in MIN_CROP.items()))
+    d.add_argument("--workers", type=flags.nonneg_int, default=None)
     d.add_argument("--loader", default="auto", choices=["auto", "dali", "opencv"])
     d.add_argument("--skip-bad-images", action="store_true",
                    help="skip and count corrupt/missing images (listed in RUN/skipped_images.txt)")
-    d.add_argument("--num-classes", type=guard.positive_int, default=None,
+    d.add_argument("--num-classes", type=flags.positive_int, default=None,
                    help="class count (default: the train split's, max label + 1, every label present)")
-    d.add_argument("--max-image-pixels", type=guard.positive_int, default=None,
+    d.add_argument("--max-image-pixels", type=flags.positive_int, default=None,
                    help="refuse images whose header claims more pixels (default 64,000,000)")
     d.add_argument("--builtin-seed", type=int, default=0)
     d.add_argument("--mask-root", default=None,
                    help="masks at MASK_ROOT/DATASET/<mask_path> (OpenImages, PxAP); default: the data root")
     o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=guard.positive_int, default=None,
+    o.add_argument("--epochs", type=flags.positive_int, default=None,
                    help="total epochs; on --resume, a larger value extends the run")
-    o.add_argument("--batch-size", type=guard.positive_int, default=32)
+    o.add_argument("--batch-size", type=flags.positive_int, default=32)
     o.add_argument("--allow-partial-batches", dest="partial_batches", action="store_const", const=True,
                    default=None,
                    help="train on the last incomplete batch too (needed when the train split is smaller "
@@ -100,20 +148,20 @@ def parse_args(argv=None) -> TrainConfig:
                         "built-in profile")
     o.add_argument("--drop-partial-batches", dest="partial_batches", action="store_const", const=False,
                    help="drop the last incomplete train batch (the built-in profile's default)")
-    o.add_argument("--lr", type=guard.nonneg_float, default=None,
+    o.add_argument("--lr", type=flags.nonneg_float, default=None,
                    help="default 1e-3 (paper); 0.02 on the built-in from-scratch profile (0 freezes the weights: "
                         "every SGD update, weight decay included, is scaled by it)")
-    o.add_argument("--lr-decay-every", type=guard.positive_int, default=None)
-    o.add_argument("--block-warmup-epochs", type=guard.nonneg_int, default=None,
+    o.add_argument("--lr-decay-every", type=flags.positive_int, default=None)
+    o.add_argument("--block-warmup-epochs", type=flags.nonneg_int, default=None,
                    help="epochs trained with the attention blocks (ICL / ADL) off, i.e. identities, and the "
                         "classification loss alone, before the method's blocks and losses come on (default 0 "
                         "on real data, the paper's; the built-in from-scratch profile's otherwise)")
-    o.add_argument("--new-layer-lr-mult", type=guard.nonneg_float, default=None,
+    o.add_argument("--new-layer-lr-mult", type=flags.nonneg_float, default=None,
                    help="lr multiplier of new layers (default 10 on real data, 0.1 on the built-in profile)")
-    o.add_argument("--weight-decay", type=guard.nonneg_float, default=1e-4)
-    o.add_argument("--lambda-ca", type=guard.nonneg_float, default=1.0)
-    o.add_argument("--lambda-fc", type=guard.nonneg_float, default=1.0)
-    o.add_argument("--margin", type=guard.nonneg_float, default=1.0, help="L_ca's margin m (Eq. 3)")
+    o.add_argument("--weight-decay", type=flags.nonneg_float, default=1e-4)
+    o.add_argument("--lambda-ca", type=flags.nonneg_float, default=1.0)
+    o.add_argument("--lambda-fc", type=flags.nonneg_float, default=1.0)
+    o.add_argument("--margin", type=flags.nonneg_float, default=1.0, help="L_ca's margin m (Eq. 3)")
     o.add_argument("--fc-norm", default=None, choices=["max", "minmax", "none"],
                    help="L_fc map normalisation: per-sample min-max (default), max, or none (the paper's Eq. 4)")
     o.add_argument("--fc-reduction", default=None, choices=["mean", "sum"],
@@ -146,10 +194,10 @@ def parse_args(argv=None) -> TrainConfig:
                         "Default: on where the training-step benchmark measured it faster (resnet50 on CPU)")
     r.add_argument("--no-compile", dest="compile", action="store_const", const="off")
     r.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP")
-    r.add_argument("--cam-curve-interval", type=guard.open_interval, default=0.01,
+    r.add_argument("--cam-curve-interval", type=flags.open_interval, default=0.01,
                    help="in (0, 1); 0.001 for the paper protocol")
-    r.add_argument("--num-overlays", type=guard.nonneg_int, default=16)
-    r.add_argument("--max-steps-per-epoch", type=guard.positive_int, default=None,
+    r.add_argument("--num-overlays", type=flags.nonneg_int, default=16)
+    r.add_argument("--max-steps-per-epoch", type=flags.positive_int, default=None,
                    help="cap steps per epoch (smoke runs)")
     r.add_argument("--debug", action="store_true", help="show the traceback of an expected error too")
     r.add_argument("--save-scoremaps", default=None, metavar="DIR",
@@ -168,9 +216,9 @@ def parse_args(argv=None) -> TrainConfig:
         except ConfigFileError as exc:
             p.error(str(exc))
     a = p.parse_args(argv)
-    guard.check_crop(p, a.backbone, a.crop_size, a.resize_size)
+    check_crop(p, a.backbone, a.crop_size, a.resize_size)
     if config_file and a.icl_blocks is not None and a.backbone != p.get_default("backbone") \
-            and "icl_blocks" not in guard.given_dests(p, argv) \
+            and "icl_blocks" not in given_dests(p, argv) \
             and list(a.icl_blocks) == default_blocks(p.get_default("backbone")):
         a.icl_blocks = None   # the file's backbone's default points: the new --backbone's default ones instead
     if a.icl_blocks is not None:   # checked and put in network order (config.json records that order)
@@ -178,7 +226,7 @@ def parse_args(argv=None) -> TrainConfig:
             a.icl_blocks = check_icl_blocks(a.backbone, a.icl_blocks, a.method, a.use_fc)
         except ValueError as exc:
             p.error(str(exc) + (f" (the points of --config {config_file}; give --icl-blocks)"
-                                if config_file and "icl_blocks" not in guard.given_dests(p, argv) else ""))
+                                if config_file and "icl_blocks" not in given_dests(p, argv) else ""))
     if config_file and a.output == p.get_default("output") and output_in_use(a.output):
         p.error(f"--config {config_file}: its output folder {a.output} already holds a run; give --output")
     if a.resume and a.init_from:
@@ -195,7 +243,7 @@ def parse_args(argv=None) -> TrainConfig:
     for (section, name), value in without_flag.items():   # e.g. optim.momentum: no flag, only the file
         setattr(getattr(cfg, section), name, value)
     # How the command was given (not part of the run's settings): flags written, --overwrite, --debug.
-    cfg.cli = {"given": guard.given_dests(p, argv), "overwrite": a.overwrite, "debug": a.debug}
+    cfg.cli = {"given": given_dests(p, argv), "overwrite": a.overwrite, "debug": a.debug}
     return cfg
 
 
@@ -207,10 +255,10 @@ def run_dir(cfg: TrainConfig) -> str:
 
 
 def resumed_config(cfg: TrainConfig, state: dict) -> TrainConfig:
-    """The run's own settings, with the flags that may change on a resume (guard.RESUME_MAY_CHANGE, e.g.
+    """The run's own settings, with the flags that may change on a resume (RESUME_MAY_CHANGE, e.g.
     --epochs to extend it) taken from this command; any other flag that differs is an error listing them."""
     given = cfg.cli["given"]
-    conflicts = guard.resume_conflicts(cfg.to_dict(), state["config"], given)
+    conflicts = resume_conflicts(cfg.to_dict(), state["config"], given)
     if conflicts:
         raise runtime.UserError(
             f"--resume {cfg.runtime.resume}: these settings differ from the run's and cannot change on a "
@@ -219,7 +267,7 @@ def resumed_config(cfg: TrainConfig, state: dict) -> TrainConfig:
     saved = TrainConfig.from_dict(state["config"])
     for section in ("data", "model", "optim", "runtime"):
         mine, theirs = getattr(cfg, section), getattr(saved, section)
-        for key in given & guard.RESUME_MAY_CHANGE:
+        for key in given & RESUME_MAY_CHANGE:
             if hasattr(theirs, key):
                 setattr(theirs, key, getattr(mine, key))
     if saved.optim.epochs < state["epoch"] + (state["step"] > 0):

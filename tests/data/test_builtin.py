@@ -11,7 +11,7 @@ import pytest
 cv2 = pytest.importorskip("cv2")
 
 from dataset_digest import digest  # noqa: E402
-from wsol_fast.data import builtin  # noqa: E402
+from wsol_fast.data import builtin, drawing  # noqa: E402
 from wsol_fast.data.metadata import load_splits  # noqa: E402
 
 TINY = dict(num_train=40, num_val=20, num_test=20)
@@ -105,7 +105,7 @@ def test_the_box_is_the_tight_box_of_the_ink(tiny, metas):
 
 
 def test_splits_use_disjoint_digit_samples():
-    _, pools = builtin._digit_masks(0)
+    _, pools = drawing.digit_masks(0)
     used = {s: set(np.concatenate(pools[s]).tolist()) for s in builtin.SPLITS}
     assert not used["train"] & used["val"] and not used["train"] & used["test"] and not used["val"] & used["test"]
     assert len(used["train"] | used["val"] | used["test"]) == 1797

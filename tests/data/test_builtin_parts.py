@@ -11,7 +11,7 @@ import pytest
 cv2 = pytest.importorskip("cv2")
 
 from dataset_digest import digest  # noqa: E402
-from wsol_fast.data import builtin, builtin_parts  # noqa: E402
+from wsol_fast.data import builtin, builtin_parts, drawing  # noqa: E402
 from wsol_fast.data.metadata import load_splits  # noqa: E402
 
 TINY = dict(num_train=20, num_val=10, num_test=10)
@@ -42,15 +42,15 @@ def test_every_image_has_a_small_head_box_inside_its_gt_box(root):
 def test_the_head_box_is_the_tight_box_of_the_head_ink(monkeypatch):
     """The renderer's third value against the head alpha it blends into the image (>= 0.5, inclusive)."""
     seen = []
-    real_blend = builtin._blend
-    monkeypatch.setattr(builtin, "_blend", lambda img, alpha, x, y, colour: (seen.append((alpha.copy(), x, y)),
+    real_blend = drawing.blend
+    monkeypatch.setattr(drawing, "blend", lambda img, alpha, x, y, colour: (seen.append((alpha.copy(), x, y)),
                                                                              real_blend(img, alpha, x, y, colour)))
-    masks, pools = builtin._digit_masks(0)
+    masks, pools = drawing.digit_masks(0)
     p = {**builtin.DEFAULTS, "seed": 0}
     for i in range(12):
         seen.clear()
         rng = np.random.default_rng([0, 0, i, builtin_parts.VERSION])
-        image, box, head_box = builtin_parts.render(rng, p, i % 10, masks, pools["train"], builtin._backgrounds())
+        image, box, head_box = builtin_parts.render(rng, p, i % 10, masks, pools["train"], drawing.backgrounds())
         alpha, x, y = seen[-1]                        # the last blend is the head (clutter is blended first)
         ys, xs = np.nonzero(alpha >= 0.5)
         assert head_box == (x + xs.min(), y + ys.min(), x + xs.max(), y + ys.max())

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from mutations import byte_flips
 from PIL import Image
 
-from wsol_fast import guard
+from wsol_fast import errors
 from wsol_fast.data import __main__ as data_cli
 from wsol_fast.data import builtin, images
 
@@ -134,7 +134,7 @@ def test_a_mutated_image_decodes_within_the_cap_at_its_header_size_or_is_one_err
             try:
                 image = images.read_image_rgb(path)
             except images.BadImageError as exc:
-                line = guard.error_line(exc)
+                line = errors.error_line(exc)
                 assert "\n" not in line and repr(path) in line, (fmt, what, line)
                 return
             assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3, (fmt, what, image.shape)

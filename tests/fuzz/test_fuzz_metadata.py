@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from mutations import byte_flips
 
-from wsol_fast import guard
+from wsol_fast import errors
 from wsol_fast.data import builtin
 from wsol_fast.data.metadata import MetadataError, load_splits
 
@@ -136,7 +136,7 @@ def mutations(draw):
 
 def _check_error(exc: MetadataError, folder: str) -> None:
     """One line naming a file of the split's folder (and `file:line` when a line is at fault)."""
-    line = guard.error_line(exc)
+    line = errors.error_line(exc)
     assert "\n" not in line and line.startswith("error: "), line
     assert re.search(re.escape(folder) + r"[^ ]*\.txt", str(exc)) or re.search(re.escape(folder), str(exc)), str(exc)
 

@@ -19,7 +19,7 @@ import sys
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
-from .. import guard
+from .. import errors, flags
 from . import builtin, images
 from .images import BadImageError, read_image_rgb
 from .metadata import load_splits
@@ -77,7 +77,7 @@ def _inspect(path: str, size) -> str | None:
 def check(metadata_root: str, data_root: str, dataset: str, splits, workers: int = 4,
           progress: bool = True, out=None) -> int:
     """0 when metadata and images are all good, 1 on bad images; malformed metadata is a MetadataError
-    (one `error:` line and exit code 2 through guard.run_command)."""
+    (one `error:` line and exit code 2 through errors.run_command)."""
     import cv2
     from tqdm.auto import tqdm
 
@@ -118,9 +118,9 @@ def main(argv=None) -> int:
     c.add_argument("--data-root", required=True, help="images at DATA_ROOT/DATASET/<image_id>")
     c.add_argument("--dataset", default="CUB")
     c.add_argument("--splits", nargs="+", default=["train", "val", "test"])
-    c.add_argument("--workers", type=guard.positive_int, default=4, help="decoding threads")
+    c.add_argument("--workers", type=flags.positive_int, default=4, help="decoding threads")
     c.add_argument("--no-progress", action="store_true")
-    c.add_argument("--max-image-pixels", type=guard.positive_int, default=None,
+    c.add_argument("--max-image-pixels", type=flags.positive_int, default=None,
                    help="report images whose header claims more pixels (default 64,000,000)")
     b = sub.add_parser("builtin", help="generate the built-in dataset and print where it is")
     b.add_argument("--root", default=None, help=f"default: {builtin.default_root()}")
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     for sp in (c, b):
         sp.add_argument("--debug", action="store_true", help="show the traceback of an expected error too")
     a = p.parse_args(argv)
-    return guard.run_command(lambda: _command(a), a.debug)
+    return errors.run_command(lambda: _command(a), a.debug)
 
 
 def _command(a) -> int:

@@ -3,7 +3,7 @@ layout, so that PxAP runs end to end with no download:
 
     python -m wsol_fast.train --dataset builtin-masks        # generated on first use, scored by PxAP
 
-What differs from `builtin` (the backgrounds, digits, colours and clutter are builtin.py's own functions):
+What differs from `builtin` (the backgrounds, digits, colours and clutter are drawing.py's, as builtin's):
 
 * Each image holds one digit of its class (70%) or two (30%, each at half the area, not touching).
   Every instance has its own mask: the pixels where the placed digit's ink coverage is >= 0.5, a
@@ -34,9 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import builtin
-from .builtin import _background, _backgrounds, _blend, _clutter, _digit_masks, _object_colour, _place_mask, \
-    _write_jpeg
+from . import builtin, drawing
 
 VERSION = 1
 DATASET = "builtin-masks"
@@ -59,7 +57,7 @@ mask_root = builtin.data_root           # masks beside the images
 
 
 def is_complete(root: str, seed: int = 0, **sizes) -> bool:
-    return builtin._complete(root, DATASET, _params(seed, sizes), MANIFEST)
+    return builtin.is_built(root, DATASET, _params(seed, sizes), MANIFEST)
 
 
 def generate(root: str | None = None, seed: int = 0, progress: bool = True, **sizes) -> str:
@@ -68,11 +66,11 @@ def generate(root: str | None = None, seed: int = 0, progress: bool = True, **si
     unknown = set(sizes) - set(DEFAULTS)
     if unknown:
         raise TypeError(f"unknown builtin-masks dataset parameters: {sorted(unknown)}")
-    return builtin._generate(root or default_root(), DATASET, _params(seed, sizes), MANIFEST, _build, progress)
+    return builtin.build_once(root or default_root(), DATASET, _params(seed, sizes), MANIFEST, _build, progress)
 
 
 def _params(seed: int, sizes: dict) -> dict:
-    p = builtin._params(seed, sizes)
+    p = builtin.make_params(seed, sizes)
     p["version"] = VERSION
     p["builtin_version"] = builtin.VERSION
     return p
@@ -87,8 +85,8 @@ def _build(folder: str, p: dict, progress: bool) -> dict:
     from tqdm.auto import tqdm
 
     cv2.setNumThreads(1)
-    masks, pools = _digit_masks(p["seed"])
-    backgrounds = _backgrounds()
+    masks, pools = drawing.digit_masks(p["seed"])
+    backgrounds = drawing.backgrounds()
     counts, pending = {}, []
     total = sum(p[f"num_{s}"] for s in SPLITS)
     with ThreadPoolExecutor(max_workers=1) as writer, \
@@ -107,7 +105,7 @@ def _build(folder: str, p: dict, progress: bool) -> dict:
                 stem = f"{split}/{label}/{_image_name(p['seed'], split, i)}"
                 image_id = f"{stem}.jpg"
                 base = os.path.join(folder, "images", DATASET)
-                pending.append(writer.submit(_write_jpeg, image, os.path.join(base, image_id), p["quality"]))
+                pending.append(writer.submit(drawing.write_jpeg, image, os.path.join(base, image_id), p["quality"]))
                 lines["image_ids"].append(image_id)
                 lines["class_labels"].append(f"{image_id},{label}")
                 if split != "train":   # weak supervision: no masks for training, as OpenImages' train
@@ -144,7 +142,7 @@ def _place(rng, mask, w: int, h: int, area: float, taken: list):
     for _ in range(30):
         aspect = mask.shape[1] / mask.shape[0] * np.exp(rng.uniform(-0.22, 0.22))
         bh = np.sqrt(area / aspect)
-        alpha = _place_mask(mask, aspect * bh, bh, rng.uniform(-15, 15))
+        alpha = drawing.place_mask(mask, aspect * bh, bh, rng.uniform(-15, 15))
         if alpha.shape[1] > w or alpha.shape[0] > h:
             area *= 0.8
             continue
@@ -162,8 +160,8 @@ def _place(rng, mask, w: int, h: int, area: float, taken: list):
 def render(rng, p: dict, label: int, masks, pool, backgrounds):
     """One image (uint8 BGR), its instance masks (uint8 0/255 [h, w] each) and ignore mask."""
     w, h = (int(v) for v in rng.integers(p["min_size"], p["max_size"] + 1, 2))
-    img = _background(rng, backgrounds, w, h)
-    colour = _object_colour(rng)
+    img = drawing.background(rng, backgrounds, w, h)
+    colour = drawing.object_colour(rng)
     count = 2 if rng.random() < TWO_INSTANCES else 1
     placed, taken = [], []
     for _ in range(count):
@@ -179,19 +177,19 @@ def render(rng, p: dict, label: int, masks, pool, backgrounds):
         small = rng.uniform(0.15, 0.25) * h
         ignored = _place(rng, masks[rng.choice(pool[label])], w, h, small * small * 0.7, taken)
     boxes = taken + ([ignored[3]] if ignored else [])
-    stroke = max(2, int(round(builtin.STROKE * (placed[0][3][3] - placed[0][3][1] + 1) / 60)))
+    stroke = max(2, int(round(drawing.STROKE * (placed[0][3][3] - placed[0][3][1] + 1) / 60)))
     keep_out = (min(b[0] for b in boxes) - stroke, min(b[1] for b in boxes) - stroke,
                 max(b[2] for b in boxes) + stroke, max(b[3] for b in boxes) + stroke)
-    _clutter(rng, img, colour, stroke, masks, pool, placed[0][3][3] - placed[0][3][1] + 1, keep_out)
+    drawing.clutter(rng, img, colour, stroke, masks, pool, placed[0][3][3] - placed[0][3][1] + 1, keep_out)
     instances = []
     for alpha, x, y, _box in placed:
-        _blend(img, alpha, x, y, colour)
+        drawing.blend(img, alpha, x, y, colour)
         inst = np.zeros((h, w), np.uint8)
         inst[y:y + alpha.shape[0], x:x + alpha.shape[1]] = np.where(alpha >= 0.5, 255, 0)
         instances.append(inst)
     ignore = np.zeros((h, w), np.uint8)
     if ignored is not None:
         alpha, x, y, (x0, y0, x1, y1) = ignored
-        _blend(img, alpha, x, y, colour)
+        drawing.blend(img, alpha, x, y, colour)
         ignore[max(0, y0 - 1):y1 + 2, max(0, x0 - 1):x1 + 2] = 255
     return np.clip(img + 0.5, 0, 255).astype(np.uint8), instances, ignore

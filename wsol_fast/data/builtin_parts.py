@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import builtin
+from . import drawing
 
 VERSION = 2   # 2: the head in the class's colour, the clutter not (1: a random head colour shared with the clutter)
 BODY_AREA = (0.07, 0.16)      # ellipse area / image area
@@ -68,7 +68,7 @@ def _object(rng, w: int, h: int, digit: np.ndarray):
     a = aspect * b                                 # long semi-axis
     angle = rng.uniform(-30, 30)
     head_h = 2 * b * rng.uniform(*HEAD_SCALE)
-    head = builtin._place_mask(digit, head_h * digit.shape[1] / digit.shape[0], head_h, rng.uniform(-15, 15))
+    head = drawing.place_mask(digit, head_h * digit.shape[1] / digit.shape[0], head_h, rng.uniform(-15, 15))
     side = int(2 * a + 2 * max(head.shape) + 8)
     cx = cy = side / 2
     body = np.zeros((side, side), np.uint8)
@@ -93,9 +93,9 @@ def render(rng, p: dict, label: int, masks, pool, backgrounds):
     """One image (uint8 BGR), its GT box and the head's box (x0, y0, x1, y1, inclusive): the `builtin`
     renderer's contract plus the part box, which `builtin` writes to part_boxes.txt."""
     w, h = (int(v) for v in rng.integers(p["min_size"], p["max_size"] + 1, 2))
-    img = builtin._background(rng, backgrounds, w, h)
+    img = drawing.background(rng, backgrounds, w, h)
     head_colour = _head_colour(rng, label)
-    clutter_colour = builtin._object_colour(rng)
+    clutter_colour = drawing.object_colour(rng)
     body_colour = _body_colour(rng, label)
     digit = masks[rng.choice(pool[label])]
     for _ in range(50):
@@ -113,9 +113,9 @@ def render(rng, p: dict, label: int, masks, pool, backgrounds):
     box = (x + int(ink[0]), y + int(ink[1]), x + int(ink[2]), y + int(ink[3]))
     hys, hxs = np.nonzero(head >= 0.5)
     head_box = (x + int(hxs.min()), y + int(hys.min()), x + int(hxs.max()), y + int(hys.max()))
-    stroke = max(2, int(round(builtin.STROKE * head.shape[0] / 60)))
+    stroke = max(2, int(round(drawing.STROKE * head.shape[0] / 60)))
     keep_out = (box[0] - stroke, box[1] - stroke, box[2] + stroke, box[3] + stroke)
-    builtin._clutter(rng, img, clutter_colour, stroke, masks, pool, box[3] - box[1] + 1, keep_out)
+    drawing.clutter(rng, img, clutter_colour, stroke, masks, pool, box[3] - box[1] + 1, keep_out)
     # The body: striped (period 5-9 px, random direction) so it has texture, not only colour.
     bh, bw = body.shape
     yy, xx = np.mgrid[0:bh, 0:bw].astype(np.float32)
@@ -124,5 +124,5 @@ def render(rng, p: dict, label: int, masks, pool, backgrounds):
     field = body_colour[None, None, :] * (0.7 + 0.3 * stripes[..., None])
     region = img[y:y + bh, x:x + bw]
     region[:] = region * (1 - body[..., None]) + field * body[..., None]
-    builtin._blend(img, head, x, y, head_colour)
+    drawing.blend(img, head, x, y, head_colour)
     return np.clip(img + 0.5, 0, 255).astype(np.uint8), box, head_box

@@ -23,6 +23,7 @@ every image to find the files that pass the check but do not decode or decode wi
 from __future__ import annotations
 
 import os
+import sys
 import threading
 
 import numpy as np
@@ -276,3 +277,21 @@ def read_image_rgb(path: str) -> np.ndarray:
     if image is None:
         raise BadImageError(f"cannot decode image {path!r}: empty, not an image, or an unsupported format")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def warn_escaping_symlinks(paths, image_root: str, limit: int = 3) -> list[str]:
+    """Files (or their folders) under image_root that are symlinks resolving outside it: a warning naming
+    them (data mounted elsewhere through a link is legitimate, but should not go unnoticed)."""
+    root = os.path.realpath(image_root) + os.sep
+    escaping, seen_dirs = [], {}
+    for path in paths:
+        parent = os.path.dirname(path)
+        if parent not in seen_dirs:
+            seen_dirs[parent] = not (os.path.realpath(parent) + os.sep).startswith(root)
+        if seen_dirs[parent] or (os.path.islink(path) and not os.path.realpath(path).startswith(root)):
+            escaping.append(path)
+    if escaping:
+        shown = ", ".join(f"{p} -> {os.path.realpath(p)}" for p in escaping[:limit])
+        print(f"warning: {len(escaping)} image path(s) lead outside the data root {image_root} through a "
+              f"symlink: {shown}{' ...' if len(escaping) > limit else ''}", file=sys.stderr)
+    return escaping

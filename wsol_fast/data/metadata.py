@@ -1,4 +1,4 @@
-# Over 400 lines: the format and all its checks (errors name file:line) in one place, so both readers agree.
+# Longer than 450 lines: the format and all its checks (errors name file:line) in one place, so both readers agree.
 """The wsolevaluation metadata format (SPEC 3), read and validated before anything trains.
 
     <metadata_root>/<DATASET>/<split>/image_ids.txt      one image path per line

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import guard, runtime
+from .. import runtime
 from . import builtin, builtin_masks, dali, images
 from .metadata import SplitMetadata, check_mask_files, load_splits
 from .opencv import OpenCVLoader
@@ -124,7 +124,7 @@ def prepare_data(d, info: runtime.DistInfo, device: torch.device, *, batch_size:
     for split, meta in metas.items():
         paths = [os.path.join(data_root, d.dataset, i) for i in meta.image_ids]
         if info.is_main:
-            guard.warn_escaping_symlinks(paths, os.path.join(data_root, d.dataset))
+            images.warn_escaping_symlinks(paths, os.path.join(data_root, d.dataset))
         bad = images.scan(paths, d.skip_bad_images, f"the {split} split",
                           "train on" if split == "train" else "score")
         if bad:

@@ -76,7 +76,7 @@ def resolve_checkpoint(backbone: str, pretrained) -> str:
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """A state dict from `path` (weights_only load); unwraps {"state_dict"|"model": ...} and "module."."""
-    from ..checkpoint import load_failure, torch_load
+    from ..files import load_failure, torch_load
 
     try:
         obj = torch_load(path)

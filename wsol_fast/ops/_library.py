@@ -23,6 +23,7 @@ import warnings
 
 import torch
 
+from ._autograd import attention_autograd, masked_gap_autograd
 from ._checks import check_attention_inputs, check_masked_gap_inputs
 
 NAMESPACE = "wsol_fast"
@@ -108,38 +109,7 @@ def _masked_gap_backward_fake(grad_pooled, x, attention, counts, gamma_fg, gamma
 
 # ---- autograd: the forward ops save O(B*N) extras; backward calls the backward ops ----
 
-def _attention_setup_context(ctx, inputs, output):
-    f, g, zbar, scale = inputs
-    A, lse = output
-    # lse is an auxiliary output for the backward (as in flash-attention), not differentiable.
-    ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(f, g, zbar, A, lse)
-    ctx.scale = scale
-
-
-def _attention_backward(ctx, grad_A, grad_lse):
-    f, g, zbar, A, lse = ctx.saved_tensors
-    df, dg, dzbar = torch.ops.wsol_fast.nonlocal_attention_map_backward(grad_A, f, g, zbar, A, lse, ctx.scale)
-    return df, dg, dzbar, None
-
-
-def _masked_gap_setup_context(ctx, inputs, output):
-    x, attention, gamma_fg, gamma_bg = inputs
-    _, counts, _ = output
-    ctx.save_for_backward(x, attention, counts)
-    ctx.gammas = (gamma_fg, gamma_bg)
-
-
-def _masked_gap_backward(ctx, grad_pooled, grad_counts, grad_dfg_mask):
-    x, attention, counts = ctx.saved_tensors
-    dx = None
-    if ctx.needs_input_grad[0]:
-        dx = torch.ops.wsol_fast.masked_gap_backward(grad_pooled, x, attention, counts, *ctx.gammas)
-    # The masks are hard: no gradient flows to the attention (as in the reference).
-    return dx, None, None, None
-
-
-torch.library.register_autograd(f"{NAMESPACE}::nonlocal_attention_map", _attention_backward,
-                                setup_context=_attention_setup_context)
-torch.library.register_autograd(f"{NAMESPACE}::masked_gap", _masked_gap_backward,
-                                setup_context=_masked_gap_setup_context)
+_backward, _setup = attention_autograd("nonlocal_attention_map_backward")
+torch.library.register_autograd(f"{NAMESPACE}::nonlocal_attention_map", _backward, setup_context=_setup)
+_backward, _setup = masked_gap_autograd("masked_gap_backward")
+torch.library.register_autograd(f"{NAMESPACE}::masked_gap", _backward, setup_context=_setup)

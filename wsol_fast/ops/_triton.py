@@ -26,6 +26,8 @@ import warnings
 
 import torch
 
+from ._autograd import attention_autograd, masked_gap_autograd
+
 OPS = ("nonlocal_attention_map", "nonlocal_attention_map_backward", "masked_gap", "masked_gap_backward")
 _ATTENTION_MODULE = "wsol_fast.kernels.nonlocal_attention"
 _MASKED_GAP_MODULE = "wsol_fast.kernels.masked_gap"
@@ -95,11 +97,6 @@ def masked_gap(x, attention_map, gamma_fg: float, gamma_bg: float):
     return gap.masked_gap(x, attention_map, float(gamma_fg), float(gamma_bg))
 
 
-# Names kept for callers of the earlier interpreter-only entry points.
-nonlocal_attention_map_interpreted = nonlocal_attention_map
-masked_gap_interpreted = masked_gap
-
-
 # ------------------------------------------------------------ the compile path: torch.library.triton_op
 
 TRITON_OPS = ("nonlocal_attention_map_triton", "nonlocal_attention_map_backward_triton",
@@ -158,29 +155,9 @@ def _define_triton_ops() -> None:
     def gap_backward(grad_pooled, x, attention_map, counts, gamma_fg, gamma_bg):
         return gap.masked_gap_backward(grad_pooled, x, attention_map, counts, gamma_fg, gamma_bg, wrap=wrap_triton)
 
-    def attention_setup(ctx, inputs, output):
-        f, g, zbar, scale = inputs
-        a, lse = output
-        ctx.mark_non_differentiable(lse)
-        ctx.save_for_backward(f, g, zbar, a, lse)
-        ctx.scale = scale
-
-    def attention_grad(ctx, grad_a, _grad_lse):
-        f, g, zbar, a, lse = ctx.saved_tensors
-        return (*torch.ops.wsol_fast.nonlocal_attention_map_backward_triton(grad_a, f, g, zbar, a, lse, ctx.scale),
-                None)
-
-    def gap_setup(ctx, inputs, output):
-        x, attention_map, gamma_fg, gamma_bg = inputs
-        ctx.save_for_backward(x, attention_map, output[1])
-        ctx.gammas = (gamma_fg, gamma_bg)
-
-    def gap_grad(ctx, grad_pooled, _grad_counts, _grad_mask):
-        x, attention_map, counts = ctx.saved_tensors
-        dx = torch.ops.wsol_fast.masked_gap_backward_triton(grad_pooled, x, attention_map, counts, *ctx.gammas)
-        return dx, None, None, None
-
+    attention_grad, attention_setup = attention_autograd("nonlocal_attention_map_backward_triton")
     attention_forward.register_autograd(attention_grad, setup_context=attention_setup)
+    gap_grad, gap_setup = masked_gap_autograd("masked_gap_backward_triton")
     gap_forward.register_autograd(gap_grad, setup_context=gap_setup)
 
 

@@ -11,7 +11,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from test_train import _args, tiny_root  # noqa: F401  (the module-scoped tiny built-in set)
-from wsol_fast import plot, tblog, train
+from wsol_fast import figures, tblog, train
 
 EPOCHS, STEPS = 2, 3
 
@@ -83,5 +83,5 @@ def test_run_ends_with_figures_and_curves(run):
         assert len(curve) == len(thresholds)
         assert max(curve) == results["maxboxacc"][iou]       # the curve's maximum is MaxBoxAcc
         assert thresholds[int(np.argmax(curve))] == results["best_threshold"][iou]
-    for name in (plot.THRESHOLD_FIGURE, plot.TRAINING_FIGURE):
+    for name in (figures.THRESHOLD_FIGURE, figures.TRAINING_FIGURE):
         assert cv2.imread(str(run / name)) is not None, name
