@@ -27,7 +27,7 @@ MIN_CROP = {"inceptionv3": 15, "resnet50": 9, "vgg16": 32}
 
 # Settings a --resume may change: they do not alter what the run computes (or, for --epochs, extend it).
 RESUME_MAY_CHANGE = {"epochs", "output", "device", "workers", "loader", "data_root", "metadata_root",
-                     "num_overlays", "skip_bad_images", "compile", "max_image_pixels"}
+                     "num_overlays", "skip_bad_images", "compile", "max_image_pixels", "test"}
 
 # What a run writes into its folder (removed by --overwrite).
 RUN_FILES = ("config.json", "last.pt", "best.pt", "results.json", "metrics.csv", "skipped_images.txt")

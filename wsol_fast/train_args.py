@@ -157,6 +157,11 @@ def parse_args(argv=None) -> TrainConfig:
                         "normalised: wsolevaluation's layout, for `evaluate --scoremap-root` or its evaluate_wsol)")
     r.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
                    help="no TensorBoard events in the run folder (without this flag: tensorboard=%(default)s)")
+    r.add_argument("--no-test", dest="test", action="store_false",
+                   help="end after the last epoch's val pass: no test evaluation, no results.json (a tuning "
+                        "trial); `--resume RUN/last.pt --test` scores the finished run on test later")
+    r.add_argument("--test", dest="test", action="store_true", default=argparse.SUPPRESS,
+                   help="score test at the end (the default; with --resume, a --no-test run)")
     r.add_argument("--config", default=None, metavar="FILE",
                    help="settings from a JSON or YAML file (a run's config.json reruns it); flags given on "
                         "the command line override them")
