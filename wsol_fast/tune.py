@@ -128,7 +128,7 @@ def _open_study(a, url, space, train_args):
 
     setup = {"method": a.method, "space": {k: p.as_dict() for k, p in space.items()}, "train_args": train_args,
              "objective": a.objective}
-    for attempt in range(5):   # several workers creating one storage at once: a lost race is retried
+    for attempt in range(4):   # several workers creating one storage at once: a lost race is retried
         try:
             storage = tuning.open_storage(url, a.heartbeat, a.max_retry)
             pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if a.prune == "median" \
@@ -137,12 +137,10 @@ def _open_study(a, url, space, train_args):
                                         load_if_exists=True, pruner=pruner,
                                         sampler=tuning.make_sampler(a.sampler, a.sampler_seed))
             break
-        except TuneError:
-            raise
-        except Exception:
-            if attempt == 4:
+        except Exception:   # e.g. the storage's tables created by another worker at the same moment
+            if attempt == 3:
                 raise
-            time.sleep(1 + attempt)
+            time.sleep(0.5 + attempt)
     known = study.user_attrs.get("setup")
     if known is None:
         study.set_user_attr("setup", setup)
@@ -168,7 +166,6 @@ def _fail_dead_trials(study, max_retry: int) -> None:
     """Fail and retry the running trials of dead workers: Optuna's heartbeat check (RDB storages), and any
     storage's trials whose worker process on this host is gone (the journal storage has no heartbeat)."""
     import optuna
-    from optuna.storages import RetryFailedTrialCallback
     from optuna.trial import TrialState
 
     with warnings.catch_warnings():
@@ -185,7 +182,7 @@ def _fail_dead_trials(study, max_retry: int) -> None:
             continue   # another worker failed it first
         print(f"trial {t.number}: its worker {t.user_attrs['worker']} is gone; failed and retried", file=sys.stderr)
         t.user_attrs["reason"] = ""
-        RetryFailedTrialCallback(max_retry=max_retry)(study, t)
+        tuning.retry_callback(max_retry)(study, t)
 
 
 def _search(a, study, space, train_args) -> None:

@@ -20,6 +20,7 @@ import math
 import os
 import re
 import socket
+import warnings
 from dataclasses import dataclass
 
 from .errors import WsolError
@@ -221,9 +222,9 @@ def storage_url(url: str | None, out: str) -> str:
 def open_storage(url: str, heartbeat: int, max_retry: int):
     """Optuna's storage for URL: 'journal:PATH' is a JournalStorage on a file (shared filesystems), anything
     else an RDBStorage (sqlite:///FILE, postgresql://..., mysql://...) with a heartbeat, so that a killed
-    worker's trial is failed and retried (RetryFailedTrialCallback)."""
+    worker's trial is failed and retried (retry_callback)."""
     import optuna
-    from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend
 
     if url.startswith("journal:"):
@@ -233,8 +234,10 @@ def open_storage(url: str, heartbeat: int, max_retry: int):
         return JournalStorage(JournalFileBackend(path))
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
-        return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat,
-                          failed_trial_callback=RetryFailedTrialCallback(max_retry=max_retry))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)   # the heartbeat
+            return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat,
+                              heartbeat_stale_trial_callback=retry_callback(max_retry))
     except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as exc:
         raise TuneError(f"--storage {url}: cannot open it: {str(exc).splitlines()[0] if str(exc) else exc!r}") \
             from None
@@ -242,6 +245,17 @@ def open_storage(url: str, heartbeat: int, max_retry: int):
         if type(exc).__module__.startswith("sqlalchemy"):
             raise TuneError(f"--storage {url}: cannot open it: {str(exc).splitlines()[0]}") from None
         raise
+
+
+def retry_callback(max_retry: int):
+    """Optuna's callback that enqueues a stale trial again with its parameters (RetryHeartbeatStaleTrialCallback
+    since Optuna 4.9, RetryFailedTrialCallback before)."""
+    import optuna.storages as st
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # experimental in Optuna 5
+        return getattr(st, "RetryHeartbeatStaleTrialCallback", st.RetryFailedTrialCallback)(
+            max_retry=max_retry)
 
 
 def worker_id() -> str:
@@ -314,8 +328,6 @@ def write_figures(study, out: str) -> list[str]:
         plt.close(fig)
         written.append(name)
 
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         save(ovm.plot_optimization_history(study, target_name="val score"), "optimization_history.png")
@@ -344,9 +356,9 @@ def _fmt(v) -> str:
 
 
 def best_config(trial_folder: str) -> dict:
-    """The best trial's config.json, made a fresh run's: no output folder, test scored at the end."""
+    """The best trial's config.json, made a fresh run's: no output folder, not a resume, test scored at the
+    end."""
     with open(os.path.join(trial_folder, "config.json")) as fh:
         cfg = json.load(fh)
-    cfg["runtime"]["output"] = None
-    cfg["runtime"]["test"] = True
+    cfg["runtime"].update(output=None, test=True, resume=None)   # (the test scoring resumed the trial)
     return cfg
