@@ -21,12 +21,9 @@ the figures (optimization_history.png, param_importances.png, val_vs_top_params.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
-import ctypes
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -49,7 +46,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m wsol_fast.tune", description="\n\n".join(doc[1:]),
                                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
                                 epilog="Every other flag is passed to each trial's train run (e.g. --backbone, "
-                                       "--dataset, --epochs, --init-from CKPT --fork-weights-only, --device).")
+                                       "--dataset, --epochs, --init-from CKPT --fork-weights-only, --device). "
+                                       "Watch a study: optuna-dashboard sqlite:///OUTPUT/study.db (pip install "
+                                       "optuna-dashboard).")
     p.add_argument("--method", default="icl", choices=["icl", "adl", "cam"],
                    help="the method tuned, passed to train; picks the default space file (default: icl)")
     p.add_argument("--space", default=None, metavar="FILE",
@@ -230,7 +229,8 @@ def _objective(trial, a, space, train_args) -> float:
     print(f"trial {trial.number}: {' '.join(cmd[2:])} {' '.join(argv)}", file=sys.stderr)
     log_path = os.path.join(folder, "train.log")
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([*cmd, *argv], stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen([sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd, *argv], stdout=log,
+                                stderr=subprocess.STDOUT)
         reported = 0
         try:
             while True:
@@ -268,10 +268,17 @@ def _fail(trial, reason: str):
     raise TrialFailed(reason)
 
 
-def _die_with_parent() -> None:
-    """The trial's train run gets SIGTERM (and saves, then stops) when its worker dies (Linux)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+# The trial's train run gets SIGTERM (it saves, then stops) when its worker dies, even by SIGKILL: Linux's
+# PR_SET_PDEATHSIG, set in a small launcher that then execs the command (the setting survives exec), not in a
+# preexec_fn (unsafe beside the heartbeat thread). Elsewhere the launcher just execs.
+_DIE_WITH_PARENT = """import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+except (AttributeError, OSError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(143)
+os.execv(sys.argv[2], sys.argv[2:])"""
 
 
 def _metrics(folder: str) -> list[dict]:

@@ -322,9 +322,9 @@ def write_figures(study, out: str) -> list[str]:
 
     def save(ax, name):
         fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
-        fig.set_size_inches(8, 5)
-        fig.tight_layout()
-        fig.savefig(os.path.join(out, name), dpi=100)
+        fig.set_size_inches(10, 5)
+        fig.savefig(os.path.join(out, name), dpi=100, bbox_inches="tight")   # (the slice plot's colour bar
+        # does not take tight_layout)
         plt.close(fig)
         written.append(name)
 
