@@ -117,7 +117,12 @@ def _main(argv) -> int:
     optuna.logging.set_verbosity(optuna.logging.ERROR)   # tune prints each failure's reason itself
     url = tuning.storage_url(a.storage, a.output)
     study = _open_study(a, url, space, train_args)
-    if not a.report:
+    if a.report:   # the study's own setup and budget, whatever this command line says
+        setup = study.user_attrs["setup"]
+        a.method, a.objective, train_args = setup["method"], setup["objective"], setup["train_args"]
+        a.trials = study.user_attrs.get("budget", a.trials)
+    else:
+        study.set_user_attr("budget", a.trials)
         _search(a, study, space, train_args)
     return _report(a, study, url, train_args)
 

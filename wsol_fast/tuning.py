@@ -330,6 +330,7 @@ def write_figures(study, out: str) -> list[str]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.simplefilter("ignore", UserWarning)   # e.g. "importances will be equal" (too few trials)
         save(ovm.plot_optimization_history(study, target_name="val score"), "optimization_history.png")
         varied = [k for k in complete[0].params if len({t.params.get(k) for t in complete}) > 1]
         if varied:
