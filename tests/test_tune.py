@@ -74,6 +74,7 @@ def _two_workers_finish_exactly(root, out, storage, trials=3):
     assert not any(os.path.isfile(os.path.join(f, "results.json")) for f in folders)   # test never seen
 
 
+@pytest.mark.slow
 def test_a_three_trial_study_writes_its_outputs_scores_test_once_and_the_best_config_reruns(parts_root, tmp_path):
     out = tmp_path / "study"
     assert tune.main(_argv(parts_root, out)) == 0
