@@ -83,7 +83,8 @@ ext_modules, cmdclass = cpp_extension()
 
 setup(
     packages=find_packages(include=["wsol_fast", "wsol_fast.*"]) + ["wsol_fast.kernels"],
-    package_data={"wsol_fast.ops": ["dispatch_table.json"]},   # the measured dispatch (ops/dispatch.py)
+    package_data={"wsol_fast.ops": ["dispatch_table.json"],   # the measured dispatch (ops/dispatch.py)
+                  "wsol_fast": ["tune_spaces/*.yaml"]},       # tune's search spaces
     package_dir={"wsol_fast.kernels": "kernels"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -171,6 +171,7 @@ class RuntimeConfig:
     log_every: int = 10
     save_scoremaps: str | None = None   # the final test's GT-class CAMs as <dir>/<image_id>.npy
     tensorboard: bool = True   # TensorBoard events in the run folder (rank 0)
+    test: bool = True   # False (--no-test): stop after the last val, test unseen (python -m wsol_fast.tune's trials)
 
 
 @dataclass

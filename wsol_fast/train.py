@@ -200,6 +200,8 @@ class Trainer:
                 self.issues.record(loaders)
                 key, score, threshold = localization_score(val)   # MaxBoxAccV2, or PxAP on masks
                 stats.update({"val_top1_cls": val["top1_cls"], f"val_{key}": score, "val_threshold": threshold})
+                if "maxboxacc_v1" in val:   # GT-known loc at this val pass's own threshold (the one-box rule)
+                    stats["val_gt_known_loc"] = val["maxboxacc_v1"]
                 self.history.append(stats)
                 if score > self.best.get(key, -1.0):
                     self.best = {key: score, "epoch": epoch + 1, "threshold": threshold}
@@ -216,6 +218,11 @@ class Trainer:
                 if self.guard.signals.stop:   # arrived during validation or the save: the epoch-end save stands
                     self.guard.exit_stopped(f"end of epoch {epoch + 1}")
         self.tb.close()
+        if not c.runtime.test:   # --no-test: a tuning trial; test stays unseen
+            if self.info.is_main:
+                print(f"no test evaluation (--no-test); score it later with --resume "
+                      f"{os.path.join(self.out, 'last.pt')} --test")
+            return {}
         # The test pass writes nothing until results.json (atomically): a signal there just stops it.
         with signals.StopSignals(enabled=self.info.is_main, immediate=True):
             try:

@@ -20,7 +20,7 @@ from .models import check_icl_blocks, default_blocks, insertion_points, list_mod
 MIN_CROP = {"inceptionv3": 15, "resnet50": 9, "vgg16": 32}
 # Settings a --resume may change: they do not alter what the run computes (or, for --epochs, extend it).
 RESUME_MAY_CHANGE = {"epochs", "output", "device", "workers", "loader", "data_root", "metadata_root",
-                     "num_overlays", "skip_bad_images", "compile", "max_image_pixels"}
+                     "num_overlays", "skip_bad_images", "compile", "max_image_pixels", "test"}
 
 
 def check_crop(parser: argparse.ArgumentParser, backbone: str, crop: int | None, resize: int | None) -> None:
@@ -205,6 +205,11 @@ def parse_args(argv=None) -> TrainConfig:
                         "normalised: wsolevaluation's layout, for `evaluate --scoremap-root` or its evaluate_wsol)")
     r.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
                    help="no TensorBoard events in the run folder (without this flag: tensorboard=%(default)s)")
+    r.add_argument("--no-test", dest="test", action="store_false",
+                   help="end after the last epoch's val pass: no test evaluation, no results.json (a tuning "
+                        "trial); `--resume RUN/last.pt --test` scores the finished run on test later")
+    r.add_argument("--test", dest="test", action="store_true", default=argparse.SUPPRESS,
+                   help="score test at the end (the default; with --resume, a --no-test run)")
     r.add_argument("--config", default=None, metavar="FILE",
                    help="settings from a JSON or YAML file (a run's config.json reruns it); flags given on "
                         "the command line override them")

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The fair CAM / ADL / ICL comparison (issue #23, docs/tune.md): every method tuned with the same budget of
+# val (train-fullsup) on builtin-parts at the CPU profile, every trial forked from one shared CAM warm-up
+# (seed 0), then each method's best config trained over SEEDS seeds (each seed forked from its own CAM
+# warm-up) and scored on test. Writes OUT/comparison.md (the table) and OUT/comparison.json.
+#
+#   bash scripts/fair_comparison.sh                          # the full budget: 30 trials per method
+#   TRIALS=12 bash scripts/fair_comparison.sh                # a smaller budget, the same for every method
+#   TRIALS=2 SEEDS=2 OUT=runs/fair-smoke bash scripts/fair_comparison.sh --max-steps-per-epoch 2
+#                                                            # a smoke run: extra flags go to every train run
+#
+# Resumable: rerun the same command; a finished warm-up or final run is kept, each tune study continues to
+# TRIALS. Environment: BACKBONE (inceptionv3), DATASET (builtin-parts), TRIALS (30), SEEDS (3),
+# SAMPLER (random), OUT (runs/fair-<backbone>-<dataset>), STORAGE (each method's SQLite file by default; a
+# postgresql:// URL lets several machines share the studies: run the same command on each).
+set -euo pipefail
+BACKBONE=${BACKBONE:-inceptionv3}
+DATASET=${DATASET:-builtin-parts}
+TRIALS=${TRIALS:-30}
+SEEDS=${SEEDS:-3}
+SAMPLER=${SAMPLER:-random}
+OUT=${OUT:-runs/fair-$BACKBONE-$DATASET}
+EXTRA=("$@")
+PY=${PYTHON:-python}
+# The CPU profile: 6 epochs, the first 5 the CAM warm-up (the block warm-up of the built-in profile).
+WARMUP_EPOCHS=${WARMUP_EPOCHS:-5}
+EPOCHS=${EPOCHS:-6}
+COMMON=(--backbone "$BACKBONE" --dataset "$DATASET" "${EXTRA[@]}")
+
+warmup() {   # seed -> OUT/warmup-seed<S>/last.pt (CAM, the block warm-up epochs, test never scored)
+  local dir="$OUT/warmup-seed$1"
+  if [ -f "$dir/last.pt" ] && [ -f "$dir/metrics.csv" ] \
+     && [ "$(tail -n +2 "$dir/metrics.csv" | wc -l)" -ge "$WARMUP_EPOCHS" ]; then return; fi
+  if [ -f "$dir/last.pt" ]; then
+    "$PY" -m wsol_fast.train --resume "$dir/last.pt"
+  else
+    "$PY" -m wsol_fast.train "${COMMON[@]}" --method cam --epochs "$WARMUP_EPOCHS" --seed "$1" \
+      --output "$dir" --num-overlays 0 --no-test
+  fi
+}
+
+mkdir -p "$OUT"
+warmup 0
+FORK=(--epochs "$EPOCHS" --block-warmup-epochs 0 --fork-weights-only)
+for m in cam adl icl; do
+  storage=()
+  if [ -n "${STORAGE:-}" ]; then storage=(--storage "$STORAGE"); fi
+  "$PY" -m wsol_fast.tune --method "$m" --trials "$TRIALS" --sampler "$SAMPLER" --output "$OUT/tune-$m" \
+    --study-name "fair-$m" "${storage[@]}" --search-only \
+    "${COMMON[@]}" "${FORK[@]}" --init-from "$OUT/warmup-seed0/last.pt" --num-overlays 0
+done
+for s in $(seq 0 $((SEEDS - 1))); do
+  warmup "$s"
+  for m in cam adl icl; do
+    dir="$OUT/final/$m/seed$s"
+    [ -f "$dir/results.json" ] && continue
+    if [ -f "$dir/last.pt" ]; then "$PY" -m wsol_fast.train --resume "$dir/last.pt"; continue; fi
+    # The best config of the search, this seed, forked from this seed's warm-up, scored on test at the end.
+    "$PY" -m wsol_fast.train --config "$OUT/tune-$m/best_config.json" --seed "$s" --output "$dir" \
+      --init-from "$OUT/warmup-seed$s/last.pt" --num-overlays 0
+  done
+done
+"$PY" - "$OUT" "$SEEDS" "$TRIALS" "$BACKBONE" "$DATASET" <<'EOF'
+import json, math, os, sys
+out, seeds, trials, backbone, dataset = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+keys = (("maxboxacc_v2", "test MaxBoxAccV2"), ("top1_loc", "top-1 loc"), ("gt_known_loc", "GT-known"),
+        ("top1_cls", "top-1 cls"))
+def ms(v):
+    m = sum(v) / len(v)
+    return m, (math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0)
+table, lines = {}, ["| method | best val (search) | trials finished | " + " | ".join(l for _, l in keys) + " |",
+                    "|" + "---|" * (len(keys) + 3)]
+for m in ("cam", "adl", "icl"):
+    best = json.load(open(os.path.join(out, f"tune-{m}", "best.json")))
+    runs = [json.load(open(os.path.join(out, "final", m, f"seed{s}", "results.json"))) for s in range(seeds)]
+    table[m] = {"best": best["best"], "finished": best["finished"],
+                **{k: [r[k] for r in runs] for k, _ in keys}}
+    cells = ["%.1f ± %.1f" % ms(table[m][k]) for k, _ in keys]
+    lines.append(f"| {m.upper()} | {best['best']['val']:.1f} | {best['finished']} | " + " | ".join(cells) + " |")
+text = (f"{backbone} on {dataset}: each method tuned with {trials} trials (random search on val, every trial "
+        f"forked from one CAM warm-up), its best config then trained over {seeds} seed(s) (each forked from its "
+        "own seed's warm-up) and scored on test once; mean ± std over the seeds.\n\n" + "\n".join(lines) + "\n")
+open(os.path.join(out, "comparison.md"), "w").write(text)
+json.dump(table, open(os.path.join(out, "comparison.json"), "w"), indent=2)
+print(text)
+EOF
