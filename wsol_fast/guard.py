@@ -27,7 +27,7 @@ MIN_CROP = {"inceptionv3": 15, "resnet50": 9, "vgg16": 32}
 
 # Settings a --resume may change: they do not alter what the run computes (or, for --epochs, extend it).
 RESUME_MAY_CHANGE = {"epochs", "output", "device", "workers", "loader", "data_root", "metadata_root",
-                     "num_overlays", "skip_bad_images", "compile", "max_image_pixels"}
+                     "num_overlays", "skip_bad_images", "compile", "max_image_pixels", "checkpoint_every"}
 
 # What a run writes into its folder (removed by --overwrite).
 RUN_FILES = ("config.json", "last.pt", "best.pt", "results.json", "metrics.csv", "skipped_images.txt")
@@ -235,9 +235,12 @@ class StopSignals:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, enabled: bool = True, immediate: bool = False):
-        """immediate: exit at once (SystemExit 128 + signum), for phases that leave nothing partial."""
+    def __init__(self, enabled: bool = True, immediate: bool = False, announce: bool = True, shared: bool = False):
+        """immediate: exit at once (SystemExit 128 + signum), for phases that leave nothing partial.
+        announce: print what happens (rank 0 only under torchrun). shared: `stop` is what every rank agreed
+        on (`agreed`, set by elastic.StepHooks.agree_stop), so all ranks stop after the same step."""
         self.enabled, self.immediate, self.signum, self.count, self._prev = enabled, immediate, None, 0, {}
+        self.announce, self.shared, self.agreed = announce, shared, None
 
     def __enter__(self) -> "StopSignals":
         if self.enabled:
@@ -258,15 +261,17 @@ class StopSignals:
             raise SystemExit(128 + signum)
         if self.signum is None:
             self.signum = signum
+            if not self.announce:
+                return
             print(f"\n{name}: finishing the current step, then writing a resumable checkpoint ...",
                   file=sys.stderr, flush=True)
-        else:
+        elif self.announce:
             print(f"\n{name} again: the checkpoint is being written; exiting as soon as it is complete",
                   file=sys.stderr, flush=True)
 
     @property
     def stop(self) -> bool:
-        return self.signum is not None
+        return (self.agreed if self.shared else self.signum) is not None
 
     @property
     def exit_code(self) -> int:
@@ -349,9 +354,11 @@ class RunGuard:
         self.save, self.out, self.is_main = save, out, is_main
         self.signals = StopSignals(enabled=False)
         self.progress = (0, 0, None)
+        self.every_rank = False   # under torchrun: every rank catches the signals, and they agree (elastic.py)
 
     def __enter__(self) -> "RunGuard":
-        self.signals = StopSignals(enabled=self.is_main).__enter__()
+        self.signals = StopSignals(enabled=self.is_main or self.every_rank, announce=self.is_main,
+                                   shared=self.every_rank).__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
