@@ -115,7 +115,8 @@ def test_first_host_and_the_torchrun_command():
     env = {"SLURM_JOB_ID": "123456", "SLURM_NNODES": "4", "SLURM_NODEID": "2", "SLURM_JOB_NODELIST": "a[2-5]"}
     cmd = launch.torchrun_command(env, "8", 3, None, "wsol_fast.train", ["--epochs", "10"])
     joined = " ".join(cmd[1:])
-    assert joined == ("-m torch.distributed.run --nnodes 4 --nproc-per-node 8 --max-restarts 3 --rdzv-backend c10d "
+    assert joined == ("-m torch.distributed.run --nnodes 4 --nproc-per-node 8 --max-restarts 3 --shutdown-timeout 120 "
+                      "--rdzv-backend c10d "
                       "--rdzv-endpoint a2:23456 --rdzv-id 123456 --rdzv-conf is_host=0 -m wsol_fast.train --epochs 10")
     env["SLURM_NODEID"] = "0"
     assert "is_host=1" in launch.torchrun_command(env, "1", 0, 29999, "wsol_fast.train", [])

@@ -5,7 +5,7 @@ node (`srun --ntasks-per-node=1 python -m wsol_fast.launch -- ...`, scripts/slur
 replaces itself with
 
     python -m torch.distributed.run --nnodes $SLURM_NNODES --nproc-per-node N --max-restarts N
-        --rdzv-backend c10d --rdzv-endpoint FIRST_HOST:PORT --rdzv-id $SLURM_JOB_ID
+        --shutdown-timeout 120 --rdzv-backend c10d --rdzv-endpoint FIRST_HOST:PORT --rdzv-id $SLURM_JOB_ID
         --rdzv-conf is_host=1 (node 0) / is_host=0 (the others)  -m wsol_fast.train TRAIN_FLAGS
 
 FIRST_HOST is the first host of SLURM_JOB_NODELIST (node 0 hosts the rendezvous store: is_host from
@@ -52,11 +52,12 @@ def rendezvous(env, port: int | None = None) -> dict:
 
 
 def torchrun_command(env, nproc_per_node: str, max_restarts: int, port: int | None, module: str,
-                     flags: list[str]) -> list[str]:
+                     flags: list[str], shutdown_timeout: int = 120) -> list[str]:
     """The torchrun command line (argv) this node runs."""
     r = rendezvous(env, port)
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(r["nnodes"]),
-            "--nproc-per-node", nproc_per_node, "--max-restarts", str(max_restarts), "--rdzv-backend", "c10d",
+            "--nproc-per-node", nproc_per_node, "--max-restarts", str(max_restarts),
+            "--shutdown-timeout", str(shutdown_timeout), "--rdzv-backend", "c10d",
             "--rdzv-endpoint", f"{r['host']}:{r['port']}", "--rdzv-id", r["id"],
             "--rdzv-conf", f"is_host={int(r['node'] == 0)}", "-m", module, *flags]
 
@@ -76,6 +77,9 @@ def main(argv=None) -> int:
                    help="workers on this node (default: SLURM_GPUS_ON_NODE, else one per GPU, else 1)")
     p.add_argument("--max-restarts", type=guard.nonneg_int, default=3,
                    help="times torchrun restarts the group after a worker fails (default 3)")
+    p.add_argument("--shutdown-timeout", type=guard.positive_int, default=120, metavar="SECONDS",
+                   help="after a SIGTERM, how long torchrun lets the workers finish their step and rank 0 write "
+                        "last.pt before it SIGKILLs them (default 120; torchrun's own default is 30)")
     p.add_argument("--port", type=guard.positive_int, default=None,
                    help="the rendezvous port on the first node (default 20000 + SLURM_JOB_ID mod 20000)")
     p.add_argument("--module", default="wsol_fast.train", help="what each worker runs (default wsol_fast.train)")
@@ -87,7 +91,7 @@ def main(argv=None) -> int:
 
     def run() -> int:
         cmd = torchrun_command(os.environ, a.nproc_per_node or default_nproc(os.environ), a.max_restarts, a.port,
-                               a.module, flags)
+                               a.module, flags, a.shutdown_timeout)
         if a.dry_run:
             import shlex
 
