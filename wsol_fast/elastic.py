@@ -72,8 +72,8 @@ def resume_after_restart(cfg, run_dir) -> None:
 
 
 class StepHooks:
-    """What the training loop does after each step (info: runtime.DistInfo) when a run spans processes: agree on a stop (every rank
-    stops after the same step), write the step checkpoint, and the test hooks (KILL_AT, STEP_LOG).
+    """What the training loop does after each step: under torchrun, agree on a stop (every rank stops after
+    the same step); write the step checkpoint; the test hooks (KILL_AT, STEP_LOG). info: runtime.DistInfo.
 
     Under torchrun it makes `guard` catch SIGINT / SIGTERM on every rank (not only rank 0) and answer
     `signals.stop` with the agreed value. `save(name, epoch, step)` is the trainer's (rank 0 writes)."""
