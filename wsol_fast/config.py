@@ -169,6 +169,7 @@ class RuntimeConfig:
     num_overlays: int = 16
     max_steps_per_epoch: int | None = None
     log_every: int = 10
+    checkpoint_every: int | None = None   # also save last.pt every N steps of an epoch (elastic.py)
     save_scoremaps: str | None = None   # the final test's GT-class CAMs as <dir>/<image_id>.npy
     tensorboard: bool = True   # TensorBoard events in the run folder (rank 0)
     test: bool = True   # False (--no-test): stop after the last val, test unseen (python -m wsol_fast.tune's trials)

@@ -45,7 +45,8 @@ def main(argv=None) -> int:
                    help="with --scoremap-root: only the largest contour's box per threshold (MaxBoxAcc V1; "
                         "wsolevaluation's multi_contour_eval=False). Default: all contours (V2)")
     p.add_argument("--workers", type=flags.positive_int, default=1,
-                   help="with --scoremap-root: processes scoring the maps")
+                   help="processes scoring the maps (with --checkpoint: per rank, the box or mask search while "
+                        "the rank computes the next CAMs; under torchrun the ranks split the images)")
     p.add_argument("--save-scoremaps", default=None, metavar="DIR",
                    help="with --checkpoint: write every GT-class CAM of the split as DIR/<image_id>.npy "
                         "(224 x 224 float64, min-max normalised, as wsolevaluation writes them)")
@@ -118,11 +119,12 @@ def _evaluate_checkpoint(a) -> int:
         threshold = state["best"].get("threshold")
     if threshold is None or cfg.runtime.cam_curve_interval != state["config"]["runtime"]["cam_curve_interval"]:
         # Choose the CAM threshold on val (train-fullsup), as the protocol prescribes.
-        val = evaluate_model(model, data.val_loader, data.val_meta, device, autocast, cfg, info)
+        val = evaluate_model(model, data.val_loader, data.val_meta, device, autocast, cfg, info, workers=a.workers)
         threshold = localization_score(val)[2]
     loader, meta = (data.test_loader, data.test_meta) if a.split == "test" else (data.val_loader, data.val_meta)
     results = evaluate_model(model, loader, meta, device, autocast, cfg, info, loc_threshold=threshold,
-                             with_baseline=True, overlays=a.num_overlays, save_scoremaps=a.save_scoremaps)
+                             with_baseline=True, overlays=a.num_overlays, save_scoremaps=a.save_scoremaps,
+                             workers=a.workers)
     data.close()
     if info.is_main:
         out = a.output or os.path.dirname(os.path.abspath(a.checkpoint))

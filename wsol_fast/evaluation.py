@@ -23,7 +23,7 @@ import os
 import numpy as np
 import torch
 
-from . import cam, files, metrics, runtime, scoremaps
+from . import cam, eval_parallel, files, metrics, runtime, scoremaps
 
 
 def _mask_root(cfg, meta) -> str:
@@ -34,7 +34,7 @@ def _mask_root(cfg, meta) -> str:
 
 @torch.no_grad()
 def evaluate_model(model, loader, meta, device, autocast, cfg, info=None, loc_threshold=None,
-                   with_baseline=False, overlays=0, save_scoremaps=None, mask_root=None) -> dict:
+                   with_baseline=False, overlays=0, save_scoremaps=None, mask_root=None, workers: int = 1) -> dict:
     """Score a model on one split. Under DDP each rank scores its shard; the evaluator counts and the
     per-image results are gathered, so every image counts exactly once.
 
@@ -42,21 +42,18 @@ def evaluate_model(model, loader, meta, device, autocast, cfg, info=None, loc_th
     (the argument stays for the callers' sake), with TF32 off on CUDA (true_fp32). Mask datasets (`meta.has_masks`) are scored by PxAP
     with masks read under `mask_root` (default: --mask-root, else the data root); box datasets by
     MaxBoxAcc. `save_scoremaps`: a folder that receives every GT-class map as wsolevaluation writes
-    them (scoremaps.save_scoremap)."""
+    them (scoremaps.save_scoremap). `workers` > 1: the maps' box (or mask) search runs in that many processes
+    of this rank, batch by batch while the next CAMs are computed, with the same results (eval_parallel)."""
     info = info or runtime.DistInfo()
     model.eval()
     interval = cfg.runtime.cam_curve_interval
     use_masks = meta.has_masks
-    if use_masks:
-        mask_root = mask_root or _mask_root(cfg, meta)
-        mask_eval = metrics.MaskEvaluator(cam_curve_interval=interval)
-        prior_eval = metrics.MaskEvaluator(cam_curve_interval=interval) if with_baseline else None
-        prior = metrics.center_prior_scoremap(cam.CAM_SIZE)
-    else:
-        box_eval = metrics.BoxEvaluator(cam_curve_interval=interval, multi_contour=True)
-        one_box_eval = one_box_evaluator(interval)
-    per_image, samples = [], []
-    part_boxes = getattr(meta, "part_boxes", None)
+    ctx = {"meta": meta, "use_masks": use_masks, "interval": interval, "with_baseline": with_baseline,
+           "mask_root": (mask_root or _mask_root(cfg, meta)) if use_masks else None, "loc_threshold": loc_threshold,
+           "save_scoremaps": save_scoremaps, "overlays": overlays,
+           "prior": metrics.center_prior_scoremap(cam.CAM_SIZE) if use_masks and with_baseline else None}
+    # The CAMs here, the box (or mask) search of each batch inline or in `workers` processes (eval_parallel).
+    scorer = eval_parallel.BatchScorer(_score_batch, _new_evaluators, ctx, workers)
     for images, labels, ids in loader:
         images = images.to(device, non_blocking=True)
         if cfg.runtime.channels_last:
@@ -72,37 +69,15 @@ def evaluate_model(model, loader, meta, device, autocast, cfg, info=None, loc_th
             cam_gt = model.class_map(features, labels).float().cpu()
             cam_pred = (model.class_map(features, preds).float().cpu()
                         if loc_threshold is not None and not use_masks else None)
-        preds, labels = preds.cpu(), labels.cpu()
-        for k, image_id in enumerate(ids):
-            label, pred = int(labels[k]), int(preds[k])
-            gt_map = cam.to_scoremap(cam_gt[k].numpy())
-            if save_scoremaps:
-                scoremaps.save_scoremap(save_scoremaps, image_id, gt_map)
-            rec = {"id": image_id, "label": label, "pred": pred}
-            if use_masks:
-                gt = scoremaps.gt_mask_224(meta, mask_root, image_id, cam.CAM_SIZE)   # (foreground, ignore)
-                mask_eval.accumulate(gt_map, *gt)
-                if prior_eval is not None:
-                    prior_eval.accumulate(prior, *gt)
-            else:
-                gt = cam.gt_boxes_224(meta, image_id)
-                box_eval.accumulate(gt_map, gt)
-                one_box_eval.accumulate(gt_map, gt)
-                if loc_threshold is not None:
-                    # One largest-component box of the GT-class map serves GT-known and the coverage
-                    # numbers; a correct prediction's map is the same map, so top-1 loc reuses its IoU.
-                    box = metrics.boxes_at_threshold(gt_map, loc_threshold, multi_contour=False)
-                    rec["iou_gt"] = float(metrics.multiple_iou(box, metrics.check_box_convention(gt)).max())
-                    rec["iou_pred"] = rec["iou_gt"] if pred == label else metrics.best_iou_at_threshold(
-                        cam.to_scoremap(cam_pred[k].numpy()), gt, loc_threshold)
-                    rec["coverage"] = box_coverage(box[0], gt)
-                    if part_boxes:   # builtin-parts: the head's share of that box, and the map's peak
-                        part = metrics.rescale_boxes(part_boxes[image_id], meta.sizes[image_id], cam.CAM_SIZE)
-                        rec["part"] = part_coverage(box[0], gt[0], part[0], gt_map)
-            per_image.append(rec)
-            if len(samples) < overlays:
-                samples.append((image_id, gt_map, gt))
+        scorer.submit((list(ids), labels.cpu().numpy(), preds.cpu().numpy(), cam_gt.numpy(),
+                       None if cam_pred is None else cam_pred.numpy()))
     model.train()
+    evaluators, per_image, samples = scorer.result()
+    part_boxes = getattr(meta, "part_boxes", None)
+    if use_masks:
+        mask_eval, prior_eval = evaluators
+    else:
+        box_eval, one_box_eval = evaluators
 
     # Gather: per-image records, evaluator state, overlay samples (rank 0 writes them).
     if use_masks:
@@ -113,6 +88,9 @@ def evaluate_model(model, loader, meta, device, autocast, cfg, info=None, loc_th
         box_eval = metrics.BoxEvaluator.merge(runtime.all_gather_objects(box_eval, info))
         one_box_eval = metrics.BoxEvaluator.merge(runtime.all_gather_objects(one_box_eval, info))
     per_image = [r for part in runtime.all_gather_objects(per_image, info) for r in part]
+    # In the split's order, so that the means below add up alike whatever the number of ranks (bit for bit).
+    place = {image_id: k for k, image_id in enumerate(meta.image_ids)}
+    per_image.sort(key=lambda r: place.get(r["id"], len(place)))
     # Images that failed to decode during this pass and were skipped (--skip-bad-images) are not scored.
     skipped = {i for part in runtime.all_gather_objects(sorted(getattr(loader, "skipped", {})), info) for i in part}
     expected = set(meta.image_ids) - skipped
@@ -175,6 +153,56 @@ def evaluate_model(model, loader, meta, device, autocast, cfg, info=None, loc_th
         out["baselines"] = {"centre_prior": centre_prior(meta, interval)}
     out["_samples"] = samples if info.is_main else []
     return out
+
+
+def _new_evaluators(ctx) -> list:
+    """Empty evaluators of one split's scoring: [mask, centre prior or None] or [boxes, one box]."""
+    interval = ctx["interval"]
+    if ctx["use_masks"]:
+        return [metrics.MaskEvaluator(cam_curve_interval=interval),
+                metrics.MaskEvaluator(cam_curve_interval=interval) if ctx["with_baseline"] else None]
+    return [metrics.BoxEvaluator(cam_curve_interval=interval, multi_contour=True), one_box_evaluator(interval)]
+
+
+def _score_batch(ctx, batch, evaluators, first: int) -> tuple[list, list]:
+    """Score one batch's CAMs (batch: ids, labels, predictions, GT-class CAMs, predicted-class CAMs or None)
+    into `evaluators` (_new_evaluators); `first`: the batch's first image's place in this rank's pass.
+    Returns the per-image records and the overlay samples among them."""
+    meta, use_masks, loc_threshold = ctx["meta"], ctx["use_masks"], ctx["loc_threshold"]
+    part_boxes = getattr(meta, "part_boxes", None)
+    per_image, samples = [], []
+    for k, (image_id, label, pred) in enumerate(zip(*batch[:3])):
+        label, pred = int(label), int(pred)
+        gt_map = cam.to_scoremap(batch[3][k])
+        if ctx["save_scoremaps"]:
+            scoremaps.save_scoremap(ctx["save_scoremaps"], image_id, gt_map)
+        rec = {"id": image_id, "label": label, "pred": pred}
+        if use_masks:
+            mask_eval, prior_eval = evaluators
+            gt = scoremaps.gt_mask_224(meta, ctx["mask_root"], image_id, cam.CAM_SIZE)   # (foreground, ignore)
+            mask_eval.accumulate(gt_map, *gt)
+            if prior_eval is not None:
+                prior_eval.accumulate(ctx["prior"], *gt)
+        else:
+            box_eval, one_box_eval = evaluators
+            gt = cam.gt_boxes_224(meta, image_id)
+            box_eval.accumulate(gt_map, gt)
+            one_box_eval.accumulate(gt_map, gt)
+            if loc_threshold is not None:
+                # One largest-component box of the GT-class map serves GT-known and the coverage
+                # numbers; a correct prediction's map is the same map, so top-1 loc reuses its IoU.
+                box = metrics.boxes_at_threshold(gt_map, loc_threshold, multi_contour=False)
+                rec["iou_gt"] = float(metrics.multiple_iou(box, metrics.check_box_convention(gt)).max())
+                rec["iou_pred"] = rec["iou_gt"] if pred == label else metrics.best_iou_at_threshold(
+                    cam.to_scoremap(batch[4][k]), gt, loc_threshold)
+                rec["coverage"] = box_coverage(box[0], gt)
+                if part_boxes:   # builtin-parts: the head's share of that box, and the map's peak
+                    part = metrics.rescale_boxes(part_boxes[image_id], meta.sizes[image_id], cam.CAM_SIZE)
+                    rec["part"] = part_coverage(box[0], gt[0], part[0], gt_map)
+        per_image.append(rec)
+        if first + k < ctx["overlays"]:
+            samples.append((image_id, gt_map, gt))
+    return per_image, samples
 
 
 def one_box_evaluator(interval: float) -> metrics.BoxEvaluator:

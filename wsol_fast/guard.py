@@ -35,9 +35,11 @@ class RunGuard:
         self.save, self.out, self.is_main = save, out, is_main
         self.signals = StopSignals(enabled=False)
         self.progress = (0, 0, None)
+        self.every_rank = False   # under torchrun: every rank catches the signals, and they agree (elastic.py)
 
     def __enter__(self) -> "RunGuard":
-        self.signals = StopSignals(enabled=self.is_main).__enter__()
+        self.signals = StopSignals(enabled=self.is_main or self.every_rank, announce=self.is_main,
+                                   shared=self.every_rank).__enter__()
         return self
 
     def __exit__(self, *exc) -> None:

@@ -83,7 +83,9 @@ def init_distributed(device_arg: str | None) -> tuple[DistInfo, torch.device]:
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    from .elastic import init_process_group   # one store prefix per torchrun attempt
+
+    init_process_group("nccl" if device.type == "cuda" else "gloo")
     return DistInfo(rank, world, local_rank), device
 
 

@@ -13,9 +13,12 @@ class StopSignals:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, enabled: bool = True, immediate: bool = False):
-        """immediate: exit at once (SystemExit 128 + signum), for phases that leave nothing partial."""
+    def __init__(self, enabled: bool = True, immediate: bool = False, announce: bool = True, shared: bool = False):
+        """immediate: exit at once (SystemExit 128 + signum), for phases that leave nothing partial.
+        announce: print what happens (rank 0 only under torchrun). shared: `stop` is what every rank agreed
+        on (`agreed`, set by elastic.StepHooks.agree_stop), so all ranks stop after the same step."""
         self.enabled, self.immediate, self.signum, self.count, self._prev = enabled, immediate, None, 0, {}
+        self.announce, self.shared, self.agreed = announce, shared, None
 
     def __enter__(self) -> "StopSignals":
         if self.enabled:
@@ -36,15 +39,17 @@ class StopSignals:
             raise SystemExit(128 + signum)
         if self.signum is None:
             self.signum = signum
+            if not self.announce:
+                return
             print(f"\n{name}: finishing the current step, then writing a resumable checkpoint ...",
                   file=sys.stderr, flush=True)
-        else:
+        elif self.announce:
             print(f"\n{name} again: the checkpoint is being written; exiting as soon as it is complete",
                   file=sys.stderr, flush=True)
 
     @property
     def stop(self) -> bool:
-        return self.signum is not None
+        return (self.agreed if self.shared else self.signum) is not None
 
     @property
     def exit_code(self) -> int:

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from . import build, checkpoint, diagnostics, errors, figures, files, guard, runlog, runlock, runtime, signals
+from . import build, checkpoint, diagnostics, elastic, errors, figures, files, guard, runlog, runlock, runtime, signals
 from .config import TrainConfig, icl_form, resolve
 from .data import RunData, prepare_data
 from .evaluation import evaluate_model, localization_score, print_table, write_outputs
@@ -85,6 +85,8 @@ class Trainer:
                                                     report=self.info.is_main)
         self.train_loader = self.data.train_loader
         self.guard = guard.RunGuard(self.save, self.out, self.info.is_main)
+        self.hooks = elastic.StepHooks(self.info, self.device, self.guard, self.save, c.runtime.checkpoint_every,
+                                       c.runtime.log_every)   # step checkpoints; under torchrun, one stop
         self.tb = TensorBoardLog(self.out, c, self.info.is_main and c.runtime.tensorboard, self.data, self.autocast)
 
     def save(self, name: str, epoch: int, step: int) -> None:
@@ -159,6 +161,7 @@ class Trainer:
             step += 1
             self._acc.update(diag=diag, images=n_img, wait=wait, step=step)
             self.guard.progress = (epoch, step, nonfinite)
+            self.hooks.after_step(epoch, step, last=i + 1 == steps)
             if (i + 1) % c.runtime.log_every == 0 or i + 1 == steps or self.guard.signals.stop:
                 if bool(nonfinite):  # one host sync per log interval, not per step
                     raise self.guard.nonfinite(epoch, step)
@@ -215,6 +218,7 @@ class Trainer:
                           f"val {'PxAP' if key == 'pxap' else 'MaxBoxAccV2'} {score:.1f}")
                     if self.epoch_diag is not None:
                         print(f"  {diagnostics.summary(self.epoch_diag)}")
+                self.hooks.agree_stop()
                 if self.guard.signals.stop:   # arrived during validation or the save: the epoch-end save stands
                     self.guard.exit_stopped(f"end of epoch {epoch + 1}")
         self.tb.close()
@@ -271,6 +275,7 @@ def main(argv=None) -> int:
 
 
 def _run(cfg: TrainConfig) -> int:
+    elastic.resume_after_restart(cfg, run_dir)   # a group that torchrun restarted continues RUN/last.pt
     resume_state = None
     fork = cfg.runtime.init_from is not None   # a resumed fork (its saved config names init_from) is a resume
     if fork:

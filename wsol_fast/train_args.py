@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import fields
 
-from . import flags, runtime
+from . import elastic, flags, runtime
 from .config import DataConfig, ModelConfig, OptimConfig, RuntimeConfig, TrainConfig
 from .config_file import ConfigFileError, apply_to_parser, output_in_use
 from .models import check_icl_blocks, default_blocks, insertion_points, list_models
@@ -20,7 +20,8 @@ from .models import check_icl_blocks, default_blocks, insertion_points, list_mod
 MIN_CROP = {"inceptionv3": 15, "resnet50": 9, "vgg16": 32}
 # Settings a --resume may change: they do not alter what the run computes (or, for --epochs, extend it).
 RESUME_MAY_CHANGE = {"epochs", "output", "device", "workers", "loader", "data_root", "metadata_root",
-                     "num_overlays", "skip_bad_images", "compile", "max_image_pixels", "test"}
+                     "num_overlays", "skip_bad_images", "compile", "max_image_pixels", "test",
+                     "checkpoint_every"}
 
 
 def check_crop(parser: argparse.ArgumentParser, backbone: str, crop: int | None, resize: int | None) -> None:
@@ -199,6 +200,9 @@ def parse_args(argv=None) -> TrainConfig:
     r.add_argument("--num-overlays", type=flags.nonneg_int, default=16)
     r.add_argument("--max-steps-per-epoch", type=flags.positive_int, default=None,
                    help="cap steps per epoch (smoke runs)")
+    r.add_argument("--checkpoint-every", type=flags.positive_int, default=None, metavar="STEPS",
+                   help="also write RUN/last.pt every STEPS steps of an epoch (rank 0, atomically), so that a "
+                        "torchrun --max-restarts restart or a kill loses at most STEPS steps (docs/distributed.md)")
     r.add_argument("--debug", action="store_true", help="show the traceback of an expected error too")
     r.add_argument("--save-scoremaps", default=None, metavar="DIR",
                    help="write the final test's GT-class CAMs as DIR/<image_id>.npy (224 x 224 float64, min-max "
@@ -255,7 +259,7 @@ def parse_args(argv=None) -> TrainConfig:
 def run_dir(cfg: TrainConfig) -> str:
     if cfg.runtime.output:
         return cfg.runtime.output
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = elastic.run_name() or time.strftime("%Y%m%d-%H%M%S")   # torchrun: one name for every rank, attempt
     return os.path.join("runs", f"{cfg.model.backbone}-{cfg.model.method}-{cfg.data.dataset}-{stamp}")
 
 

@@ -17,7 +17,7 @@ cv2 = pytest.importorskip("cv2")
 
 from wsol_fast.data import dali, images  # noqa: E402
 from wsol_fast.data.images import BadImageError, read_image_rgb  # noqa: E402
-from wsol_fast.data.opencv import OpenCVLoader, augment_draws  # noqa: E402
+from wsol_fast.data.opencv import OpenCVLoader, augment_draws, shard_draws  # noqa: E402
 
 MEAN = np.array(images.IMAGENET_MEAN, np.float32)
 STD = np.array(images.IMAGENET_STD, np.float32)
@@ -82,6 +82,18 @@ def test_channels_last_output_has_the_same_values(tmp_path):
     assert torch.equal(a, b)
 
 
+def test_a_crop_belongs_to_its_place_in_the_epoch_not_to_the_rank():
+    """Two ranks' draws, interleaved, are one process's draws (9 samples: the padded 10th place reuses the
+    first sample's), so W ranks at batch B train on the crops of one process at batch W x B."""
+    one = augment_draws(7, 3, 0, 9, 40, 32)
+    two = [shard_draws(7, 3, 9, r, 2, 40, 32) for r in (0, 1)]
+    for k in range(3):
+        merged = np.empty(10, dtype=one[k].dtype)
+        merged[0::2], merged[1::2] = two[0][k], two[1][k]
+        assert np.array_equal(merged, np.concatenate([one[k], one[k][:1]]))
+    assert all(np.array_equal(a, b) for a, b in zip(shard_draws(7, 3, 9, 0, 1, 40, 32), one))
+
+
 def test_draws_are_the_dali_loaders(tmp_path):
     """Same (seed, epoch, shard) -> the same crops and flips as DaliLoader (no DALI needed to check)."""
     ids = _write_images(tmp_path, [(40, 50)] * 9)
@@ -89,7 +101,7 @@ def test_draws_are_the_dali_loaders(tmp_path):
                         crop_size=32, seed=7, shard_id=1, num_shards=2)
     d.set_epoch(3, 2)
     starts, _, offsets, flips = d._augment_draws(len(d.sampler))
-    off_y, off_x, flip = augment_draws(7, 3, 1, d.sampler.per_rank, 40, 32)
+    off_y, off_x, flip = shard_draws(7, 3, 9, 1, 2, 40, 32)
     assert np.array_equal(np.round(starts * 40).astype(int), np.stack([off_y, off_x], 1)[2:])
     assert np.array_equal(offsets, np.stack([off_y, off_x], 1)[2:])
     assert np.array_equal(flips, flip[2:])

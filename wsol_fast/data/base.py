@@ -5,8 +5,9 @@ sharding and resume (`set_epoch`), the batch count, and the augmentation draws.
     for images, labels, ids in loader: ...    # float32 (N,3,H,W), int64 (N,), list[str]
 
 The order comes from the samplers (TrainSampler / ShardSampler) and the crop offsets and flips from
-`transforms.augment_draws`, both pure functions of (seed, epoch, shard), so the two loaders give the same
-images in the same order with the same crops, and a run resumed mid-epoch (`set_epoch(epoch, start)`)
+`transforms.shard_draws`, both pure functions of (seed, epoch, shard), so the two loaders give the same
+images in the same order with the same crops (a crop belongs to the sample's place in the epoch, so W ranks
+at batch B see the crops of one process at batch W x B), and a run resumed mid-epoch (`set_epoch(epoch, start)`)
 gets exactly the remaining batches it would have had.
 """
 from __future__ import annotations

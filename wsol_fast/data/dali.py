@@ -127,8 +127,9 @@ class DaliLoader(SplitLoader):
     def _augment_draws(self, count: int):
         """Per-sample crop offsets and flips for the whole share of this epoch, so skipping `start`
         samples keeps the draws of the rest (exact resume)."""
-        off_y, off_x, flip = transforms.augment_draws(self.seed, self.epoch, self.shard_id, self.sampler.per_rank,
-                                                      self.resize_size, self.crop_size)
+        sp = self.sampler
+        off_y, off_x, flip = transforms.shard_draws(self.seed, self.epoch, sp.size, sp.rank, sp.world_size,
+                                                    self.resize_size, self.crop_size)
         keep = slice(self.start, self.start + count)
         # ROI (y, x) of the crop within the resize_size x resize_size image, relative to its sides.
         offsets = np.stack([off_y[keep], off_x[keep]], axis=1)

@@ -26,7 +26,7 @@ import torch
 
 from .base import SplitLoader
 from .images import IMAGENET_MEAN, IMAGENET_STD, BadImageError, read_image_rgb
-from .transforms import augment_draws, eval_resize, train_crop
+from .transforms import augment_draws, eval_resize, shard_draws, train_crop  # noqa: F401 (re-exported)
 
 
 @contextmanager
@@ -131,8 +131,9 @@ class _Plan(torch.utils.data.Sampler):
         order = [self.keep[i] for i in self.sampler]
         if not self.train:
             return iter([(k, 0, 0, 0) for k in order])
-        off_y, off_x, flip = augment_draws(self.seed, self.epoch, self.shard_id, self.sampler.per_rank,
-                                           self.resize_size, self.crop_size)
+        sp = self.sampler
+        off_y, off_x, flip = shard_draws(self.seed, self.epoch, sp.size, sp.rank, sp.world_size, self.resize_size,
+                                         self.crop_size)
         s = self.start
         return iter([(k, int(off_y[s + j]), int(off_x[s + j]), int(flip[s + j])) for j, k in enumerate(order)])
 

@@ -56,6 +56,17 @@ def augment_draws(seed: int, epoch: int, shard_id: int, count: int, resize_size:
     return off_y, off_x, flip
 
 
+def shard_draws(seed: int, epoch: int, size: int, rank: int, world_size: int, resize_size: int, crop_size: int):
+    """augment_draws for rank `rank`'s share of an epoch of `size` samples: the draws belong to the sample's
+    place in the epoch's order (the TrainSampler's, padded to an even split), not to the rank, so a sample
+    gets the same crop and flip whatever the world size: W ranks at batch B train on exactly the crops of
+    one process at batch W x B (docs/distributed.md). One rank: augment_draws(seed, epoch, 0, size, ...)."""
+    off_y, off_x, flip = augment_draws(seed, epoch, 0, size, resize_size, crop_size)
+    per_rank = -(-size // world_size)
+    place = (np.arange(per_rank * world_size) % size)[rank::world_size]   # a padded place reuses its sample's
+    return off_y[place], off_x[place], flip[place]
+
+
 def _check_image(image) -> np.ndarray:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
         raise TypeError(f"image must be a uint8 numpy array, got {getattr(image, 'dtype', type(image).__name__)}")
