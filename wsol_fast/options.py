@@ -80,8 +80,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("mask_norm", {"icl": "minmax"}, "thresholds of Eq. 1-2 on the raw map (none: the paper's) or the "
            "per-sample min-max normalised map", choices=("none", "minmax"), kind=str, flag="--mask-norm",
            paper="none"),
-    Option("attention_scale", {"icl": "inv_sqrt"}, "logit scale s of softmax(f g^T s): a positive number (the "
-           "paper's: 1) or inv_sqrt (1/sqrt(C'))", flags.attention_scale, kind=str, flag="--attention-scale",
+    Option("attention_scale", {"icl": "inv_sqrt"}, "logit scale s of softmax(f g^T s): a positive number or "
+           "inv_sqrt (1/sqrt(C'))", flags.attention_scale, kind=str, flag="--attention-scale",
            paper="1"),
     # ADL (Choe & Shim, CVPR 2019): drop threshold 0.9 of the per-sample max. ICL uses it only with
     # use_dfg_mask=False (ADL's drop mask [A < t * max]); None means t = gamma_fg, so that ablation differs
@@ -135,25 +135,26 @@ def paper_values(backbone: str | None = None) -> dict:
     return out
 
 
-def check(name: str, value) -> None:
-    """ValueError ("<name> must be ..., got ...") where `value` is outside the option's range; None passes
-    (the default of an option that has none, e.g. ICL's drop_threshold)."""
+def check(name: str, value, label: str | None = None) -> None:
+    """ValueError ("<label> must be ..., got ...", label: the name, or e.g. the flag) where `value` is outside
+    the option's range; None passes (the default of an option that has none, e.g. ICL's drop_threshold)."""
     o = BY_NAME[name]
+    label = label or name
     if value is None:
         return
     if o.kind is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"{name} must be true or false, got {value!r}")
+            raise ValueError(f"{label} must be true or false, got {value!r}")
         return
     if o.choices is not None and value not in o.choices:
-        raise ValueError(f"{name} must be one of {o.choices}, got {value!r}")
+        raise ValueError(f"{label} must be one of {o.choices}, got {value!r}")
     if o.check is not None:
         try:
             if isinstance(value, bool):
                 raise argparse.ArgumentTypeError(f"expected a number, got {value!r}")
             o.check(str(value))
         except argparse.ArgumentTypeError as exc:
-            raise ValueError(f"{name} {exc}") from None
+            raise ValueError(f"{label} {exc}") from None
 
 
 def default_help(o: Option) -> str:
@@ -164,7 +165,7 @@ def default_help(o: Option) -> str:
         parts.append(text if len(o.default) == 1 else f"{method}: {text}")
     table1 = " (the paper's Table 1)" if any(o.default[m] is TABLE1.get(o.name) for m in o.methods) else ""
     paper = f"; the paper's: {o.paper}" if o.paper is not None and not isinstance(o.paper, dict) else ""
-    return f"default: {'; '.join(parts)}{table1}{paper}"
+    return f"model default: {'; '.join(parts)}{table1}{paper}"
 
 
 def add_flags(group) -> None:
