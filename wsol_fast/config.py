@@ -255,11 +255,13 @@ def _apply_preset(cfg: TrainConfig, builtin: bool) -> None:
 def _resolve_model_options(m: ModelConfig) -> None:
     """Write the model's own defaults (per backbone and method) into the options left unset, so that
     config.json records every value the model uses. Options of another method stay None."""
-    from .models import METHOD_OPTIONS, model_defaults   # on use: a plain `import wsol_fast.config` stays light
+    # On use: a plain `import wsol_fast.config` stays light. model_defaults: the table's, with a registered
+    # backbone's own values on top.
+    from .models import model_defaults
 
     defaults = model_defaults(m.backbone, m.method)
     for key in MODEL_OPTION_FIELDS:
-        if key in METHOD_OPTIONS[m.method] and getattr(m, key) is None:
+        if key in options.METHOD_OPTIONS[m.method] and getattr(m, key) is None:
             setattr(m, key, defaults[key])
     check_model_options(m)
 
@@ -281,7 +283,7 @@ def icl_form(cfg: TrainConfig) -> str:
     paper = {**PRESETS["paper"]["model"], **{k: PRESETS["paper"]["optim"][k] for k in ("fc_norm", "fc_reduction")}}
     paper_values = {**PAPER_TABLE1.get(m.backbone, {}), **{k: PRESETS["paper"]["optim"][k]
                                                           for k in ("margin", "lambda_ca", "lambda_fc")}}
-    actual = {**{k: getattr(m, k) for k in ("drop_rate", "gamma_fg", "gamma_bg")},
+    actual = {**{k: getattr(m, k) for k in options.TABLE1},
               **{k: getattr(o, k) for k in ("margin", "lambda_ca", "lambda_fc")}}
     off_paper = [f"{k} {v}" for k, v in values.items() if v != paper[k]] + \
                 [f"{k} {actual[k]}" for k, v in paper_values.items() if actual[k] != v]
