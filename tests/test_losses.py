@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from wsol_fast.options import paper_values
 from wsol_fast import ops
 from wsol_fast.losses import (NORM_EPS, WSOLLoss, contrastive_attention_loss, foreground_consistency_loss,
                               normalize_attention)
@@ -115,7 +116,7 @@ def test_fc_gradient_never_reaches_the_reference_block_of_a_model():
 
 def test_empty_fg_and_bg_masks_give_zero_vectors_and_finite_losses():
     torch.manual_seed(3)
-    block = ICLBlock(4, drop_rate=0.5, gamma_fg=0.7, gamma_bg=1.2, embed_dim=3).train()
+    block = ICLBlock(4, drop_rate=0.5, gamma_fg=0.7, gamma_bg=1.2, embed_dim=3, **paper_values()).train()
     x = torch.randn(2, 4, 3, 3, requires_grad=True)
     # sample 0: A = +1 everywhere -> fg = [A > 1.2] and dfg empty; sample 1: A = -1 -> bg = [A < -1.2] empty
     attention = torch.stack([torch.ones(9), -torch.ones(9)])

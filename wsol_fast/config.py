@@ -6,7 +6,9 @@ in about ten minutes on a 2-core laptop CPU. The resolved config is written to t
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, make_dataclass
+
+from . import options
 
 # Per-dataset schedule defaults (wsolevaluation's): epochs and lr step.
 DATASET_SCHEDULES = {
@@ -54,17 +56,16 @@ BUILTIN_PROFILE = {
 COMPILE_FASTER = {("cpu", "resnet50")}
 
 # --preset paper: every element of the method set to the paper's text (docs/method.md, "The paper's text and
-# the default"). Flags given explicitly (or by --config FILE) still override it.
+# the default"). Flags given explicitly (or by --config FILE) still override it. The model options' paper
+# values are the option table's (options.py: `paper`), so they meet the same definitions and validators.
 PAPER_TABLE1 = {   # paper Table 1: drop_rate, gamma_fg, gamma_bg per backbone
-    "vgg16": {"drop_rate": 0.33, "gamma_fg": 0.72, "gamma_bg": 1.2},
-    "inceptionv3": {"drop_rate": 0.69, "gamma_fg": 0.86, "gamma_bg": 1.2},
-    "resnet50": {"drop_rate": 0.85, "gamma_fg": 0.95, "gamma_bg": 1.2},
-}
+    backbone: {name: values[backbone] for name, values in options.TABLE1.items()}
+    for backbone in options.TABLE1["drop_rate"]}
 PRESETS = {
     "paper": {
         # Eq. 5 literally: A = E_C[softmax(f^T g) z] (signed zbar, logit scale 1); Eq. 1-2's thresholds
         # gamma_fg * max A and gamma_bg * mean A on A itself.
-        "model": {"attention_form": "paper", "mask_norm": "none", "attention_scale": "1"},
+        "model": options.paper_values(),
         # Eq. 4: the plain ||A_i - A_j||_2^2 per sample (a sum over positions, no normalisation), the
         # reference detached (always, losses.py); Eq. 3 with m = 1 and Eq. 6's unit weights.
         "optim": {"fc_norm": "none", "fc_reduction": "sum", "margin": 1.0, "lambda_ca": 1.0, "lambda_fc": 1.0},
@@ -73,7 +74,7 @@ PRESETS = {
     },
 }
 # What the default run uses instead of the paper's text, where they differ (the ICL elements only).
-PROJECT_DEFAULT = {"attention_form": "residual", "mask_norm": "minmax", "attention_scale": "inv_sqrt",
+PROJECT_DEFAULT = {**{k: options.defaults("icl")[k] for k in PRESETS["paper"]["model"]},
                    "fc_norm": "minmax", "fc_reduction": "mean"}
 
 # fc_norm: SPEC 1.2's "max" diverged from scratch (L_fc ~190 at the first step, loss 4e12 within 6 steps) and
@@ -82,9 +83,9 @@ PAPER_PROFILE = {"lr": 1e-3, "block_warmup_epochs": 0, "resize_size": 256, "crop
                  "new_layer_lr_mult": 10.0}
 
 
-# ModelConfig fields that are model options (create_model overrides), in config.json's order.
-MODEL_OPTION_FIELDS = ("drop_rate", "gamma_fg", "gamma_bg", "use_contrastive", "use_fc", "nonlocal_attention",
-                       "use_dfg_mask", "attention_form", "mask_norm", "attention_scale")
+# ModelConfig fields that are model options (create_model overrides), in config.json's order: the option
+# table's options that have a train flag (options.py).
+MODEL_OPTION_FIELDS = options.CONFIG_OPTIONS
 
 
 @dataclass
@@ -106,31 +107,24 @@ class DataConfig:
     mask_root: str | None = None      # masks at <mask_root>/<dataset>/<mask_path>; None: the data root
 
 
-@dataclass
-class ModelConfig:
-    preset: str | None = None              # "paper": the paper's text (PRESETS); None: the project's defaults
-    backbone: str = "inceptionv3"
-    method: str = "icl"
-    pretrained: str | None = None
-    # Model options; None takes the preset's value, else the model's own default (per backbone), and
-    # resolve() writes the value used back, so config.json says what ran.
-    drop_rate: float | None = None
-    gamma_fg: float | None = None
-    gamma_bg: float | None = None
-    use_contrastive: bool | None = None
-    use_fc: bool | None = None
-    nonlocal_attention: bool | None = None
-    use_dfg_mask: bool | None = None
-    attention_form: str | None = None      # "paper" | "relu" | "residual" (models/icl.py)
-    mask_norm: str | None = None           # "none" | "minmax": the map the thresholds of Eq. 1-2 see
-    attention_scale: str | None = None     # logit scale: a number or "inv_sqrt"
-    # Where the attention blocks sit (the backbone's insertion points; the last is L_fc's reference).
-    # None: the backbone's default three; resolve() records them.
-    icl_blocks: list[str] | None = None
+def _model_overrides(self) -> dict:
+    keys = (*MODEL_OPTION_FIELDS, "icl_blocks")   # icl_blocks: create_model's own argument
+    return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
-    def overrides(self) -> dict:
-        keys = (*MODEL_OPTION_FIELDS, "icl_blocks")   # icl_blocks: create_model's own argument
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+# The model section: preset, backbone, method, pretrained, then one field per model option of the table
+# (options.py), each None until resolve() writes the value used (the preset's, else the model's own default
+# per backbone), so config.json says what ran; then icl_blocks (the attention blocks' insertion points, the
+# last L_fc's reference; None: the backbone's default three, recorded by resolve()).
+ModelConfig = make_dataclass("ModelConfig", [
+    ("preset", "str | None", field(default=None)),   # "paper": the paper's text (PRESETS); None: the project's
+    ("backbone", str, field(default="inceptionv3")),
+    ("method", str, field(default="icl")),
+    ("pretrained", "str | None", field(default=None)),
+    *((name, f"{options.BY_NAME[name].kind.__name__} | None", field(default=None)) for name in MODEL_OPTION_FIELDS),
+    ("icl_blocks", "list[str] | None", field(default=None)),
+], namespace={"overrides": _model_overrides, "__doc__": "The model's settings (config.json's model section)."})
+ModelConfig.__module__ = __name__   # pickle finds it here (make_dataclass's `module` is Python 3.12's)
 
 
 @dataclass
@@ -262,33 +256,23 @@ def _apply_preset(cfg: TrainConfig, builtin: bool) -> None:
 def _resolve_model_options(m: ModelConfig) -> None:
     """Write the model's own defaults (per backbone and method) into the options left unset, so that
     config.json records every value the model uses. Options of another method stay None."""
-    from .models import METHOD_OPTIONS, model_defaults   # on use: a plain `import wsol_fast.config` stays light
+    # On use: a plain `import wsol_fast.config` stays light. model_defaults: the table's, with a registered
+    # backbone's own values on top.
+    from .models import model_defaults
 
     defaults = model_defaults(m.backbone, m.method)
     for key in MODEL_OPTION_FIELDS:
-        if key in METHOD_OPTIONS[m.method] and getattr(m, key) is None:
+        if key in options.METHOD_OPTIONS[m.method] and getattr(m, key) is None:
             setattr(m, key, defaults[key])
     check_model_options(m)
 
 
 def check_model_options(m: ModelConfig) -> None:
-    """The ranges the options' meaning allows, checked by the same validators as their flags (flags.py), so a
-    config file's value meets the flag's range (ValueError naming the flag)."""
-    import argparse
-
-    from . import flags
-
-    for name, check in (("drop_rate", flags.unit_interval), ("gamma_fg", flags.fraction_of_max),
-                        ("gamma_bg", flags.positive_float), ("attention_scale", flags.attention_scale)):
-        value = getattr(m, name)
-        if value is None:
-            continue
-        try:
-            if isinstance(value, bool):
-                raise argparse.ArgumentTypeError(f"expected a number, got {value!r}")
-            check(str(value))
-        except argparse.ArgumentTypeError as exc:
-            raise ValueError(f"--{name.replace('_', '-')} {exc}") from None
+    """The ranges the options' meaning allows, checked by the option table's validators (options.py, the same
+    as their flags'), so a config file's value meets the flag's range (ValueError naming the flag)."""
+    for name in MODEL_OPTION_FIELDS:
+        o = options.BY_NAME[name]
+        options.check(name, getattr(m, name), label=o.name if o.kind is bool else o.flag)
 
 
 def icl_form(cfg: TrainConfig) -> str:
@@ -300,7 +284,7 @@ def icl_form(cfg: TrainConfig) -> str:
     paper = {**PRESETS["paper"]["model"], **{k: PRESETS["paper"]["optim"][k] for k in ("fc_norm", "fc_reduction")}}
     paper_values = {**PAPER_TABLE1.get(m.backbone, {}), **{k: PRESETS["paper"]["optim"][k]
                                                           for k in ("margin", "lambda_ca", "lambda_fc")}}
-    actual = {**{k: getattr(m, k) for k in ("drop_rate", "gamma_fg", "gamma_bg")},
+    actual = {**{k: getattr(m, k) for k in options.TABLE1},
               **{k: getattr(o, k) for k in ("margin", "lambda_ca", "lambda_fc")}}
     off_paper = [f"{k} {v}" for k, v in values.items() if v != paper[k]] + \
                 [f"{k} {actual[k]}" for k, v in paper_values.items() if actual[k] != v]

@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import fields
 
-from . import elastic, flags, runtime
+from . import elastic, flags, options, runtime
 from .config import DataConfig, ModelConfig, OptimConfig, RuntimeConfig, TrainConfig
 from .config_file import ConfigFileError, apply_to_parser, output_in_use
 from .models import check_icl_blocks, default_blocks, insertion_points, list_models
@@ -82,30 +82,7 @@ def parse_args(argv=None) -> TrainConfig:
                         "on the raw map, L_fc the plain sum of Eq. 4, Table 1's values; lr 1e-3 on real data); "
                         "flags given explicitly still override it. Default: the project's measured choices "
                         "(README, 'The paper and the default')")
-    m.add_argument("--drop-rate", type=flags.unit_interval, default=None,
-                   help="probability of the dropped-foreground mask, in [0, 1] (default: per backbone, the "
-                        "paper's Table 1: vgg16 0.33, inceptionv3 0.69, resnet50 0.85)")
-    m.add_argument("--gamma-fg", type=flags.fraction_of_max, default=None,
-                   help="theta_fg = gamma_fg * max A, in (0, 1] (default: Table 1: 0.72 / 0.86 / 0.95)")
-    m.add_argument("--gamma-bg", type=flags.positive_float, default=None,
-                   help="theta_bg = gamma_bg * mean A, > 0 (default: Table 1's 1.2 for every backbone)")
-    m.add_argument("--no-contrastive", dest="use_contrastive", action="store_const", const=False,
-                   help="ablation: no contrastive attention loss")
-    m.add_argument("--no-fc", dest="use_fc", action="store_const", const=False,
-                   help="ablation: no foreground consistency loss")
-    m.add_argument("--no-nonlocal", dest="nonlocal_attention", action="store_const", const=False,
-                   help="ablation: channel-mean attention instead of the non-local block")
-    m.add_argument("--no-dfg-mask", dest="use_dfg_mask", action="store_const", const=False,
-                   help="ablation: ADL's drop mask instead of the dropped-foreground mask")
-    m.add_argument("--attention-form", default=None, choices=["paper", "relu", "residual"],
-                   help="ICL's attention map: the paper's literal signed form, a ReLU value, or the channel "
-                        "mean plus the non-local term (default residual; docs/method.md)")
-    m.add_argument("--mask-norm", default=None, choices=["none", "minmax"],
-                   help="thresholds of Eq. 1-2 on the raw map (paper) or the per-sample min-max normalised "
-                        "map (default minmax)")
-    m.add_argument("--attention-scale", type=flags.attention_scale, default=None,
-                   help="logit scale s of softmax(f g^T s): a positive number (paper: 1) or inv_sqrt "
-                        "(1/sqrt(C'), default)")
+    options.add_flags(m)   # --drop-rate .. --attention-scale: the option table's (options.py), defined once there
     m.add_argument("--icl-blocks", nargs="+", default=None, metavar="POINT",
                    help="where the attention blocks (ICL's or ADL's) sit: insertion points of the backbone, the "
                         "last one L_fc's reference (a single point needs --no-fc). vgg16: "

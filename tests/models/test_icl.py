@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from wsol_fast.options import paper_values
 from wsol_fast.losses import WSOLLoss
 from wsol_fast.models.adl import ADLBlock, adl_drop_mask, channel_mean_attention
 from wsol_fast.models.outputs import WSOLOutput
@@ -12,7 +13,7 @@ C, H, W = 6, 4, 4
 
 
 def _block(**kw):
-    args = dict(drop_rate=0.5, gamma_fg=0.8, gamma_bg=1.2, impl="reference")
+    args = dict(drop_rate=0.5, gamma_fg=0.8, gamma_bg=1.2, impl="reference", **paper_values())
     args.update(kw)
     return ICLBlock(C, **args).train()
 

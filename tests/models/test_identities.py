@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from wsol_fast.options import paper_values
 from wsol_fast.models.icl import ICLBlock
 from wsol_fast.ops import reference
 
@@ -25,7 +26,7 @@ def _conv_params(block: ICLBlock):
 @pytest.mark.parametrize("shape", [(8, 4, 4), (7, 3, 5)])
 def test_identity1_zbar_form_equals_full_z_form(shape, scale):
     c, h, w = shape
-    block = ICLBlock(c, drop_rate=0.5, gamma_fg=0.7, gamma_bg=1.2, attention_scale=scale,
+    block = ICLBlock(c, drop_rate=0.5, gamma_fg=0.7, gamma_bg=1.2, **{**paper_values(), "attention_scale": scale},
                      impl="reference").double()
     x = torch.randn(2, c, h, w, dtype=torch.float64, requires_grad=True)
     upstream = torch.randn(2, h * w, dtype=torch.float64)
@@ -45,7 +46,7 @@ def test_identity1_zbar_form_equals_full_z_form(shape, scale):
 def test_identity2_pool_then_project_equals_project_then_pool():
     torch.manual_seed(1)
     c, h, w = 6, 4, 5
-    block = ICLBlock(c, drop_rate=0.5, gamma_fg=0.7, gamma_bg=1.0, embed_dim=5).double()
+    block = ICLBlock(c, drop_rate=0.5, gamma_fg=0.7, gamma_bg=1.0, embed_dim=5, **paper_values()).double()
     x = torch.randn(3, c, h, w, dtype=torch.float64)
     attention = torch.randn(3, h * w, dtype=torch.float64)
     masks = reference.attention_masks(attention, 0.7, 1.0)            # fg, dfg, bg
@@ -61,7 +62,7 @@ def test_identity2_pool_then_project_equals_project_then_pool():
 
 
 def test_identity2_empty_mask_gives_the_bias():
-    block = ICLBlock(4, drop_rate=0.5, gamma_fg=0.7, gamma_bg=1.2, embed_dim=3).double()
+    block = ICLBlock(4, drop_rate=0.5, gamma_fg=0.7, gamma_bg=1.2, embed_dim=3, **paper_values()).double()
     x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
     # A constant positive map: theta_bg = 1.2 * c > c, so fg and dfg are empty and bg is everything.
     attention = torch.full((2, 9), 0.5, dtype=torch.float64)

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from wsol_fast.options import paper_values
 from wsol_fast.models import create_model
 from wsol_fast.models.icl import ICLBlock, normalize_for_masks, resolve_scale
 from wsol_fast.ops import reference
@@ -51,7 +52,7 @@ def test_paper_form_is_signed_and_can_invert_the_thresholds():
     """The literal form's value has a bias: with a negative bias every A_i < 0, so theta_fg = gamma_fg max A
     lies ABOVE the max and M_dfg = M_fg (nothing discriminative is dropped)."""
     x, _ = _object_features()
-    block = ICLBlock(16, drop_rate=0.0, gamma_fg=0.8, gamma_bg=1.2, attention_form="paper").double().train()
+    block = ICLBlock(16, drop_rate=0.0, gamma_fg=0.8, gamma_bg=1.2, **paper_values()).double().train()
     with torch.no_grad():
         block.conv_z.bias.fill_(-5.0)
     _, rec = block(x)

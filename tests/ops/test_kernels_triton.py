@@ -27,6 +27,7 @@ import torch  # noqa: E402
 
 pytest.importorskip("triton")
 
+from wsol_fast.options import paper_values  # noqa: E402
 import wsol_fast.ops as ops  # noqa: E402
 from wsol_fast.kernels import masked_gap as gap_kernels  # noqa: E402
 from wsol_fast.kernels import nonlocal_attention as attention_kernels  # noqa: E402
@@ -552,7 +553,8 @@ def icl_training_curve(impl, device, amp_dtype, steps=4):
     from wsol_fast.models.icl import ICLBlock
 
     torch.manual_seed(0)
-    block = ICLBlock(channels=64, drop_rate=0.0, gamma_fg=GAMMA_FG, gamma_bg=GAMMA_BG, impl=impl).to(device).train()
+    block = ICLBlock(channels=64, drop_rate=0.0, gamma_fg=GAMMA_FG, gamma_bg=GAMMA_BG, impl=impl,
+                     **paper_values()).to(device).train()
     x = torch.randn(4, 64, 13, 15, device=device)   # N = 195: a partial tile in every kernel
     if amp_dtype is not None:
         x = x.to(amp_dtype)                          # as the conv before the block gives it under autocast

@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 
+from wsol_fast.options import paper_values
 import wsol_fast
 from wsol_fast import ops
 from wsol_fast.ops import _library
@@ -93,7 +94,7 @@ def test_compile_fullgraph_traces_through_both_ops():
 def _icl_block(impl):
     icl = pytest.importorskip("wsol_fast.models.icl")
     torch.manual_seed(0)
-    return icl.ICLBlock(channels=8, drop_rate=0.0, gamma_fg=0.72, gamma_bg=1.2, impl=impl).train()
+    return icl.ICLBlock(channels=8, drop_rate=0.0, gamma_fg=0.72, gamma_bg=1.2, impl=impl, **paper_values()).train()
 
 
 def _icl_loss(block, x):

@@ -9,7 +9,8 @@ Where the attention blocks sit: `icl_blocks=[...]` names the backbone's insertio
 (backbone)`; None: the paper's three, `default_blocks(backbone)`); the last one is L_fc's reference.
 
 Methods: "cam" (plain CAM), "adl" (ADL blocks), "icl" (the paper). Overrides set to None are dropped,
-so CLI defaults stay model defaults; per-backbone ICL defaults come from SPEC 1.4.
+so CLI defaults stay model defaults; every option and its default (per backbone where the paper's Table 1
+gives one) is defined once in wsol_fast/options.py.
 
 Paper Table 2 rows: Baseline = method="adl"; w/o contrastive = use_contrastive=False; w/o L_fc =
 use_fc=False; w/o non-local = nonlocal_attention=False (channel-mean A); w/o M_dfg = use_dfg_mask=False
@@ -38,7 +39,8 @@ def register_model(name: str, builder: Callable[..., WSOLModel] | None = None,
                    method_defaults: dict | None = None):
     """Register `builder(num_classes, method, defaults, options, blocks=None) -> WSOLModel` under `name`
     (`blocks`: the insertion points of the attention blocks, None for the backbone's default).
-    `method_defaults` maps a method to its per-backbone option defaults. Usable as a decorator."""
+    `method_defaults` maps a method to the backbone's own option defaults, over the option table's
+    (wsol_fast/options.py, which holds the built-in backbones' values). Usable as a decorator."""
     def register(fn):
         if name in _BUILDERS:
             raise ValueError(f"model {name!r} is already registered")
@@ -55,7 +57,7 @@ def list_models() -> list[str]:
 def model_defaults(backbone: str, method: str = "icl") -> dict:
     """The option defaults of (backbone, method), e.g. for a CLI's help text or a config file."""
     _check_backbone(backbone)
-    return resolve_config(method, _METHOD_DEFAULTS[backbone], {})[0]
+    return resolve_config(method, backbone, _METHOD_DEFAULTS[backbone], {})[0]
 
 
 def _model_class(backbone: str) -> type:
@@ -98,7 +100,7 @@ def create_model(backbone: str, num_classes: int, method: str = "icl", pretraine
     _check_backbone(backbone)
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    defaults, options = resolve_config(method, _METHOD_DEFAULTS[backbone], overrides)
+    defaults, options = resolve_config(method, backbone, _METHOD_DEFAULTS[backbone], overrides)
     extra = {} if icl_blocks is None else {"blocks": icl_blocks}
     model = _BUILDERS[backbone](num_classes=int(num_classes), method=method, defaults=defaults,
                                 options=options, **extra)
@@ -113,9 +115,9 @@ def create_model(backbone: str, num_classes: int, method: str = "icl", pretraine
 def _register_builtin() -> None:
     from . import inception, resnet, vgg
 
-    register_model("vgg16", vgg.vgg16, vgg.METHOD_DEFAULTS)
-    register_model("inceptionv3", inception.inceptionv3, inception.METHOD_DEFAULTS)
-    register_model("resnet50", resnet.resnet50, resnet.METHOD_DEFAULTS)
+    register_model("vgg16", vgg.vgg16)
+    register_model("inceptionv3", inception.inceptionv3)
+    register_model("resnet50", resnet.resnet50)
     _CLASSES.update(vgg16=vgg.VGG16WSOL, inceptionv3=inception.InceptionV3WSOL, resnet50=resnet.ResNet50WSOL)
 
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .. import options as _options
 from .outputs import BlockRecord
+
+_D = _options.defaults("adl")   # the option table's (wsol_fast/options.py), as create_model's
 
 
 def channel_mean_attention(x: Tensor) -> Tensor:
@@ -46,12 +49,11 @@ def apply_selected_map(x: Tensor, attention: Tensor, drop_mask: Tensor, dropped:
 class ADLBlock(nn.Module):
     """Attention-based dropout layer. Training: returns (x * selected map, BlockRecord); eval: (x, None)."""
 
-    def __init__(self, drop_rate: float = 0.75, drop_threshold: float = 0.9, per_sample_drop: bool = False):
+    def __init__(self, drop_rate: float = _D["drop_rate"], drop_threshold: float = _D["drop_threshold"],
+                 per_sample_drop: bool = _D["per_sample_drop"]):
         super().__init__()
-        if not 0.0 <= drop_rate <= 1.0:
-            raise ValueError(f"drop_rate must be in [0, 1], got {drop_rate}")
-        if not 0.0 <= drop_threshold <= 1.0:
-            raise ValueError(f"drop_threshold must be in [0, 1], got {drop_threshold}")
+        for name in ("drop_rate", "drop_threshold"):
+            _options.check(name, locals()[name])
         self.drop_rate = drop_rate
         self.drop_threshold = drop_threshold
         self.per_sample_drop = per_sample_drop

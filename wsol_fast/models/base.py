@@ -17,45 +17,16 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from .. import options as _options
+# The options each method accepts and their defaults: wsol_fast/options.py's table, defined once there.
+from ..options import ALL_OPTIONS, BLOCK_OPTIONS, METHOD_OPTIONS, METHODS
 from .outputs import BlockRecord, WSOLOutput
 
-METHODS = ("cam", "adl", "icl")
 
-# Options each method understands (create_model overrides). `impl` is accepted everywhere so a trainer
-# can pass it whatever the method; options of another method are recorded but ignored with a warning.
-METHOD_OPTIONS = {
-    "cam": ("impl",),
-    "adl": ("impl", "drop_rate", "drop_threshold", "per_sample_drop"),
-    "icl": ("impl", "drop_rate", "gamma_fg", "gamma_bg", "drop_threshold", "per_sample_drop",
-            "use_contrastive", "use_fc", "nonlocal_attention", "use_dfg_mask", "attention_scale",
-            "inner_channels_ratio", "embed_dim", "attention_form", "mask_norm"),
-}
-ALL_OPTIONS = tuple(sorted({k for opts in METHOD_OPTIONS.values() for k in opts}))
-
-# Defaults shared by every backbone; per-backbone values (SPEC 1.4) are merged on top.
-COMMON_DEFAULTS = {
-    "cam": {"impl": None},
-    # ADL (Choe & Shim, CVPR 2019): drop_rate 0.75, drop threshold 0.9 of the per-sample max.
-    "adl": {"impl": None, "drop_rate": 0.75, "drop_threshold": 0.9, "per_sample_drop": False},
-    "icl": {"impl": None, "per_sample_drop": False, "use_contrastive": True, "use_fc": True,
-            "nonlocal_attention": True, "use_dfg_mask": True,
-            "inner_channels_ratio": 0.5, "embed_dim": 128,
-            # The map the masks see (models/icl.py, docs/method.md). The paper's literal form ("paper", s = 1,
-            # raw thresholds) is signed, and collapses to a constant map on VGG16: measured at init on
-            # images with one clear object, its masks were empty or full on 5 of the 9 blocks of the three
-            # backbones. "residual" + thresholds on the min-max normalised map gave every block an
-            # M_fg of 31-40% covering 85-100% of the object; s = 1/sqrt(C') keeps the logits of post-ReLU
-            # features from saturating the softmax. The ablation (README) measures the choice on val.
-            "attention_form": "residual", "mask_norm": "minmax", "attention_scale": "inv_sqrt",
-            # Only used with use_dfg_mask=False (ADL's drop mask [A < t * max]); None means t = gamma_fg,
-            # so that ablation differs from full ICL only by not dropping the background.
-            "drop_threshold": None},
-}
-
-
-def resolve_config(method: str, backbone_defaults: dict, overrides: dict) -> tuple[dict, dict]:
-    """(defaults, resolved) block options for `method`. None-valued overrides are dropped (timm style)
-    so CLI defaults stay model defaults; unknown keys are an error naming them."""
+def resolve_config(method: str, backbone: str, backbone_defaults: dict, overrides: dict) -> tuple[dict, dict]:
+    """(defaults, resolved) block options for `method` on `backbone`: the option table's (options.py), with a
+    registered backbone's own `backbone_defaults` (method -> {option: value}) on top. None-valued overrides
+    are dropped (timm style) so CLI defaults stay model defaults; unknown keys are an error naming them."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     unknown = sorted(set(overrides) - set(ALL_OPTIONS))
@@ -66,12 +37,12 @@ def resolve_config(method: str, backbone_defaults: dict, overrides: dict) -> tup
     if ignored:
         warnings.warn(f"model option(s) {ignored} do not apply to method {method!r} and are ignored",
                       stacklevel=3)
-    defaults = dict(COMMON_DEFAULTS[method])
+    defaults = _options.defaults(method, backbone)
     defaults.update({k: v for k, v in backbone_defaults.get(method, {}).items()})
     resolved = dict(defaults)
     resolved.update({k: v for k, v in overrides.items() if k in METHOD_OPTIONS[method]})
-    if "drop_rate" in resolved and not 0.0 <= resolved["drop_rate"] <= 1.0:
-        raise ValueError(f"drop_rate must be in [0, 1], got {resolved['drop_rate']}")
+    if "drop_rate" in resolved:
+        _options.check("drop_rate", resolved["drop_rate"])
     return defaults, resolved
 
 
@@ -115,13 +86,10 @@ def build_attention_blocks(method: str, channels: list[int], options: dict) -> n
 
     if method == "cam":
         return nn.ModuleList()
+    kwargs = {k: options[k] for k in BLOCK_OPTIONS[method]}
     if method == "adl":
-        adl_keys = ("drop_rate", "drop_threshold", "per_sample_drop")
-        return nn.ModuleList(ADLBlock(**{k: options[k] for k in adl_keys}) for _ in channels)
-    icl_keys = ("drop_rate", "gamma_fg", "gamma_bg", "drop_threshold", "per_sample_drop", "use_contrastive",
-                "nonlocal_attention", "use_dfg_mask", "attention_scale", "inner_channels_ratio", "embed_dim",
-                "attention_form", "mask_norm", "impl")
-    return nn.ModuleList(ICLBlock(c, **{k: options[k] for k in icl_keys}) for c in channels)
+        return nn.ModuleList(ADLBlock(**kwargs) for _ in channels)
+    return nn.ModuleList(ICLBlock(c, **kwargs) for c in channels)
 
 
 class WSOLModel(nn.Module):

@@ -30,11 +30,15 @@ import math
 import torch
 
 from .. import ops
+from .. import options as _options
 from .adl import adl_drop_mask, apply_selected_map, channel_mean_attention, draw_drop
 from .outputs import BlockRecord
 
-ATTENTION_FORMS = ("paper", "relu", "residual")
-MASK_NORMS = ("none", "minmax")
+ATTENTION_FORMS = _options.BY_NAME["attention_form"].choices
+MASK_NORMS = _options.BY_NAME["mask_norm"].choices
+# The defaults of a block built by hand: the option table's (wsol_fast/options.py), as create_model's; the
+# per-backbone ones (drop_rate, gamma_fg, gamma_bg) have none here and are required.
+_D = _options.defaults("icl")
 
 
 def resolve_scale(scale, inner_channels: int) -> float:
@@ -72,21 +76,15 @@ class ICLBlock(nn.Module):
     """
 
     def __init__(self, channels: int, drop_rate: float, gamma_fg: float, gamma_bg: float,
-                 drop_threshold: float | None = None, per_sample_drop: bool = False,
-                 use_contrastive: bool = True, nonlocal_attention: bool = True, use_dfg_mask: bool = True,
-                 attention_scale: float | str = 1.0, inner_channels_ratio: float = 0.5, embed_dim: int = 128,
-                 attention_form: str = "paper", mask_norm: str = "none", impl: str | None = None):
+                 drop_threshold: float | None = _D["drop_threshold"], per_sample_drop: bool = _D["per_sample_drop"],
+                 use_contrastive: bool = _D["use_contrastive"], nonlocal_attention: bool = _D["nonlocal_attention"],
+                 use_dfg_mask: bool = _D["use_dfg_mask"], attention_scale: float | str = _D["attention_scale"],
+                 inner_channels_ratio: float = _D["inner_channels_ratio"], embed_dim: int = _D["embed_dim"],
+                 attention_form: str = _D["attention_form"], mask_norm: str = _D["mask_norm"],
+                 impl: str | None = _D["impl"]):
         super().__init__()
-        if not 0.0 <= drop_rate <= 1.0:
-            raise ValueError(f"drop_rate must be in [0, 1], got {drop_rate}")
-        if not 0.0 < gamma_fg <= 1.0:
-            raise ValueError(f"gamma_fg must be in (0, 1] (theta_fg = gamma_fg * max A), got {gamma_fg}")
-        if not (0.0 < gamma_bg < math.inf):
-            raise ValueError(f"gamma_bg must be positive and finite (theta_bg = gamma_bg * mean A), got {gamma_bg}")
-        if attention_form not in ATTENTION_FORMS:
-            raise ValueError(f"attention_form must be one of {ATTENTION_FORMS}, got {attention_form!r}")
-        if mask_norm not in MASK_NORMS:
-            raise ValueError(f"mask_norm must be one of {MASK_NORMS}, got {mask_norm!r}")
+        for name in ("drop_rate", "gamma_fg", "gamma_bg", "attention_form", "mask_norm"):
+            _options.check(name, locals()[name])   # the flags' ranges (options.py), e.g. gamma_fg in (0, 1]
         self.channels = channels
         self.attention_form = attention_form
         self.mask_norm = mask_norm

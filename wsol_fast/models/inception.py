@@ -21,9 +21,6 @@ from torchvision.models.inception import BasicConv2d, InceptionA, InceptionB, In
 
 from .base import WSOLModel, init_like_wsolevaluation
 
-# SPEC 1.4 (paper Table 1).
-METHOD_DEFAULTS = {"icl": {"drop_rate": 0.69, "gamma_fg": 0.86, "gamma_bg": 1.2}}
-
 # After each Mixed_* block and each head conv (+ ReLU): name -> channels, in network order.
 INSERTION_POINTS = {"Mixed_5b": 256, "Mixed_5c": 288, "Mixed_5d": 288, "Mixed_6a": 768, "Mixed_6b": 768,
                     "Mixed_6c": 768, "Mixed_6d": 768, "Mixed_6e": 768, "SPG_A3_1b": 1024, "SPG_A3_2b": 1024}

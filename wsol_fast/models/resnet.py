@@ -14,9 +14,6 @@ from torchvision.models import resnet50 as torchvision_resnet50
 
 from .base import WSOLModel, init_like_wsolevaluation, linear_class_map
 
-# SPEC 1.4 (paper Table 1).
-METHOD_DEFAULTS = {"icl": {"drop_rate": 0.85, "gamma_fg": 0.95, "gamma_bg": 1.2}}
-
 # After each bottleneck block of torchvision's resnet50 (blocks per layer 3, 4, 6, 3): name -> channels.
 _LAYERS = (("layer1", 3, 256), ("layer2", 4, 512), ("layer3", 6, 1024), ("layer4", 3, 2048))
 INSERTION_POINTS = {f"{layer}.{i}": channels for layer, n, channels in _LAYERS for i in range(n)}

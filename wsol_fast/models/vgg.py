@@ -16,9 +16,6 @@ from torchvision.models.vgg import cfgs, make_layers
 
 from .base import WSOLModel, init_like_wsolevaluation, init_new_conv, linear_class_map
 
-# SPEC 1.4 (paper Table 1).
-METHOD_DEFAULTS = {"icl": {"drop_rate": 0.33, "gamma_fg": 0.72, "gamma_bg": 1.2}}
-
 # Insertion point -> (end index, exclusive, in torchvision's vgg16 `features`; channels there).
 # features: conv1_1 0, conv1_2 2, pool1 4 | conv2_x 5-8, pool2 9 | conv3_x 10-15, pool3 16 |
 # conv4_x 17-22 (conv4_3 + ReLU end at 22), pool4 23 | conv5_x 24-29 (conv5_3 + ReLU end at 29); 30 (pool5)
