@@ -60,12 +60,12 @@ def fraction_of_max(text: str) -> float:
 
 
 def attention_scale(text: str) -> str:
-    """The logit scale of the attention softmax: a positive number, or inv_sqrt (1 / sqrt(C'))."""
-    if text == "inv_sqrt":
-        return text
-    v = _number(float, text)
-    if not math.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number or inv_sqrt, got {text}")
+    """The logit scale of the attention softmax: a positive number, or inv_sqrt (1 / sqrt(C')); kept as text."""
+    if text != "inv_sqrt":
+        try:
+            positive_float(text)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"must be a positive number or inv_sqrt, got {text}") from None
     return text
 
 
