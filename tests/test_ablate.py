@@ -96,7 +96,9 @@ def test_only_seeds_runs_a_subset_and_defers_the_table(parts_root, tmp_path, mon
     assert ablate.main(argv + ["--table-only"]) == 0
     assert calls == []
     partial = json.loads((out / "ablation.json").read_text())
-    assert partial["meta"]["seeds"] == [1] and "Only seeds [1] of 0..1" in (out / "ablation.md").read_text()
+    md = (out / "ablation.md").read_text()
+    assert partial["meta"]["seeds"] == [1] and "\n\nOnly seeds [1] of 0..1" in md   # a paragraph of its own,
+    assert not any("Only seeds" in line for line in md.splitlines() if line.startswith("|"))   # not in a table row
     assert ablate.main(argv + ["--only-seeds", "0"]) == 0
     whole = json.loads((out / "ablation.json").read_text())    # every seed's rows exist now
     assert whole["meta"]["seeds"] == [0, 1] and len(whole["table"]["cam"]["maxboxacc_v2"]["values"]) == 2

@@ -253,10 +253,12 @@ def main(argv=None) -> int:
     per_seed = {row: [_row_numbers(os.path.join(out, f"seed{s}", row)) for s in seeds] for row in a.rows}
     table = summarise(per_seed, a.rows)
     text = render_table(table, a.rows, len(seeds))
-    if len(seeds) < a.seeds:
-        text += f" Only seeds {seeds} of 0..{a.seeds - 1} had finished every row (--table-only)."
+    notes = ([f"Only seeds {seeds} of 0..{a.seeds - 1} had finished every row (--table-only)."]
+             if len(seeds) < a.seeds else [])
     if a.shared_warmup:
-        text += " One shared CAM warm-up (seed 0): the spread covers the forked epochs only."
+        notes.append("One shared CAM warm-up (seed 0): the spread covers the forked epochs only.")
+    if notes:   # a paragraph of its own: the text may end in a table (builtin-parts' coverage table)
+        text = text.rstrip("\n") + "\n\n" + " ".join(notes)
     meta = {"backbone": a.backbone, "dataset": a.dataset, "seeds": seeds, "epochs": epochs,
             "warmup_epochs": warmup, "rows": a.rows, "train_args": passthrough,
             "shared_warmup": a.shared_warmup, "row_steps_per_epoch": a.row_steps_per_epoch,
