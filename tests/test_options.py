@@ -43,7 +43,12 @@ def test_defaults_resolve_as_before(backbone, method):
                                   ["--preset", "paper", "--backbone", "resnet50"]])
 def test_flags_parse_as_before(argv):
     c = parse_args(argv).to_dict()
-    assert _json({"model": c["model"], "optim": c["optim"]}) == BASELINE["parse_args/" + " ".join(argv)]
+    expected = json.loads(json.dumps(BASELINE["parse_args/" + " ".join(argv)]))
+    # Since the objective's option table, the loss weights are None until resolve() too, as fc_norm was
+    # (their resolved values are pinned by test_defaults_resolve_as_before).
+    assert [expected["optim"][k] for k in ("lambda_ca", "lambda_fc", "margin")] == [1.0, 1.0, 1.0]
+    expected["optim"].update(lambda_ca=None, lambda_fc=None, margin=None)
+    assert _json({"model": c["model"], "optim": c["optim"]}) == expected
 
 
 # --- the table is the one definition ------------------------------------------------------------------
@@ -135,3 +140,59 @@ def test_check_names_the_option_or_the_flag():
     with pytest.raises(ValueError, match="use_fc must be true or false"):
         options.check("use_fc", "no")
     options.check("drop_threshold", None)
+
+
+# --- the objective's options: one table too ---------------------------------------------------------------
+
+from wsol_fast import losses  # noqa: E402
+from wsol_fast.config import OptimConfig, PROJECT_DEFAULT  # noqa: E402
+
+
+def _loss_flag_actions():
+    p = argparse.ArgumentParser()
+    options.add_flags(p, options.LOSS_OPTIONS)
+    return {a.dest: a for a in p._actions if a.dest != "help"}
+
+
+def test_every_loss_option_is_a_flag_a_config_field_and_the_losss_default():
+    actions = _loss_flag_actions()
+    fields = [f.name for f in dataclasses.fields(OptimConfig)]
+    assert fields[-len(options.LOSS_OPTIONS):] == [o.name for o in options.LOSS_OPTIONS]
+    loss_params = inspect.signature(losses.WSOLLoss.__init__).parameters
+    for o in options.LOSS_OPTIONS:
+        assert actions[o.name].option_strings == [o.flag] and actions[o.name].default is None
+        assert (actions[o.name].type, actions[o.name].choices) == (o.check, o.choices)
+        assert OptimConfig.__dataclass_fields__[o.name].default is None   # None: the preset's or the table's
+        assert loss_params[o.name].default == o.default["icl"], o.name
+        # the train parser has the same flag, and a run resolves to the table's default (or the paper's)
+        assert getattr(resolve(_parse([]), "cpu").optim, o.name) == o.default["icl"]
+        assert getattr(resolve(_parse(["--preset", "paper"]), "cpu").optim, o.name) == o.paper
+    assert (losses.FC_NORMS, losses.FC_REDUCTIONS) == (options.LOSS_BY_NAME["fc_norm"].choices,
+                                                     options.LOSS_BY_NAME["fc_reduction"].choices)
+    # the low-level terms default to the same values as the loss
+    assert inspect.signature(losses.foreground_consistency_loss).parameters["norm"].default == "minmax"
+    assert inspect.signature(losses.normalize_attention).parameters["mode"].default == "minmax"
+    assert inspect.signature(losses.contrastive_attention_loss).parameters["margin"].default == 1.0
+    assert {k: PROJECT_DEFAULT[k] for k in options.LOSS_BY_NAME} == options.loss_defaults()
+    assert PRESETS["paper"]["optim"] == options.loss_paper_values() == {
+        "lambda_ca": 1.0, "lambda_fc": 1.0, "margin": 1.0, "fc_norm": "none", "fc_reduction": "sum"}
+
+
+def test_changing_a_loss_default_in_the_table_changes_the_flag_and_the_run(monkeypatch):
+    old = options.LOSS_BY_NAME["fc_reduction"]
+    new = dataclasses.replace(old, default={"icl": "sum"})
+    monkeypatch.setitem(options.LOSS_BY_NAME, "fc_reduction", new)
+    monkeypatch.setattr(options, "LOSS_OPTIONS", tuple(new if o is old else o for o in options.LOSS_OPTIONS))
+    help_text = _loss_flag_actions()["fc_reduction"].help
+    assert "default: sum" in help_text and "model default" not in help_text
+    assert resolve(_parse([]), "cpu").optim.fc_reduction == "sum"
+    assert resolve(_parse(["--fc-reduction", "mean"]), "cpu").optim.fc_reduction == "mean"
+
+
+def test_a_loss_options_range_is_checked_for_a_config_file_too():
+    cfg = _parse([])
+    cfg.optim.margin = -1.0   # as a --config file could give it: the flag's validator is not on that path
+    with pytest.raises(ValueError, match=r"^--margin must be"):
+        resolve(cfg, "cpu")
+    with pytest.raises(SystemExit):
+        _parse(["--fc-norm", "l2"])

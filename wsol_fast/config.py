@@ -39,11 +39,6 @@ BUILTIN_PROFILE = {
     # 6 at 0.1 lr.
     "lr_decay_every": 6,
     "lr": 0.02,
-    # SPEC 1.2's fc_norm="max" divides each signed attention map by its max; with freshly initialised
-    # ICL blocks that max is often ~0 and, measured here from scratch, the first step's L_fc was ~190 and
-    # the loss reached 4e12 within 6 steps at lr 0.02 (and diverged at 0.002 too). "minmax" trained
-    # stably; it is the built-in profile's choice. --fc-norm overrides either profile.
-    "fc_norm": "minmax",
     # From scratch every layer is new, and InceptionV3's head (two 3 x 3 convs of 1,024 channels, ReLU,
     # no normalisation) is what dies first: wsolevaluation's 10x lr for new layers made it diverge, and at
     # 1x (SGD 0.01) the live fraction of its first conv's units fell from 49% to 36% in 60 steps. At 0.1x
@@ -68,18 +63,16 @@ PRESETS = {
         "model": options.paper_values(),
         # Eq. 4: the plain ||A_i - A_j||_2^2 per sample (a sum over positions, no normalisation), the
         # reference detached (always, losses.py); Eq. 3 with m = 1 and Eq. 6's unit weights.
-        "optim": {"fc_norm": "none", "fc_reduction": "sum", "margin": 1.0, "lambda_ca": 1.0, "lambda_fc": 1.0},
+        "optim": options.loss_paper_values(),
         # Section 4.1 on real data: SGD lr 1e-3, batch 32 (the built-in set keeps its from-scratch profile).
         "real_data": {"lr": 1e-3, "batch_size": 32},
     },
 }
-# What the default run uses instead of the paper's text, where they differ (the ICL elements only).
+# What the default run uses instead of the paper's text (the ICL elements only; the option tables' defaults).
 PROJECT_DEFAULT = {**{k: options.defaults("icl")[k] for k in PRESETS["paper"]["model"]},
-                   "fc_norm": "minmax", "fc_reduction": "mean"}
+                   **options.loss_defaults()}
 
-# fc_norm: SPEC 1.2's "max" diverged from scratch (L_fc ~190 at the first step, loss 4e12 within 6 steps) and
-# divides signed maps by a max near zero; "minmax" (the masks' own normalisation) is the default everywhere.
-PAPER_PROFILE = {"lr": 1e-3, "block_warmup_epochs": 0, "resize_size": 256, "crop_size": 224, "fc_norm": "minmax",
+PAPER_PROFILE = {"lr": 1e-3, "block_warmup_epochs": 0, "resize_size": 256, "crop_size": 224,
                  "new_layer_lr_mult": 10.0}
 
 
@@ -128,7 +121,7 @@ ModelConfig.__module__ = __name__   # pickle finds it here (make_dataclass's `mo
 
 
 @dataclass
-class OptimConfig:
+class _OptimSchedule:
     epochs: int | None = None
     batch_size: int = 32
     lr: float | None = None
@@ -139,11 +132,16 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 1e-4
-    lambda_ca: float = 1.0
-    lambda_fc: float = 1.0
-    margin: float = 1.0
-    fc_norm: str | None = None       # None: the preset's, else the profile's ("minmax" on both)
-    fc_reduction: str | None = None  # None: the preset's ("sum" for paper), else "mean"
+
+
+# The optim section: the schedule above, then one field per option of the objective's table (options.py:
+# lambda_ca, lambda_fc, margin, fc_norm, fc_reduction), each None until resolve() writes the value used (the
+# preset's, else the table's default).
+OptimConfig = make_dataclass("OptimConfig", [
+    (o.name, f"{o.kind.__name__} | None", field(default=None)) for o in options.LOSS_OPTIONS],
+    bases=(_OptimSchedule,), namespace={"__doc__": "The optimiser's and the objective's settings (config.json's "
+                                                   "optim section)."})
+OptimConfig.__module__ = __name__
 
 
 @dataclass
@@ -210,10 +208,10 @@ def resolve(cfg: TrainConfig, device_type: str) -> TrainConfig:
         raise ValueError(f"--block-warmup-epochs must be >= 0, got {o.block_warmup_epochs}")
     if o.lr is None:
         o.lr = profile["lr"]
-    if o.fc_norm is None:
-        o.fc_norm = profile["fc_norm"]
-    if o.fc_reduction is None:
-        o.fc_reduction = PROJECT_DEFAULT["fc_reduction"]
+    for name, value in options.loss_defaults().items():
+        if getattr(o, name) is None:
+            setattr(o, name, value)
+        options.check(name, getattr(o, name), label=options.LOSS_BY_NAME[name].flag)
     if o.new_layer_lr_mult is None:
         o.new_layer_lr_mult = profile["new_layer_lr_mult"]
     if r.compile is None:
@@ -282,10 +280,9 @@ def icl_form(cfg: TrainConfig) -> str:
     values = {"attention_form": m.attention_form, "mask_norm": m.mask_norm, "attention_scale": m.attention_scale,
               "fc_norm": o.fc_norm, "fc_reduction": o.fc_reduction}
     paper = {**PRESETS["paper"]["model"], **{k: PRESETS["paper"]["optim"][k] for k in ("fc_norm", "fc_reduction")}}
-    paper_values = {**PAPER_TABLE1.get(m.backbone, {}), **{k: PRESETS["paper"]["optim"][k]
-                                                          for k in ("margin", "lambda_ca", "lambda_fc")}}
-    actual = {**{k: getattr(m, k) for k in options.TABLE1},
-              **{k: getattr(o, k) for k in ("margin", "lambda_ca", "lambda_fc")}}
+    weights = ("margin", "lambda_ca", "lambda_fc")   # the same in the paper and the default
+    paper_values = {**PAPER_TABLE1.get(m.backbone, {}), **{k: PRESETS["paper"]["optim"][k] for k in weights}}
+    actual = {**{k: getattr(m, k) for k in options.TABLE1}, **{k: getattr(o, k) for k in weights}}
     off_paper = [f"{k} {v}" for k, v in values.items() if v != paper[k]] + \
                 [f"{k} {actual[k]}" for k, v in paper_values.items() if actual[k] != v]
     off_default = [f"{k} {v}" for k, v in values.items() if v != PROJECT_DEFAULT[k]]

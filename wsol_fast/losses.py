@@ -1,12 +1,13 @@
 """The training objective (SPEC 1.2): L = L_cls + lambda_ca * L_ca + lambda_fc * L_fc.
 
-    loss_fn = WSOLLoss(lambda_ca=1.0, lambda_fc=1.0, margin=1.0, fc_norm="max", fc_reduction="mean")
+    loss_fn = WSOLLoss(lambda_ca=1.0, lambda_fc=1.0, margin=1.0, fc_norm="minmax", fc_reduction="mean")
     terms = loss_fn(model(images), labels)     # {"total", "cls", "ca", "fc"}: scalar fp32 tensors
     terms["total"].backward()
 
 Every term is computed in fp32 (fp64 stays fp64) with autocast off, whatever the model's precision.
 A term that the model's config disables (`use_contrastive` / `use_fc` on the output, or a CAM / ADL
-model) is a zero tensor.
+model) is a zero tensor. The defaults are the option table's (options.LOSS_OPTIONS), and so are the
+choices of fc_norm and fc_reduction.
 """
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-FC_NORMS = ("max", "minmax", "none")
-FC_REDUCTIONS = ("mean", "sum")
+from . import options
+
+DEFAULTS = options.loss_defaults()
+FC_NORMS = options.LOSS_BY_NAME["fc_norm"].choices
+FC_REDUCTIONS = options.LOSS_BY_NAME["fc_reduction"].choices
 # Guard of the per-sample normalisation: a denominator with |d| < NORM_EPS is replaced by +-NORM_EPS
 # (its own sign, + for an exact zero) for "max", and by NORM_EPS for "minmax" (max - min >= 0). So an
 # all-zero map stays zero and a constant map gives zeros under "minmax"; nothing divides by zero.
@@ -27,7 +31,8 @@ def _acc(t: Tensor) -> Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
-def contrastive_attention_loss(e_fg: Tensor, e_dfg: Tensor, e_bg: Tensor, margin: float = 1.0) -> Tensor:
+def contrastive_attention_loss(e_fg: Tensor, e_dfg: Tensor, e_bg: Tensor,
+                               margin: float = DEFAULTS["margin"]) -> Tensor:
     """Eq. 3 for one block: mean_b [ ||e_dfg - e_fg||_2 - ||e_dfg - e_bg||_2 + m ]_+ ; inputs [B, D]."""
     e_fg, e_dfg, e_bg = _acc(e_fg), _acc(e_dfg), _acc(e_bg)
     positive = torch.linalg.vector_norm(e_dfg - e_fg, dim=1)
@@ -35,7 +40,7 @@ def contrastive_attention_loss(e_fg: Tensor, e_dfg: Tensor, e_bg: Tensor, margin
     return F.relu(positive - negative + margin).mean()
 
 
-def normalize_attention(attention: Tensor, mode: str = "max", eps: float = NORM_EPS) -> Tensor:
+def normalize_attention(attention: Tensor, mode: str = DEFAULTS["fc_norm"], eps: float = NORM_EPS) -> Tensor:
     """Per-sample normalisation of maps [B, h, w] for L_fc.
 
     "max": A / max(A), literally, so a map with a negative max flips sign (see NORM_EPS for the guard);
@@ -54,8 +59,8 @@ def normalize_attention(attention: Tensor, mode: str = "max", eps: float = NORM_
     raise ValueError(f"fc_norm must be one of {FC_NORMS}, got {mode!r}")
 
 
-def foreground_consistency_loss(attentions: list[Tensor], norm: str = "max", reduction: str = "mean",
-                                eps: float = NORM_EPS) -> Tensor:
+def foreground_consistency_loss(attentions: list[Tensor], norm: str = DEFAULTS["fc_norm"],
+                                reduction: str = DEFAULTS["fc_reduction"], eps: float = NORM_EPS) -> Tensor:
     """Eq. 4 summed over early blocks: the last map is the reference, resized (bilinear) to each early
     map's size and detached, so no gradient reaches the reference layer (paper 3.5).
 
@@ -85,8 +90,9 @@ class WSOLLoss:
     gives the CE term only) and returns {"total", "cls", "ca", "fc"}. L_ca sums over blocks that carry
     embeddings; L_fc needs at least two blocks. A lambda of 0 skips the term's computation."""
 
-    def __init__(self, lambda_ca: float = 1.0, lambda_fc: float = 1.0, margin: float = 1.0,
-                 fc_norm: str = "max", fc_reduction: str = "mean", norm_eps: float = NORM_EPS):
+    def __init__(self, lambda_ca: float = DEFAULTS["lambda_ca"], lambda_fc: float = DEFAULTS["lambda_fc"],
+                 margin: float = DEFAULTS["margin"], fc_norm: str = DEFAULTS["fc_norm"],
+                 fc_reduction: str = DEFAULTS["fc_reduction"], norm_eps: float = NORM_EPS):
         if fc_norm not in FC_NORMS:
             raise ValueError(f"fc_norm must be one of {FC_NORMS}, got {fc_norm!r}")
         if fc_reduction not in FC_REDUCTIONS:

@@ -1,11 +1,13 @@
-"""Every ICL / ADL model option, defined once: its name, the methods that use it, its default (per method,
+"""Every ICL / ADL option, defined once: its name, the methods that use it, its default (per method,
 and per backbone where the paper gives one value per backbone), its range (a flags.py validator or a list
-of choices), its train flag and help, and the paper's value (`--preset paper`).
+of choices), its train flag and help, and the paper's value (`--preset paper`). Two tables: `OPTIONS`, the
+model's (create_model's options, config.json's model section), and `LOSS_OPTIONS`, the objective's
+(WSOLLoss's options, config.json's optim section).
 
-Everything else is derived from `OPTIONS`: the model registry's defaults and the options each method
-accepts (models/base.py), the blocks' constructor defaults (models/icl.py, models/adl.py), the config
-dataclass's fields and config.json (config.py), the paper preset, and the train flags (train_args.py).
-Change a default here and it changes everywhere. Light on purpose: no torch.
+Everything else is derived from them: the model registry's defaults and the options each method accepts
+(models/base.py), the blocks' and the loss's constructor defaults (models/icl.py, models/adl.py,
+losses.py), the config dataclasses' fields and config.json (config.py), the paper preset, and the train
+flags (train_args.py). Change a default here and it changes everywhere. Light on purpose: no torch.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ class Option:
     to_block: bool = True              # passed to the method's block constructor (use_fc is the model's own)
     # Methods that accept the option without using it (no warning): impl, which a trainer passes to any.
     accepted_by: tuple = ()
+    section: str = "model"             # config.json's section: "model" (OPTIONS) or "optim" (LOSS_OPTIONS)
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -93,7 +96,26 @@ OPTIONS: tuple[Option, ...] = (
     Option("inner_channels_ratio", {"icl": 0.5}, "C' / C of the non-local block's f and g", flags.positive_float),
     Option("embed_dim", {"icl": 128}, "the contrastive embeddings' dimension", flags.positive_int, kind=int),
 )
+# The objective's options (losses.WSOLLoss; config.json's optim section, recorded by every run, used by ICL's
+# loss: CAM's and ADL's are the cross-entropy alone).
+LOSS_OPTIONS: tuple[Option, ...] = (
+    Option("lambda_ca", {"icl": 1.0}, "weight of L_ca in L = L_cls + lambda_ca L_ca + lambda_fc L_fc (Eq. 6)",
+           flags.nonneg_float, flag="--lambda-ca", paper=1.0, section="optim"),
+    Option("lambda_fc", {"icl": 1.0}, "weight of L_fc (Eq. 6)", flags.nonneg_float, flag="--lambda-fc", paper=1.0,
+           section="optim"),
+    Option("margin", {"icl": 1.0}, "L_ca's margin m (Eq. 3)", flags.nonneg_float, flag="--margin", paper=1.0,
+           section="optim"),
+    # "max" (each signed map divided by its max) diverged from scratch: with fresh ICL blocks that max is often
+    # ~0, the first step's L_fc was ~190 and the loss reached 4e12 within 6 steps at lr 0.02 (and diverged at
+    # 0.002 too); "minmax", the masks' own normalisation, trained stably. It is the default everywhere.
+    Option("fc_norm", {"icl": "minmax"}, "L_fc's map normalisation: per-sample min-max, max, or none (Eq. 4 as "
+           "written)", choices=("max", "minmax", "none"), kind=str, flag="--fc-norm", paper="none",
+           section="optim"),
+    Option("fc_reduction", {"icl": "mean"}, "L_fc over positions: mean, or sum (Eq. 4's ||A_i - A_j||^2)",
+           choices=("mean", "sum"), kind=str, flag="--fc-reduction", paper="sum", section="optim"),
+)
 BY_NAME = {o.name: o for o in OPTIONS}
+LOSS_BY_NAME = {o.name: o for o in LOSS_OPTIONS}
 METHODS = ("cam", "adl", "icl")
 # Options each method accepts (create_model overrides); options of another method are warned about.
 METHOD_OPTIONS = {m: tuple(o.name for o in OPTIONS if m in o.methods or m in o.accepted_by) for m in METHODS}
@@ -135,10 +157,20 @@ def paper_values(backbone: str | None = None) -> dict:
     return out
 
 
+def loss_defaults() -> dict:
+    """{option: default} of the objective's options (losses.WSOLLoss's keyword defaults)."""
+    return {o.name: o.default["icl"] for o in LOSS_OPTIONS}
+
+
+def loss_paper_values() -> dict:
+    """--preset paper's objective: Eq. 3, 4 and 6 as written."""
+    return {o.name: o.paper for o in LOSS_OPTIONS}
+
+
 def check(name: str, value, label: str | None = None) -> None:
     """ValueError ("<label> must be ..., got ...", label: the name, or e.g. the flag) where `value` is outside
     the option's range; None passes (the default of an option that has none, e.g. ICL's drop_threshold)."""
-    o = BY_NAME[name]
+    o = BY_NAME[name] if name in BY_NAME else LOSS_BY_NAME[name]
     label = label or name
     if value is None:
         return
@@ -165,13 +197,14 @@ def default_help(o: Option) -> str:
         parts.append(text if len(o.default) == 1 else f"{method}: {text}")
     table1 = " (the paper's Table 1)" if any(o.default[m] is TABLE1.get(o.name) for m in o.methods) else ""
     paper = f"; the paper's: {o.paper}" if o.paper is not None and not isinstance(o.paper, dict) else ""
-    return f"model default: {'; '.join(parts)}{table1}{paper}"
+    return f"{'model default' if o.section == 'model' else 'default'}: {'; '.join(parts)}{table1}{paper}"
 
 
-def add_flags(group) -> None:
+def add_flags(group, table: tuple[Option, ...] | None = None) -> None:
     """The train flags of the options that have one (dest: the option's name, default None: the model's
-    own default per backbone and method, or --preset's; an on/off option's flag turns it off)."""
-    for o in OPTIONS:
+    own default per backbone and method, or --preset's; an on/off option's flag turns it off). `table`:
+    OPTIONS (None) or LOSS_OPTIONS."""
+    for o in OPTIONS if table is None else table:
         if o.flag is None:
             continue
         if o.kind is bool:
