@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import fields
 
-from . import elastic, flags, options, runtime
+from . import elastic, errors, flags, options
 from .config import DataConfig, ModelConfig, OptimConfig, RuntimeConfig, TrainConfig
 from .config_file import ConfigFileError, apply_to_parser, output_in_use
 from .models import check_icl_blocks, default_blocks, insertion_points, list_models
@@ -70,7 +70,7 @@ DESCRIPTION = ("Trains a WSOL model (ICL, ADL or plain CAM) on wsolevaluation-fo
 def parse_args(argv=None) -> TrainConfig:
     """The command line (over --config FILE's values) as a TrainConfig; cfg.cli says how it was given."""
     p = argparse.ArgumentParser(prog="python -m wsol_fast.train", description=DESCRIPTION,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=flags.DefaultsHelpFormatter)
     m = p.add_argument_group("model")
     m.add_argument("--backbone", default="inceptionv3", choices=list_models())
     m.add_argument("--method", default="icl", choices=["icl", "adl", "cam"])
@@ -137,13 +137,7 @@ def parse_args(argv=None) -> TrainConfig:
     o.add_argument("--new-layer-lr-mult", type=flags.nonneg_float, default=None,
                    help="lr multiplier of new layers (default 10 on real data, 0.1 on the built-in profile)")
     o.add_argument("--weight-decay", type=flags.nonneg_float, default=1e-4)
-    o.add_argument("--lambda-ca", type=flags.nonneg_float, default=1.0)
-    o.add_argument("--lambda-fc", type=flags.nonneg_float, default=1.0)
-    o.add_argument("--margin", type=flags.nonneg_float, default=1.0, help="L_ca's margin m (Eq. 3)")
-    o.add_argument("--fc-norm", default=None, choices=["max", "minmax", "none"],
-                   help="L_fc map normalisation: per-sample min-max (default), max, or none (the paper's Eq. 4)")
-    o.add_argument("--fc-reduction", default=None, choices=["mean", "sum"],
-                   help="L_fc over positions: mean (default) or sum (the paper's ||A_i - A_j||^2)")
+    options.add_flags(o, options.LOSS_OPTIONS)   # --lambda-ca, --lambda-fc, --margin, --fc-norm, --fc-reduction
     r = p.add_argument_group("run")
     r.add_argument("--output", default=None, help="run folder (default runs/<backbone>-<method>-<time>); one "
                                                    "run at a time (RUN/.lock)")
@@ -246,7 +240,7 @@ def resumed_config(cfg: TrainConfig, state: dict) -> TrainConfig:
     given = cfg.cli["given"]
     conflicts = resume_conflicts(cfg.to_dict(), state["config"], given)
     if conflicts:
-        raise runtime.UserError(
+        raise errors.UserError(
             f"--resume {cfg.runtime.resume}: these settings differ from the run's and cannot change on a "
             f"resume: {'; '.join(conflicts)}. Drop them to continue the run as it was, or fork it with "
             "--init-from to train on with new settings")
@@ -257,7 +251,7 @@ def resumed_config(cfg: TrainConfig, state: dict) -> TrainConfig:
             if hasattr(theirs, key):
                 setattr(theirs, key, getattr(mine, key))
     if saved.optim.epochs < state["epoch"] + (state["step"] > 0):
-        raise runtime.UserError(f"--epochs {saved.optim.epochs}: the run in {cfg.runtime.resume} has already "
+        raise errors.UserError(f"--epochs {saved.optim.epochs}: the run in {cfg.runtime.resume} has already "
                                 f"trained {state['epoch']} epoch(s){' and part of the next' if state['step'] else ''}")
     saved.runtime.resume = cfg.runtime.resume
     saved.runtime.output = cfg.runtime.output or os.path.dirname(os.path.abspath(cfg.runtime.resume))
