@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from wsol_fast import runtime
+from wsol_fast import errors
 from wsol_fast.config import resolve
 from wsol_fast.data.pipeline import partial_batches
 from wsol_fast.train_args import parse_args, resumed_config
@@ -33,7 +33,7 @@ def test_resume_refuses_a_change_of_the_points_and_keeps_the_runs():
     saved = resolve(parse_args(["--backbone", "vgg16", "--icl-blocks", "pool2", "conv5_3"]), "cpu").to_dict()
     state = {"config": saved, "epoch": 1, "step": 0}
     cli = parse_args(["--resume", "run/last.pt", "--icl-blocks", "pool3", "conv5_3", "--backbone", "vgg16"])
-    with pytest.raises(runtime.UserError, match=r"--icl-blocks: run \['pool2', 'conv5_3'\], now \['pool3', 'conv5_3'\]"):
+    with pytest.raises(errors.UserError, match=r"--icl-blocks: run \['pool2', 'conv5_3'\], now \['pool3', 'conv5_3'\]"):
         resumed_config(cli, state)
     same = parse_args(["--resume", "run/last.pt", "--icl-blocks", "conv5_3", "pool2", "--backbone", "vgg16"])
     assert resumed_config(same, copy.deepcopy(state)).model.icl_blocks == ["pool2", "conv5_3"]

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from wsol_fast import checkpoint, evaluate, files, runlock, runtime, train, train_args
+from wsol_fast import checkpoint, errors, evaluate, files, runlock, runtime, train, train_args
 from wsol_fast.data import __main__ as data_cli
 from wsol_fast.data import builtin, dali, images, opencv, pipeline
 from wsol_fast.data.metadata import MetadataError, load_splits
@@ -359,7 +359,7 @@ def test_a_full_disk_says_so_names_the_file_and_leaves_nothing_partial(tiny_root
     err = capsys.readouterr().err
     assert f"no space left on device writing {out / 'best.pt'}" in err
     assert _no_temp_files(out) == [] and not (out / "best.pt").exists()
-    with pytest.raises(checkpoint.DiskFullError):
+    with pytest.raises(files.DiskFullError):
         checkpoint.atomic_save({"x": torch.zeros(3)}, str(tmp_path / "x.pt"))
     assert not os.path.exists(tmp_path / "x.pt") and _no_temp_files(tmp_path) == []
 
@@ -532,7 +532,7 @@ def test_atomic_write_failure_of_another_kind_also_leaves_nothing(tmp_path, monk
 
 def test_lock_is_dropped_when_the_holder_ends(tmp_path):
     lock = runlock.RunLock(str(tmp_path)).acquire()
-    with pytest.raises(runtime.UserError, match=f"pid {os.getpid()}"):
+    with pytest.raises(errors.UserError, match=f"pid {os.getpid()}"):
         runlock.RunLock(str(tmp_path)).acquire()
     lock.release()
     runlock.RunLock(str(tmp_path)).acquire().release()

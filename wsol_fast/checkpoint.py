@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, UserError
-from .files import DiskFullError, atomic_write, load_failure, torch_load  # noqa: F401  (DiskFullError: a full disk)
+from .files import atomic_write, load_failure, torch_load
 
 
 class CheckpointError(UserError):

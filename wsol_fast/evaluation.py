@@ -23,7 +23,7 @@ import os
 import numpy as np
 import torch
 
-from . import cam, eval_parallel, files, metrics, runtime, scoremaps
+from . import cam, errors, eval_parallel, files, metrics, runtime, scoremaps
 
 
 def _mask_root(cfg, meta) -> str:
@@ -97,7 +97,7 @@ def evaluate_model(model, loader, meta, device, autocast, cfg, info=None, loc_th
     n = len(per_image)
     seen = {r["id"] for r in per_image}
     if not expected:
-        raise runtime.UserError(f"every image of the {meta.split} split ({len(meta.image_ids)}) failed to decode "
+        raise errors.UserError(f"every image of the {meta.split} split ({len(meta.image_ids)}) failed to decode "
                                 "and was skipped: nothing is left to score")
     if n != len(expected) or seen != expected:
         raise RuntimeError(f"evaluation saw {n} images ({len(seen)} distinct) but the split has "

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .errors import ConfigError, UnavailableError, UserError  # noqa: F401  (importable from here too)
 
 
 # ----------------------------------------------------------------------------- devices and precision

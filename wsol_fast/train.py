@@ -291,7 +291,7 @@ def _run(cfg: TrainConfig) -> int:
     try:   # settings that only clash once resolved (e.g. the profile's resize below --crop-size)
         resolve(copy.deepcopy(cfg), "cpu")
     except ValueError as exc:
-        raise runtime.ConfigError(str(exc)) from None
+        raise errors.ConfigError(str(exc)) from None
     cfg.runtime.output = run_dir(cfg)   # fixed now: the lock and every rank use this folder
     main_rank = int(os.environ.get("RANK", "0")) == 0
     lock = runlock.claim_run_folder(cfg.runtime.output, resume=bool(cfg.runtime.resume),

@@ -295,7 +295,7 @@ def trial_rows(study) -> list[dict]:
 
 
 def write_csv(rows: list[dict], path: str) -> None:
-    from .checkpoint import atomic_write
+    from .files import atomic_write
 
     keys = list(dict.fromkeys(k for r in rows for k in r)) or ["number"]
     buf = io.StringIO()

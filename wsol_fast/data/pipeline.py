@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import runtime
+from .. import errors, runtime
 from . import builtin, builtin_masks, dali, images
 from .metadata import SplitMetadata, check_mask_files, load_splits
 from .opencv import OpenCVLoader
@@ -79,7 +79,7 @@ def choose_loader(requested: str, device: torch.device) -> str:
         return "opencv"
     if requested == "dali":
         if not dali.dali_available():
-            raise runtime.UnavailableError("--loader dali: nvidia.dali is not installed (pip install "
+            raise errors.UnavailableError("--loader dali: nvidia.dali is not installed (pip install "
                                            "nvidia-dali-cuda130, or use --loader opencv)")
         return "dali"
     if requested != "auto":
@@ -165,7 +165,7 @@ def make_train_loader(data: RunData, d, info, device, *, amp_dtype=None, **commo
                     **({"drop_last": False} if partial else {}), **common)
     if len(loader) == 0:
         n = len(data.train_meta)
-        raise runtime.UserError(
+        raise errors.UserError(
             f"--batch-size {common['batch_size']} is larger than the train split ({n} images"
             f"{f', {math.ceil(n / info.world_size)} per rank' if info.enabled else ''}): no step "
             "would run; lower --batch-size or pass --allow-partial-batches")
