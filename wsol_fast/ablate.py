@@ -32,7 +32,7 @@ import os
 import sys
 import time
 
-from . import train
+from . import flags, train
 from .files import atomic_write
 
 # Row name -> (label in the table, train flags). Table 2 of the paper, plus ICL exactly as the paper writes it
@@ -61,7 +61,7 @@ BUILTIN = ("builtin", "builtin-parts")
 def parse_args(argv=None):
     # No abbreviations: a train flag passed through (e.g. --seed) must never be read as one of ours (--seeds).
     p = argparse.ArgumentParser(prog="python -m wsol_fast.ablate", description=__doc__.split("\n\n")[1],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+                                formatter_class=flags.DefaultsHelpFormatter, allow_abbrev=False)
     p.add_argument("--backbone", default="inceptionv3", choices=["vgg16", "inceptionv3", "resnet50"])
     p.add_argument("--dataset", default="builtin",
                    help="builtin, builtin-parts, or a real dataset (CUB, ILSVRC, OpenImages: give --data-root "

@@ -81,3 +81,11 @@ def open_interval(text: str) -> float:
 for _fn, _base in ((positive_int, int), (nonneg_int, int), (nonneg_float, float), (positive_float, float),
                    (unit_interval, float), (fraction_of_max, float), (open_interval, float)):
     _fn.base_type = _base
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: X)" after each flag's help, except where the default is None: such a flag is
+    resolved later (per dataset, backbone or preset), and its help says how."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)

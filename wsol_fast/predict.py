@@ -257,7 +257,7 @@ def _write_overlay(record: dict, scoremap: np.ndarray) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m wsol_fast.predict", description=__doc__.split("\n\n")[1],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=flags.DefaultsHelpFormatter)
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or glob patterns")
     p.add_argument("--checkpoint", required=True, help="a best.pt (or last.pt) written by wsol_fast.train")
     p.add_argument("--output", default="predictions", help="folder for predictions.jsonl and overlays/")
