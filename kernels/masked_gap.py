@@ -21,7 +21,8 @@ Design
   contiguous [B, C, N], as the ops' fake kernel declares. An empty mask gives count 0 and a zero vector, never NaN.
 
 Layers (Liger-Kernel style): @triton.jit kernels; launchers `masked_gap_forward` /
-`masked_gap_backward`; the autograd wrapper `MaskedGapFunction`.
+`masked_gap_backward`. The autograd around them is the ops' own (wsol_fast/ops/_autograd.py; the eager
+Function in ops/_triton.py).
 """
 from __future__ import annotations
 
@@ -205,28 +206,3 @@ def masked_gap_backward(grad_pooled: torch.Tensor, x: torch.Tensor, attention: t
         grad_pooled.contiguous(), attention.contiguous(), counts.contiguous(), dx, channels, n,
         float(gamma_fg), float(gamma_bg), dx.stride(0), dx.stride(1), dx.stride(2))
     return dx
-
-
-# ------------------------------------------------------------------------------------------- wrapper
-
-class MaskedGapFunction(torch.autograd.Function):
-    """Three masked means of x in one pass; differentiable with respect to x only."""
-
-    @staticmethod
-    def forward(ctx, x, attention, gamma_fg, gamma_bg):
-        pooled, counts, dfg_mask = masked_gap_forward(x, attention, gamma_fg, gamma_bg)
-        ctx.save_for_backward(x, attention, counts)
-        ctx.gammas = (gamma_fg, gamma_bg)
-        ctx.mark_non_differentiable(counts, dfg_mask)
-        return pooled, counts, dfg_mask
-
-    @staticmethod
-    def backward(ctx, grad_pooled, _grad_counts, _grad_mask):
-        x, attention, counts = ctx.saved_tensors
-        dx = masked_gap_backward(grad_pooled, x, attention, counts, *ctx.gammas)
-        return dx, None, None, None
-
-
-def masked_gap(x: torch.Tensor, attention: torch.Tensor, gamma_fg: float, gamma_bg: float):
-    """Differentiable (pooled, counts, dfg_mask) through the Triton kernels."""
-    return MaskedGapFunction.apply(x, attention, float(gamma_fg), float(gamma_bg))

@@ -35,8 +35,8 @@ docs/kernels.md has the design in full; in short:
   (`input_precision`); the interpreter computes every dot exactly whatever it is told.
 
 Layers (Liger-Kernel style): @triton.jit kernels; launchers `nonlocal_attention_forward` /
-`nonlocal_attention_backward` (pick blocks and variant, allocate, launch; any strides, no copies); the
-autograd wrapper `NonlocalAttentionMapFunction` (the eager path of `wsol_fast.ops`).
+`nonlocal_attention_backward` (pick blocks and variant, allocate, launch; any strides, no copies). The
+autograd around them is the ops' own (wsol_fast/ops/_autograd.py; the eager Function in ops/_triton.py).
 """
 from __future__ import annotations
 
@@ -712,28 +712,3 @@ def nonlocal_attention_backward(grad_a: torch.Tensor, f: torch.Tensor, g: torch.
     if atomic:
         df.copy_(df_out)
     return df, dg, dzbar
-
-
-# ------------------------------------------------------------------------------------------- wrapper
-
-class NonlocalAttentionMapFunction(torch.autograd.Function):
-    """A = softmax(f g^T * scale) zbar with the fused forward and backward; lse is saved, P never."""
-
-    @staticmethod
-    def forward(ctx, f, g, zbar, scale):
-        a_out, lse = nonlocal_attention_forward(f, g, zbar, scale)
-        ctx.save_for_backward(f, g, zbar, a_out, lse)
-        ctx.scale = scale
-        ctx.mark_non_differentiable(lse)
-        return a_out, lse
-
-    @staticmethod
-    def backward(ctx, grad_a, _grad_lse):
-        f, g, zbar, a_out, lse = ctx.saved_tensors
-        df, dg, dzbar = nonlocal_attention_backward(grad_a, f, g, zbar, a_out, lse, ctx.scale)
-        return df, dg, dzbar, None
-
-
-def nonlocal_attention_map(f: torch.Tensor, g: torch.Tensor, zbar: torch.Tensor, scale: float = 1.0):
-    """Differentiable A [B, N] through the Triton kernels (one autograd.Function, straight to the launchers)."""
-    return NonlocalAttentionMapFunction.apply(f, g, zbar, float(scale))[0]

@@ -338,8 +338,14 @@ def test_eager_path_is_one_autograd_function():
     assert type(a.grad_fn).__name__ == "NonlocalAttentionMapFunctionBackward"
     assert {type(n[0]).__name__ for n in a.grad_fn.next_functions} == {"AccumulateGrad"}
     x = torch.randn(1, 4, 20, device=DEVICE, requires_grad=True)
-    pooled = ops.masked_gap(x, a.detach(), GAMMA_FG, GAMMA_BG, impl="triton")[0]
+    pooled, counts, dfg_mask = ops.masked_gap(x, a.detach(), GAMMA_FG, GAMMA_BG, impl="triton")
     assert type(pooled.grad_fn).__name__ == "MaskedGapFunctionBackward"
+    assert not counts.requires_grad and not dfg_mask.requires_grad
+    # The autograd is the registrations' own, written once (ops/_autograd.py), not a copy in the kernels.
+    attention_fn, gap_fn = _triton._eager_functions()
+    assert attention_fn.backward.__qualname__ == "attention_autograd.<locals>.backward"
+    assert gap_fn.backward.__qualname__ == "masked_gap_autograd.<locals>.backward"
+    assert not hasattr(attention_kernels, "NonlocalAttentionMapFunction")
 
 
 def test_attention_strided_inputs_need_no_copy():

@@ -3,7 +3,8 @@
 Three ways in, one set of launchers (`wsol_fast.kernels.*_forward` / `*_backward`):
 
 * Eager (`nonlocal_attention_map`, `masked_gap` here; what `wsol_fast.ops` calls for impl="triton"):
-  one torch.autograd.Function straight to the launchers, no dispatcher round trips. On CUDA, and on
+  one torch.autograd.Function straight to the launchers, no dispatcher round trips (built by
+  _autograd.autograd_function with the same set-up and backward as the registrations). On CUDA, and on
   CPU tensors under Triton's interpreter (TRITON_INTERPRET=1, for tests without a GPU).
 * Under torch.compile (CUDA): the `*_triton` ops below, defined with torch.library.triton_op and
   launching through wrap_triton, so Inductor sees the Triton kernels themselves (not an opaque op)
@@ -26,7 +27,7 @@ import warnings
 
 import torch
 
-from ._autograd import attention_autograd, masked_gap_autograd
+from ._autograd import attention_autograd, autograd_function, masked_gap_autograd
 
 OPS = ("nonlocal_attention_map", "nonlocal_attention_map_backward", "masked_gap", "masked_gap_backward")
 _ATTENTION_MODULE = "wsol_fast.kernels.nonlocal_attention"
@@ -65,6 +66,16 @@ def _kernels():
 
 # --------------------------------------------------------------------------------- the eager path
 
+@functools.lru_cache(maxsize=None)
+def _eager_functions() -> tuple[type, type]:
+    """The two autograd.Functions of the eager path: the launchers, with the ops' own autograd."""
+    attention, gap = _kernels()
+    return (autograd_function("NonlocalAttentionMapFunction", attention.nonlocal_attention_forward,
+                              *attention_autograd(attention.nonlocal_attention_backward)),
+            autograd_function("MaskedGapFunction", gap.masked_gap_forward,
+                              *masked_gap_autograd(gap.masked_gap_backward), non_differentiable=(1, 2)))
+
+
 def _require_runnable(t) -> None:
     if t.device.type == "cpu" and not triton_interpreter_active():
         raise RuntimeError("the Triton interpreter is not active: set TRITON_INTERPRET=1 before "
@@ -82,8 +93,7 @@ def nonlocal_attention_map(f, g, zbar, scale: float):
         if f.dtype != torch.float64 and _TRITON_OPS_DEFINED:
             return torch.ops.wsol_fast.nonlocal_attention_map_triton(f, g, zbar, float(scale))[0]
         return torch.ops.wsol_fast.nonlocal_attention_map(f, g, zbar, float(scale))[0]
-    attention, _ = _kernels()
-    return attention.nonlocal_attention_map(f, g, zbar, float(scale))
+    return _eager_functions()[0].apply(f, g, zbar, float(scale))[0]
 
 
 def masked_gap(x, attention_map, gamma_fg: float, gamma_bg: float):
@@ -93,8 +103,7 @@ def masked_gap(x, attention_map, gamma_fg: float, gamma_bg: float):
         if x.dtype != torch.float64 and _TRITON_OPS_DEFINED:
             return torch.ops.wsol_fast.masked_gap_triton(x, attention_map, float(gamma_fg), float(gamma_bg))
         return torch.ops.wsol_fast.masked_gap(x, attention_map, float(gamma_fg), float(gamma_bg))
-    _, gap = _kernels()
-    return gap.masked_gap(x, attention_map, float(gamma_fg), float(gamma_bg))
+    return _eager_functions()[1].apply(x, attention_map, float(gamma_fg), float(gamma_bg))
 
 
 # ------------------------------------------------------------ the compile path: torch.library.triton_op
