@@ -1,6 +1,6 @@
 """Run configuration: one dataclass per concern, filled from the command line, then resolved.
 
-Fields left at None are resolved from the dataset and the device: the paper's settings (SPEC 1.4) for
+Fields left at None are resolved from the dataset and the device: the paper's settings (docs/spec.md §1.4) for
 real data, and a measured CPU profile for the built-in dataset, so that the default command finishes
 in about ten minutes on a 2-core laptop CPU. The resolved config is written to the run folder.
 """
@@ -39,7 +39,7 @@ BUILTIN_PROFILE = {
     # 6 at 0.1 lr.
     "lr_decay_every": 6,
     "lr": 0.02,
-    # SPEC 1.2's fc_norm="max" divides each signed attention map by its max; with freshly initialised
+    # fc_norm="max" (docs/spec.md §1.2) divides each signed attention map by its max; with freshly initialised
     # ICL blocks that max is often ~0 and, measured here from scratch, the first step's L_fc was ~190 and
     # the loss reached 4e12 within 6 steps at lr 0.02 (and diverged at 0.002 too). "minmax" trained
     # stably; it is the built-in profile's choice. --fc-norm overrides either profile.
@@ -77,8 +77,9 @@ PRESETS = {
 PROJECT_DEFAULT = {**{k: options.defaults("icl")[k] for k in PRESETS["paper"]["model"]},
                    "fc_norm": "minmax", "fc_reduction": "mean"}
 
-# fc_norm: SPEC 1.2's "max" diverged from scratch (L_fc ~190 at the first step, loss 4e12 within 6 steps) and
-# divides signed maps by a max near zero; "minmax" (the masks' own normalisation) is the default everywhere.
+# fc_norm: "max" (docs/spec.md §1.2) diverged from scratch (L_fc ~190 at the first step, loss 4e12 within 6
+# steps) and divides signed maps by a max near zero; "minmax" (the masks' own normalisation) is the default
+# everywhere.
 PAPER_PROFILE = {"lr": 1e-3, "block_warmup_epochs": 0, "resize_size": 256, "crop_size": 224, "fc_norm": "minmax",
                  "new_layer_lr_mult": 10.0}
 
@@ -135,7 +136,7 @@ class OptimConfig:
     lr_decay_every: int | None = None
     lr_decay: float = 0.1
     block_warmup_epochs: int | None = None   # None: the profile's (0 on real data: the paper's)
-    new_layer_lr_mult: float | None = None   # None: the profile's (10x on real data, SPEC 1.4)
+    new_layer_lr_mult: float | None = None   # None: the profile's (10x on real data, docs/spec.md §1.4)
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 1e-4
@@ -219,7 +220,7 @@ def resolve(cfg: TrainConfig, device_type: str) -> TrainConfig:
     if r.compile is None:
         r.compile = "default" if (device_type, m.backbone) in COMPILE_FASTER else "off"
     if r.channels_last is None:
-        r.channels_last = True  # measured faster on CPU (SPEC 6) and standard on GPUs with AMP
+        r.channels_last = True  # measured faster on CPU (docs/spec.md §6) and standard on GPUs with AMP
     if m.pretrained is None and not builtin:
         m.pretrained = "imagenet"  # the paper starts from ImageNet weights
     if d.resize_size < d.crop_size:
