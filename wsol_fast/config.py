@@ -77,9 +77,8 @@ PRESETS = {
 PROJECT_DEFAULT = {**{k: options.defaults("icl")[k] for k in PRESETS["paper"]["model"]},
                    "fc_norm": "minmax", "fc_reduction": "mean"}
 
-# fc_norm: "max" (docs/spec.md §1.2) diverged from scratch (L_fc ~190 at the first step, loss 4e12 within 6
-# steps) and divides signed maps by a max near zero; "minmax" (the masks' own normalisation) is the default
-# everywhere.
+# fc_norm: "max" (docs/spec.md §1.2) diverged from scratch (L_fc ~190 at the first step, loss 4e12 in 6 steps) and
+# divides signed maps by a max near zero; "minmax" (the masks' own normalisation) is the default everywhere.
 PAPER_PROFILE = {"lr": 1e-3, "block_warmup_epochs": 0, "resize_size": 256, "crop_size": 224, "fc_norm": "minmax",
                  "new_layer_lr_mult": 10.0}
 
