@@ -1,4 +1,4 @@
-"""Masks + masked GAP (SPEC 1.1, Eq. 3): providers x modes x shapes, time and peak memory.
+"""Masks + masked GAP (docs/spec.md §1.1, Eq. 3): providers x modes x shapes, time and peak memory.
 
 Providers:
   reference     three masked multiplies and sums (wsol_fast.ops.reference): three reads of x, three copies

@@ -1,4 +1,4 @@
-"""MaxBoxAccV2 scoring (SPEC 4) over the real CUB test split: 5,794 GT boxes and image sizes from
+"""MaxBoxAccV2 scoring (docs/spec.md §4) over the real CUB test split: 5,794 GT boxes and image sizes from
 the wsolevaluation metadata, synthetic score maps, the paper's interval 0.001 (1,000 thresholds).
 
 Maps: one 28 x 28 float32 "CAM" per image (a Gaussian near its GT box, sigma a quarter of the box

@@ -1,4 +1,4 @@
-// CPU kernels of wsol_fast::masked_gap and its backward (SPEC 1.1 masks, Eq. 3 masked means).
+// CPU kernels of wsol_fast::masked_gap and its backward (docs/spec.md §1.1 masks, Eq. 3 masked means).
 //
 //   theta_fg = gamma_fg * max_i A_i, theta_bg = gamma_bg * mean_i A_i     (per sample)
 //   M_fg = A > theta_bg,  M_bg = A < theta_bg,  M_dfg = (A < theta_fg) & (A > theta_bg)

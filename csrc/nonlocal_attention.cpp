@@ -1,4 +1,4 @@
-// CPU kernels of wsol_fast::nonlocal_attention_map and its backward (SPEC 1.3, identity 1).
+// CPU kernels of wsol_fast::nonlocal_attention_map and its backward (docs/spec.md §1.3, identity 1).
 //
 //   A_i = sum_j P_ij zbar_j,  P = softmax_j(S),  S = f g^T * scale,  f, g: [B, N, C'], zbar: [B, N]
 //

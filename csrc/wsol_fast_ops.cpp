@@ -1,4 +1,4 @@
-// The `wsol_fast` operator library: the ONE place the op schemas are declared (SPEC 5).
+// The `wsol_fast` operator library: the ONE place the op schemas are declared (docs/spec.md §5).
 //
 // Pattern of pytorch/extension-cpp: schemas here with TORCH_LIBRARY; each op file adds its CPU
 // kernels with TORCH_LIBRARY_IMPL(wsol_fast, CPU, m); fake (meta) kernels and autograd are

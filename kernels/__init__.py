@@ -1,7 +1,7 @@
-"""Triton kernels of the two fused operators (SPEC 5), installed as `wsol_fast.kernels`.
+"""Triton kernels of the two fused operators (docs/spec.md §5), installed as `wsol_fast.kernels`.
 
     nonlocal_attention  FlashAttention-style attention map with value dimension 1 (forward, backward)
-    masked_gap          masks of SPEC 1.1 and the three masked means in one read of x (forward, backward)
+    masked_gap          masks of docs/spec.md §1.1 and the three masked means in one read of x (forward, backward)
 
 Each module has three layers: @triton.jit kernels, launchers (`*_forward`, `*_backward`: pick blocks,
 allocate, launch) and a torch.autograd.Function wrapper. `wsol_fast.ops._triton` registers the

@@ -1,4 +1,5 @@
-"""Masks of SPEC 1.1 and the three masked global average pools, in one read of x (SPEC 1.3, identity 2).
+"""Masks of docs/spec.md §1.1 and the three masked global average pools, in one read of x (docs/spec.md §1.3,
+identity 2).
 
     theta_fg = gamma_fg * max_i A_i,  theta_bg = gamma_bg * mean_i A_i          (per sample, fp32)
     M_fg = A > theta_bg,  M_bg = A < theta_bg,  M_dfg = (A < theta_fg) & (A > theta_bg)

@@ -1,4 +1,4 @@
-"""Non-local attention map with value dimension 1 (SPEC 1.3, identity 1), FlashAttention style.
+"""Non-local attention map with value dimension 1 (docs/spec.md §1.3, identity 1), FlashAttention style.
 
     A_i = sum_j softmax_j(S_ij) zbar_j,    S = f g^T * scale,    f, g: [B, N, C'], zbar: [B, N]
 

@@ -34,7 +34,8 @@ def _seed():
 
 @pytest.fixture
 def cub_metadata_root():
-    """Root holding the real CUB metadata of the protocol (../shared/data/wsolevaluation-metadata)."""
+    """Root holding wsolevaluation's real CUB metadata (not in the repository): CUB_METADATA, i.e.
+    `shared/data/wsolevaluation-metadata` in the folder that holds the checkout."""
     if not os.path.isdir(os.path.join(CUB_METADATA, "CUB")):
-        pytest.skip(f"the shared CUB metadata is not at {CUB_METADATA} (../shared/data beside the checkout)")
+        pytest.skip(f"wsolevaluation's CUB metadata is not at {CUB_METADATA}")
     return CUB_METADATA

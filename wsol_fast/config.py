@@ -1,6 +1,6 @@
 """Run configuration: one dataclass per concern, filled from the command line, then resolved.
 
-Fields left at None are resolved from the dataset and the device: the paper's settings (SPEC 1.4) for
+Fields left at None are resolved from the dataset and the device: the paper's settings (docs/spec.md §1.4) for
 real data, and a measured CPU profile for the built-in dataset, so that the default command finishes
 in about ten minutes on a 2-core laptop CPU. The resolved config is written to the run folder.
 """
@@ -128,7 +128,7 @@ class _OptimSchedule:
     lr_decay_every: int | None = None
     lr_decay: float = 0.1
     block_warmup_epochs: int | None = None   # None: the profile's (0 on real data: the paper's)
-    new_layer_lr_mult: float | None = None   # None: the profile's (10x on real data, SPEC 1.4)
+    new_layer_lr_mult: float | None = None   # None: the profile's (10x on real data, docs/spec.md §1.4)
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 1e-4
@@ -217,7 +217,7 @@ def resolve(cfg: TrainConfig, device_type: str) -> TrainConfig:
     if r.compile is None:
         r.compile = "default" if (device_type, m.backbone) in COMPILE_FASTER else "off"
     if r.channels_last is None:
-        r.channels_last = True  # measured faster on CPU (SPEC 6) and standard on GPUs with AMP
+        r.channels_last = True  # measured faster on CPU (docs/spec.md §6) and standard on GPUs with AMP
     if m.pretrained is None and not builtin:
         m.pretrained = "imagenet"  # the paper starts from ImageNet weights
     if d.resize_size < d.crop_size:

@@ -1,7 +1,7 @@
 """python -m wsol_fast.evaluate --checkpoint RUN/best.pt [--split test] [--save-scoremaps DIR]
 python -m wsol_fast.evaluate --scoremap-root DIR --metadata-root M --dataset D --split test [--workers N]
 
-The exact wsolevaluation protocol (SPEC 4) on any saved checkpoint: top-1 classification, top-1
+The exact wsolevaluation protocol (docs/spec.md §4) on any saved checkpoint: top-1 classification, top-1
 localization (at the CAM threshold chosen on val), GT-known localization, MaxBoxAcc per IoU and
 MaxBoxAccV2 on box datasets, PxAP on mask datasets (OpenImages), with a centre-prior baseline scored
 by the same protocol; a table, results.json and CAM overlay PNGs. The scoring itself is evaluation.py

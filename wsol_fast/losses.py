@@ -1,4 +1,4 @@
-"""The training objective (SPEC 1.2): L = L_cls + lambda_ca * L_ca + lambda_fc * L_fc.
+"""The training objective (docs/spec.md §1.2): L = L_cls + lambda_ca * L_ca + lambda_fc * L_fc.
 
     loss_fn = WSOLLoss(lambda_ca=1.0, lambda_fc=1.0, margin=1.0, fc_norm="minmax", fc_reduction="mean")
     terms = loss_fn(model(images), labels)     # {"total", "cls", "ca", "fc"}: scalar fp32 tensors
@@ -84,7 +84,7 @@ def foreground_consistency_loss(attentions: list[Tensor], norm: str = DEFAULTS["
 
 
 class WSOLLoss:
-    """L = CE(logits, labels) + lambda_ca * L_ca + lambda_fc * L_fc (SPEC 1.2).
+    """L = CE(logits, labels) + lambda_ca * L_ca + lambda_fc * L_fc (docs/spec.md §1.2).
 
     `__call__(output, labels)` takes the model's training output (a WSOLOutput; a bare logits tensor
     gives the CE term only) and returns {"total", "cls", "ca", "fc"}. L_ca sums over blocks that carry

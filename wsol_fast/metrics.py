@@ -1,4 +1,4 @@
-"""The wsolevaluation metrics (SPEC 4), bit-identical to clovaai/wsolevaluation, and fast.
+"""The wsolevaluation metrics (docs/spec.md §4), bit-identical to clovaai/wsolevaluation, and fast.
 
 What is scored, in wsolevaluation's order:
 
@@ -20,7 +20,7 @@ wsolevaluation details this module reproduces (checked against clovaai/wsolevalu
   else `m - m.min()` then divided by the max *of the shifted map*.
 * Thresholds: `np.arange(0, 1, cam_curve_interval)` (1.0 is never a threshold). Their interval
   defaults to 0.001 in training (config.py, `CAMComputer`, `evaluate_wsol`) and to 0.01 on
-  evaluation.py's command line; ours defaults to 0.01 (SPEC 4), 0.001 for the paper protocol.
+  evaluation.py's command line; ours defaults to 0.01 (docs/spec.md §4), 0.001 for the paper protocol.
 * Quantisation (`compute_bboxes_from_scoremaps`): `img = (scoremap * 255).astype(np.uint8)`, i.e.
   truncation, on the float64 map. The cv2 threshold is `int(t * img.max())`: an *integer* that
   scales with the map's uint8 maximum (not `t * 255`), truncated toward zero.

@@ -29,7 +29,7 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """--amp {auto,off,bf16,fp16} -> autocast dtype (None = fp32). `auto` follows measurement (SPEC 6):
+    """--amp {auto,off,bf16,fp16} -> autocast dtype (None = fp32). `auto` follows measurement (docs/spec.md §6):
     bf16 where the hardware does it natively, fp32 elsewhere."""
     if amp == "off":
         return None

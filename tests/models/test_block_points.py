@@ -12,8 +12,8 @@ from wsol_fast.models import check_icl_blocks, create_model, default_blocks, ins
 
 REF = {"impl": "reference"}
 
-# The paper's three per backbone (SPEC 2), and wsolevaluation's ADL positions they follow.
-SPEC2 = {"vgg16": ["pool3", "conv4_3", "conv5_3"], "resnet50": ["layer3.0", "layer4.0", "layer4.2"],
+# The paper's three per backbone (docs/spec.md §2), and wsolevaluation's ADL positions they follow.
+PAPER_BLOCKS = {"vgg16": ["pool3", "conv4_3", "conv5_3"], "resnet50": ["layer3.0", "layer4.0", "layer4.2"],
          "inceptionv3": ["Mixed_5d", "Mixed_6e", "SPG_A3_2b"]}
 
 
@@ -61,12 +61,12 @@ def _reference(model, chain, x, modulate=False):
 
 
 @pytest.mark.parametrize("backbone", ["vgg16", "resnet50", "inceptionv3"])
-def test_default_points_are_spec2s_three_and_every_point_is_listed_in_network_order(backbone):
-    assert default_blocks(backbone) == SPEC2[backbone]
+def test_default_points_are_the_papers_three_and_every_point_is_listed_in_network_order(backbone):
+    assert default_blocks(backbone) == PAPER_BLOCKS[backbone]
     chain = CHAINS[backbone](create_model(backbone, num_classes=3, method="cam"))
     assert list(insertion_points(backbone)) == [p for _, p in chain if p is not None]
     model = create_model(backbone, num_classes=3, method="icl", **REF)
-    assert model.block_points == SPEC2[backbone] and model.config["icl_blocks"] == SPEC2[backbone]
+    assert model.block_points == PAPER_BLOCKS[backbone] and model.config["icl_blocks"] == PAPER_BLOCKS[backbone]
     assert len(model.attention_blocks) == 3
 
 

@@ -1,4 +1,4 @@
-"""The two exact identities of SPEC 1.3, proved on the ICL block as built (not on a copy of its maths)."""
+"""The two exact identities of docs/spec.md §1.3, proved on the ICL block as built (not on a copy of its maths)."""
 import pytest
 import torch
 

@@ -1,4 +1,4 @@
-"""Backbones, registry and model outputs: map sizes (SPEC 2), eval identity, CAMs, one train step each."""
+"""Backbones, registry and model outputs: map sizes (docs/spec.md §2), eval identity, CAMs, one train step each."""
 import warnings
 
 import pytest
@@ -15,7 +15,7 @@ METHODS = ("cam", "adl", "icl")
 # The ops' own implementations are tested elsewhere; here the model side runs on the reference ops.
 REF = {"impl": "reference"}
 
-# SPEC 2 at 224 input: (block maps, class map)
+# docs/spec.md §2 at 224 input: (block maps, class map)
 MAPS_AT_224 = {"vgg16": ([28, 28, 14], 14), "inceptionv3": ([28, 28, 28], 28), "resnet50": ([28, 28, 28], 28)}
 # Same nets at 128 input (the CPU default size): VGG /8 /8 /16; the large-map nets /8 throughout.
 MAPS_AT_128 = {"vgg16": ([16, 16, 8], 8), "inceptionv3": ([16, 16, 16], 16), "resnet50": ([16, 16, 16], 16)}

@@ -37,7 +37,7 @@ def torchvision_files(tmp_path_factory):
     return files
 
 
-# Checkpoint key prefixes our WSOL variants drop (SPEC 2): the classifiers, Mixed_7*, AuxLogits.
+# Checkpoint key prefixes our WSOL variants drop (docs/spec.md §2): the classifiers, Mixed_7*, AuxLogits.
 DROPPED = {"vgg16": ("classifier.",), "inceptionv3": ("Mixed_7", "AuxLogits.", "fc."), "resnet50": ("fc.",)}
 
 

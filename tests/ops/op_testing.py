@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-GAMMA_FG, GAMMA_BG = 0.72, 1.2   # vgg16's row of SPEC 1.4
+GAMMA_FG, GAMMA_BG = 0.72, 1.2   # vgg16's row of docs/spec.md §1.4
 
 
 def assert_close_to_reference(name, fused, ref_same_dtype, ref64, atol, rtol=0.0, extra_rtol=0.0):

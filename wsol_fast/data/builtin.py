@@ -33,7 +33,7 @@ What it contains (defaults; every number is a parameter of `generate`):
 * GT box: the tight box of the digit's ink as placed (the pixels where its coverage is >= 0.5), in
   inclusive pixel coordinates x0, y0, x1, y1 (wsolevaluation's IoU adds 1 to widths and heights).
 
-On disk, in the wsolevaluation format (SPEC 3), under `root`:
+On disk, in the wsolevaluation format (docs/spec.md §3), under `root`:
 
     <root>/images/builtin/<split>/<digit>/<split>_<index>.jpg       image id: <split>/<digit>/<split>_<index>.jpg
     <root>/metadata/builtin/{train,val,test}/{image_ids,class_labels,image_sizes,localization}.txt

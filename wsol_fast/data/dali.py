@@ -121,7 +121,7 @@ class DaliLoader(SplitLoader):
         self.num_threads, self.fp16 = num_threads, fp16
         if resize not in ("auto", "exact", "dali"):
             raise ValueError(f"resize must be 'auto', 'exact' or 'dali', got {resize!r}")
-        # "auto" = "exact" on the CPU and on a GPU: the protocol's pixels (SPEC 1.4) before DALI's speed.
+        # "auto" = "exact" on the CPU and on a GPU: the protocol's pixels (docs/spec.md §1.4) before DALI's speed.
         self.resize = "exact" if resize == "auto" else resize
 
     def _augment_draws(self, count: int):

@@ -1,5 +1,5 @@
 # Longer than 450 lines: the format and all its checks (errors name file:line) in one place, so both readers agree.
-"""The wsolevaluation metadata format (SPEC 3), read and validated before anything trains.
+"""The wsolevaluation metadata format (docs/spec.md §3), read and validated before anything trains.
 
     <metadata_root>/<DATASET>/<split>/image_ids.txt      one image path per line
                                       class_labels.txt   path,label

@@ -27,7 +27,7 @@ def adl_drop_mask(attention: Tensor, threshold: float) -> Tensor:
 
 
 def draw_drop(batch: int, drop_rate: float, per_sample: bool, device: torch.device) -> Tensor:
-    """Which samples get the drop mask: one draw for the whole batch (ADL's habit, SPEC 1.1) or one per
+    """Which samples get the drop mask: one draw for the whole batch (ADL's habit, docs/spec.md §1.1) or one per
     sample. Drawn on the tensors' device so no host sync is needed. Returns bool [B]."""
     if per_sample:
         return torch.rand(batch, device=device) < drop_rate

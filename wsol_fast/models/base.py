@@ -192,7 +192,7 @@ class WSOLModel(nn.Module):
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """{"pretrained": torchvision backbone params, "new": blocks, extra convs, classifier}, so the
-        trainer can give new layers 10x the learning rate (wsolevaluation's habit, SPEC 1.4)."""
+        trainer can give new layers 10x the learning rate (wsolevaluation's habit, docs/spec.md §1.4)."""
         groups: dict[str, list[nn.Parameter]] = {"pretrained": [], "new": []}
         for name, p in self.named_parameters():
             slow = self.is_pretrained_key(name) and not name.startswith(self.fast_lr_prefixes)

@@ -1,13 +1,14 @@
-"""The ICL block (SPEC 1.1): non-local attention map, importance map / dropped-foreground mask, and the
+"""The ICL block (docs/spec.md §1.1): non-local attention map, importance map / dropped-foreground mask, and the
 masked-GAP embeddings the contrastive loss needs.
 
-Both heavy steps go through the public ops, in the forms of SPEC 1.3:
+Both heavy steps go through the public ops, in the forms of docs/spec.md §1.3:
   identity 1: A = softmax(f g^T s) zbar with zbar = mean_c z = w_bar^T x + b_bar, so the C-channel z is never
               built; w_bar, b_bar are means of Conv1x1_z's rows, so conv_z keeps the paper's C x C shape and
               gets exactly the gradient of the literal form;
   identity 2: e_alpha = Conv1x1_e(masked-GAP_alpha(x)): pool the C-channel x once, then project 3 vectors.
 
-The map the thresholds, masks and losses see (SPEC 1.1, "the sign of A") is a named option, `attention_form`:
+The map the thresholds, masks and losses see (docs/spec.md §1.1; the measurements: docs/method.md) is a named
+option, `attention_form`:
   "paper":    A = P zbar, zbar = mean_c Conv1x1_z(x): the literal Eq. 5. Signed: z has a bias and zero-mean
               weights, so mean(A) and even max(A) can be negative and the thresholds of Eq. 1-2 lose their
               meaning; on post-ReLU features of realistic scale the unscaled softmax rows become one-hot

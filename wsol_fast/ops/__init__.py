@@ -1,4 +1,4 @@
-"""Public entry points of the two operators of SPEC 5, with dispatch to the fastest live implementation.
+"""Public entry points of the two operators of docs/spec.md §5, with dispatch to the fastest live implementation.
 
     nonlocal_attention_map(f, g, zbar, scale=1.0, impl=None) -> A          [B, N]
     masked_gap(x, attention, gamma_fg, gamma_bg, impl=None) -> (pooled [B, 3, C], counts [B, 3], dfg_mask [B, N])
@@ -75,7 +75,7 @@ def nonlocal_attention_map(f: Tensor, g: Tensor, zbar: Tensor, scale: float = 1.
 
 def masked_gap(x: Tensor, attention: Tensor, gamma_fg: float, gamma_bg: float,
                impl: str | None = None):
-    """Masks of SPEC 1.1 from `attention` and the three masked means of x: [B, C, N].
+    """Masks of docs/spec.md §1.1 from `attention` and the three masked means of x: [B, C, N].
 
     Returns (pooled [B, 3, C] in the order fg, dfg, bg; counts [B, 3] int64; dfg_mask [B, N] bool).
     Differentiable with respect to x only (the masks are hard).

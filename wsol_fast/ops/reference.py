@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference forms of the two operators (SPEC 1.1, 1.3).
+"""Pure-PyTorch reference forms of the two operators (docs/spec.md §1.1, §1.3).
 
 These are the *literal* forms: a materialised N x N softmax, and three separately
 computed masked means. Every fused implementation (C++ in csrc/, Triton in kernels/)
@@ -44,7 +44,7 @@ def nonlocal_attention_lse(f: Tensor, g: Tensor, scale: float = 1.0) -> Tensor:
 def nonlocal_attention_map_full_z(f: Tensor, g: Tensor, z: Tensor, scale: float = 1.0) -> Tensor:
     """The paper's Eq. 5 literally: A_i = mean_c sum_j P_ij z_cj with the full C-channel z.
 
-    z: [B, C, N]. Used to prove identity 1 of SPEC 1.3 (channel pooling folds into the values).
+    z: [B, C, N]. Used to prove identity 1 of docs/spec.md §1.3 (channel pooling folds into the values).
     """
     p = attention_probabilities(f, g, scale)             # [B, N, N]
     attended = torch.bmm(z, p.transpose(1, 2))          # [B, C, N]: sum_j P_ij z_cj
@@ -52,7 +52,7 @@ def nonlocal_attention_map_full_z(f: Tensor, g: Tensor, z: Tensor, scale: float 
 
 
 def attention_masks(attention: Tensor, gamma_fg: float, gamma_bg: float):
-    """The three hard masks of SPEC 1.1 (Eq. 1, 2), per sample: (fg, dfg, bg), each bool [B, N].
+    """The three hard masks of docs/spec.md §1.1 (Eq. 1, 2), per sample: (fg, dfg, bg), each bool [B, N].
 
     Thresholds are computed in fp32 (fp64 for fp64 input): theta_fg = gamma_fg * max_i A_i,
     theta_bg = gamma_bg * mean_i A_i.
