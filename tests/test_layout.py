@@ -1,6 +1,7 @@
 """The floors of the package (docs/layout.md), read from every module's imports with `ast`: no import
 circle, nothing on a lower floor imports a higher one, commands stand side by side (only ablate and tune
-run train), and no module is over MAX_LINES lines unless its first line says why."""
+run train), and no module is over MAX_LINES lines unless its first line says why. And the tests mirror the
+package: a test file named after every module, or an entry of TESTED_ELSEWHERE saying where and why."""
 from __future__ import annotations
 
 import ast
@@ -129,3 +130,50 @@ def test_no_module_is_too_long_without_saying_why():
         if len(lines) > MAX_LINES and not (lines and WHY_LONGER.search(lines[0])):
             too_long.append(f"{name}: {len(lines)} lines")
     assert too_long == []
+
+
+# ------------------------------------------------------------------------------ a test file per module
+
+TESTS = PACKAGE.parent / "tests"
+# Modules tested in a file not named after them: module -> (that test file, why). Everything else maps
+# wsol_fast/x.py -> tests/test_x.py and wsol_fast/<folder>/x.py -> tests/<folder>/test_x.py.
+TESTED_ELSEWHERE = {
+    "wsol_fast": ("tests/ops/test_kernels_triton.py", "__init__: the version, and this checkout's kernels/ as "
+                                                      "wsol_fast.kernels, which the Triton tests import"),
+    "wsol_fast.launch": ("tests/test_elastic.py", "a faked SLURM job's nodes, launched beside the elastic restarts"),
+    "wsol_fast.tuning": ("tests/test_tune.py", "tune's space files, storage and outputs, through tune"),
+    "wsol_fast.data": ("tests/data/test_pipeline.py", "__init__: prepare_data and RunData, re-exported"),
+    "wsol_fast.data.__main__": ("tests/data/test_pipeline.py", "`check` there; `builtin` in test_generated.py"),
+    "wsol_fast.models": ("tests/models/test_models.py", "__init__: the registry, create_model, defaults"),
+    "wsol_fast.models.base": ("tests/models/test_block_points.py", "the stage / block loop, segment by segment"),
+    "wsol_fast.models.vgg": ("tests/models/test_models.py", "the three backbones side by side (and in "
+                                                            "test_block_points.py, test_pretrained.py)"),
+    "wsol_fast.models.inception": ("tests/models/test_models.py", "the three backbones side by side"),
+    "wsol_fast.models.resnet": ("tests/models/test_models.py", "the three backbones side by side"),
+    "wsol_fast.models.adl": ("tests/models/test_icl.py", "the ICL and ADL blocks side by side"),
+    "wsol_fast.models.outputs": ("tests/models/test_models.py", "WSOLOutput, what every model returns"),
+    "wsol_fast.ops": ("tests/ops/test_ops_registration.py", "__init__: the public ops and their registration"),
+    "wsol_fast.ops._library": ("tests/ops/test_ops_registration.py", "the schema and the C++ library's loading"),
+    "wsol_fast.ops._autograd": ("tests/ops/test_ops_cpp.py", "the ops' gradients, gradcheck"),
+    "wsol_fast.ops._checks": ("tests/ops/test_ops_cpp.py", "the argument errors of every implementation"),
+    "wsol_fast.ops._triton": ("tests/ops/test_kernels_triton.py", "the Triton kernels behind it"),
+    "wsol_fast.ops.reference": ("tests/ops/test_ops_cpp.py", "the literal reference every kernel is held to"),
+}
+
+
+def mirrored(module: str) -> pathlib.Path:
+    """tests/test_x.py for wsol_fast.x, tests/<folder>/test_x.py for wsol_fast.<folder>.x."""
+    *folders, leaf = module.split(".")[1:] or [""]
+    return TESTS.joinpath(*folders, f"test_{leaf}.py")
+
+
+def test_every_module_has_a_test_file():
+    assert mirrored("wsol_fast.box_search") == TESTS / "test_box_search.py"
+    assert mirrored("wsol_fast.data.drawing") == TESTS / "data" / "test_drawing.py"
+    untested = [f"{m}: no {mirrored(m).relative_to(TESTS.parent)}" for m in modules()
+                if m not in TESTED_ELSEWHERE and not mirrored(m).is_file()]
+    assert untested == []
+    stale = [f"{m} -> {path}" for m, (path, why) in TESTED_ELSEWHERE.items()
+             if m not in modules() or not (TESTS.parent / path).is_file() or not why
+             or mirrored(m).is_file()]               # a test named after the module: no exception needed
+    assert stale == []

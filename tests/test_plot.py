@@ -1,6 +1,6 @@
 """`python -m wsol_fast.plot RUN`: the figures from hand-written results.json / metrics.csv, PxAP's curve
-only when results.json has one, clear outcomes when inputs are missing. (A real run's figures and curves:
-tests/test_tensorboard.py.)"""
+only when results.json has one, clear outcomes when inputs are missing. (The figures themselves:
+tests/test_figures.py; a real run's figures and curves: tests/test_tblog.py.)"""
 from __future__ import annotations
 
 import csv
@@ -9,7 +9,6 @@ import os
 
 import cv2
 import numpy as np
-import pytest
 
 from wsol_fast import figures, plot
 
@@ -53,23 +52,6 @@ def test_figures_of_a_box_run(tmp_path, capsys):
     assert not (tmp_path / figures.PXAP_FIGURE).exists()         # box dataset: no PxAP curve
     assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
     assert "wrote" in capsys.readouterr().out
-
-
-def test_threshold_figure_marks_the_chosen_threshold(tmp_path):
-    """The dashed line sits at x = loc_threshold: redraw without it and the only changed pixel column band
-    is where 0.3 maps on the axis (which spans the same pixels in both figures)."""
-    results = _results(with_pxap=False)
-    figures.threshold_figure(results, str(tmp_path / "with.png"), title="t")
-    results.pop("loc_threshold")
-    figures.threshold_figure(results, str(tmp_path / "without.png"), title="t")
-    diff = np.abs(_png(tmp_path / "with.png").astype(int) - _png(tmp_path / "without.png").astype(int)).sum(axis=2)
-    # the legend gains a row too: look at the plot area's lower half only
-    cols = np.nonzero(diff[200:340].sum(axis=0))[0]
-    assert cols.size and cols.max() - cols.min() <= 3
-    # x axis: 0 and 1 at the plot's left and right frame; 0.3 of the way across, within 2 pixels
-    frame = np.nonzero((_png(tmp_path / "without.png")[300] < 60).all(axis=1))[0]
-    left, right = frame.min(), frame.max()
-    assert cols.mean() == pytest.approx(left + 0.3 * (right - left), abs=2)
 
 
 def test_pxap_curve_when_results_hold_one(tmp_path):

@@ -1,4 +1,4 @@
-"""PxAP end to end: the `builtin-masks` dataset (OpenImages' layout) read by the protocol's reader,
+"""PxAP end to end on the `builtin-masks` dataset (its layout and masks: tests/data/test_builtin_masks.py):
 `train` and `evaluate` reporting PxAP and the PR curve's best threshold in results.json, the table and
 overlays with the GT mask outline, and the saved maps scoring back to the same PxAP. The MaskEvaluator
 formula itself is checked against wsolevaluation's in tests/test_metrics.py and tests/test_scoremaps.py."""
@@ -13,7 +13,7 @@ import pytest
 
 from wsol_fast import evaluate, metrics, train
 from wsol_fast.data import builtin_masks
-from wsol_fast.data.metadata import check_mask_files, load_metadata, mask_paths
+from wsol_fast.data.metadata import load_metadata, mask_paths
 
 TINY = dict(num_train=24, num_val=10, num_test=10, min_size=72, max_size=96)
 
@@ -23,67 +23,6 @@ def tiny(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("tiny_masks"))
     builtin_masks.generate(root, seed=0, progress=False, **TINY)
     return root
-
-
-def _split_dir(root, split):
-    return os.path.join(builtin_masks.metadata_root(root), builtin_masks.DATASET, split)
-
-
-def test_layout_is_openimages(tiny):
-    """As wsolevaluation ships OpenImages: empty image_sizes.txt everywhere, an empty localization.txt
-    on train, and on val/test one `image,mask,ignore` line per instance with the ignore path on the
-    image's first line only; masks beside the images (mask root = data root)."""
-    for split in ("train", "val", "test"):
-        assert os.path.getsize(os.path.join(_split_dir(tiny, split), "image_sizes.txt")) == 0
-    assert os.path.getsize(os.path.join(_split_dir(tiny, "train"), "localization.txt")) == 0
-    assert not load_metadata(builtin_masks.metadata_root(tiny), builtin_masks.DATASET, "train").has_masks
-    for split in ("val", "test"):
-        meta = load_metadata(builtin_masks.metadata_root(tiny), builtin_masks.DATASET, split)
-        assert meta.has_masks and len(meta) == TINY[f"num_{split}"]
-        check_mask_files(meta, builtin_masks.mask_root(tiny))
-        with open(os.path.join(_split_dir(tiny, split), "localization.txt")) as fh:
-            lines = [line.rstrip("\n").split(",") for line in fh]
-        first = {}
-        for image_id, mask, ignore in lines:
-            assert ignore == (f"{image_id[:-4]}_ignore.png" if image_id not in first else "")
-            first.setdefault(image_id, mask)
-        counts = [len(meta.masks[i][0]) for i in meta.image_ids]
-        assert set(counts) <= {1, 2}
-    assert len(lines) > len(meta)            # some images hold two instances
-
-
-def test_masks_are_the_ink_and_ignore_regions_hold_no_foreground(tiny):
-    meta = load_metadata(builtin_masks.metadata_root(tiny), builtin_masks.DATASET, "test")
-    ignored = 0
-    for image_id in meta.image_ids:
-        files, ignore_file = mask_paths(meta, builtin_masks.mask_root(tiny), image_id)
-        image = cv2.imread(os.path.join(builtin_masks.data_root(tiny), builtin_masks.DATASET, image_id))
-        inst = [cv2.imread(f, cv2.IMREAD_GRAYSCALE) for f in files]
-        ignore = cv2.imread(ignore_file, cv2.IMREAD_GRAYSCALE)
-        assert all(m.shape == image.shape[:2] and set(np.unique(m)) <= {0, 255} for m in inst)
-        union = np.max(inst, axis=0) > 0
-        assert 0.01 < union.mean() < 0.5
-        assert not (union & (ignore > 0)).any()   # the ignored digit is placed apart from the instances
-        ignored += bool(ignore.any())
-        # the digit is light (HSV value >= 0.75) on a dark background: the masked pixels are brighter
-        value = image.max(axis=2).astype(float)
-        assert value[union].mean() > value[~union].mean() + 60
-        if len(inst) == 2:
-            assert not ((inst[0] > 0) & (inst[1] > 0)).any()
-    assert 0 < ignored < len(meta)
-
-
-def test_same_seed_same_bytes(tiny, tmp_path):
-    other = str(tmp_path / "again")
-    builtin_masks.generate(other, seed=0, progress=False, **TINY)
-    for split in ("val", "test"):
-        a = open(os.path.join(_split_dir(tiny, split), "localization.txt"), "rb").read()
-        b = open(os.path.join(_split_dir(other, split), "localization.txt"), "rb").read()
-        assert a == b
-    meta = load_metadata(builtin_masks.metadata_root(tiny), builtin_masks.DATASET, "test")
-    f = mask_paths(meta, builtin_masks.mask_root(tiny), meta.image_ids[0])[0][0]
-    g = f.replace(os.path.abspath(tiny), os.path.abspath(other))
-    assert open(f, "rb").read() == open(g, "rb").read()
 
 
 def test_best_point_hand_computed():

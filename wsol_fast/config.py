@@ -185,7 +185,8 @@ class TrainConfig:
 
 def resolve(cfg: TrainConfig, device_type: str) -> TrainConfig:
     """Fill the None fields from the dataset and device. Returns the same object, resolved."""
-    builtin = cfg.data.dataset.startswith("builtin")   # builtin, builtin-parts, builtin-masks: the CPU profile
+    from .data.generated import is_generated   # on use: a plain `import wsol_fast.config` stays light
+    builtin = is_generated(cfg.data.dataset)   # a generated set (builtin, builtin-parts, ...): the CPU profile
     profile = BUILTIN_PROFILE if builtin else PAPER_PROFILE
     schedule = BUILTIN_PROFILE if builtin else DATASET_SCHEDULES.get(cfg.data.dataset, {"epochs": 10,
                                                                                          "lr_decay_every": 3})

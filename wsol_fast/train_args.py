@@ -12,6 +12,7 @@ from dataclasses import fields
 from . import elastic, errors, flags, options
 from .config import DataConfig, ModelConfig, OptimConfig, RuntimeConfig, TrainConfig
 from .config_file import ConfigFileError, apply_to_parser, output_in_use
+from .data import generated
 from .models import check_icl_blocks, default_blocks, insertion_points, list_models
 
 # The smallest --crop-size per backbone: the smallest crop whose class activation map is still 2 x 2
@@ -94,9 +95,7 @@ def parse_args(argv=None) -> TrainConfig:
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default=None,
                    help="dataset name under the metadata root (CUB, ILSVRC, OpenImages), or a generated one: "
-                        "builtin (digits), builtin-parts (a small discriminative head on a weakly "
-                        "informative body) or builtin-masks (digits with instance masks in OpenImages' layout, "
-                        "scored by PxAP); default: builtin")
+                        + generated.help_text() + "; default: builtin")
     d.add_argument("--data-root", default=None, help="images at DATA_ROOT/DATASET/<image_id>")
     d.add_argument("--metadata-root", default=None, help="metadata at METADATA_ROOT/DATASET/<split>/")
     d.add_argument("--resize-size", type=flags.positive_int, default=None,
@@ -214,7 +213,7 @@ def parse_args(argv=None) -> TrainConfig:
                 "give one of them")
 
     a.dataset = a.dataset or ("builtin" if a.data_root is None and a.metadata_root is None else "CUB")
-    if not a.dataset.startswith("builtin") and (a.data_root is None or a.metadata_root is None):
+    if not generated.is_generated(a.dataset) and (a.data_root is None or a.metadata_root is None):
         p.error(f"--dataset {a.dataset} needs both --data-root and --metadata-root")
     # Every flag's dest is its config field's name (config_file relies on it too); fields without a flag
     # keep their dataclass default, or the value --config FILE gives them.

@@ -1,7 +1,7 @@
 """Data tools.
 
     python -m wsol_fast.data check --metadata-root M --data-root D [--dataset CUB] [--splits train val test]
-    python -m wsol_fast.data builtin [--root R] [--seed S]
+    python -m wsol_fast.data builtin [--dataset NAME] [--root R] [--seed S]
 
 `check` validates the metadata exactly as training does (errors name file and line), then decodes every
 image (refusing, from the header, any above the pixel cap or whose size the header does not give) and
@@ -9,7 +9,8 @@ compares its size with image_sizes.txt; a JPEG that decodes with libjpeg's warni
 cut short and closed with an end marker) is a finding too. It prints counts per split, the class count
 and every bad image with its reason, and exits 1 on any problem (malformed metadata: one `error:` line,
 exit 2).
-`builtin` generates the built-in dataset (if not already there) and prints where it is.
+`builtin` generates one of the generated datasets (data/generated.py: builtin, the digits, by default) unless
+it is already there, and prints where it is and the flags that read it.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
 from .. import errors, flags
-from . import builtin, images
+from . import builtin, generated, images
 from .images import BadImageError, read_image_rgb
 from .metadata import load_splits
 
@@ -122,10 +123,12 @@ def main(argv=None) -> int:
     c.add_argument("--no-progress", action="store_true")
     c.add_argument("--max-image-pixels", type=flags.positive_int, default=None,
                    help="report images whose header claims more pixels (default 64,000,000)")
-    b = sub.add_parser("builtin", help="generate the built-in dataset and print where it is")
-    b.add_argument("--root", default=None, help=f"default: {builtin.default_root()}")
+    b = sub.add_parser("builtin", help="generate a built-in dataset and print where it is")
+    b.add_argument("--dataset", default=builtin.DATASET, choices=list(generated.GENERATED),
+                   help=generated.help_text())
+    b.add_argument("--root", default=None, help="default: $WSOL_FAST_CACHE/DATASET, else ./.wsol_fast_cache/DATASET")
     b.add_argument("--seed", type=int, default=0)
-    for key, value in builtin.DEFAULTS.items():
+    for key, value in builtin.DEFAULTS.items():   # every generated set takes these sizes
         b.add_argument(f"--{key.replace('_', '-')}", type=int, default=value)
     for sp in (c, b):
         sp.add_argument("--debug", action="store_true", help="show the traceback of an expected error too")
@@ -137,13 +140,14 @@ def _command(a) -> int:
     if a.command == "check":
         images.set_max_image_pixels(a.max_image_pixels)
         return check(a.metadata_root, a.data_root, a.dataset, a.splits, a.workers, not a.no_progress)
-    root = os.path.abspath(a.root or builtin.default_root())
-    sizes = {k: getattr(a, k) for k in builtin.DEFAULTS}
-    builtin.generate(root, seed=a.seed, **sizes)
-    print(f"built-in dataset (seed {a.seed}): {sizes['num_train']} train / {sizes['num_val']} val / "
-          f"{sizes['num_test']} test images, {builtin.NUM_CLASSES} classes\n"
-          f"  --metadata-root {builtin.metadata_root(root)} --data-root {builtin.data_root(root)} "
-          f"--dataset {builtin.DATASET}")
+    entry = generated.GENERATED[a.dataset]
+    root = os.path.abspath(a.root or entry.default_root())
+    sizes = {k: getattr(a, k) for k in entry.defaults}
+    entry.generate(root, seed=a.seed, **sizes)
+    print(f"{entry.name} dataset (seed {a.seed}): {sizes['num_train']} train / {sizes['num_val']} val / "
+          f"{sizes['num_test']} test images, {entry.num_classes} classes, scored on {entry.annotation}\n"
+          f"  --metadata-root {entry.metadata_root(root)} --data-root {entry.data_root(root)} "
+          f"--dataset {entry.name}")
     return 0
 
 

@@ -75,12 +75,12 @@ def _kind(dataset: str):
     """(version, render function) of a built-in dataset: this module's digits, or builtin_parts'."""
     if dataset == DATASET:
         return VERSION, _render
-    if dataset == "builtin-parts":
+    if dataset == builtin_parts.DATASET:
         return builtin_parts.VERSION, builtin_parts.render
     raise ValueError(f"unknown built-in dataset {dataset!r}; known: {list(DATASETS)}")
 
 
-DATASETS = (DATASET, "builtin-parts")
+DATASETS = (DATASET, builtin_parts.DATASET)   # the sets this module draws (data/generated.py lists them all)
 
 
 def data_root(root: str) -> str:
@@ -119,7 +119,7 @@ def is_built(root: str, dataset: str, params: dict, manifest_name: str) -> bool:
     except (OSError, ValueError):
         return False
     # builtin-parts also writes the heads' boxes; a cache made before they were written is rebuilt (same images).
-    names = ("image_ids.txt", "part_boxes.txt") if dataset == "builtin-parts" else ("image_ids.txt",)
+    names = ("image_ids.txt", "part_boxes.txt") if dataset == builtin_parts.DATASET else ("image_ids.txt",)
     files = [os.path.join(metadata_root(root), dataset, s, n) for s in SPLITS for n in names]
     return manifest.get("params") == params and all(os.path.isfile(f) for f in files)
 

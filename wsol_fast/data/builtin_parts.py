@@ -32,6 +32,7 @@ import numpy as np
 
 from . import drawing
 
+DATASET = "builtin-parts"
 VERSION = 2   # 2: the head in the class's colour, the clutter not (1: a random head colour shared with the clutter)
 BODY_AREA = (0.07, 0.16)      # ellipse area / image area
 BODY_ASPECT = (1.6, 2.3)      # long / short axis

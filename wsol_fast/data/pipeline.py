@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import errors, runtime
-from . import builtin, builtin_masks, dali, images
+from . import dali, generated, images
 from .metadata import SplitMetadata, check_mask_files, load_splits
 from .opencv import OpenCVLoader
 
@@ -88,20 +88,16 @@ def choose_loader(requested: str, device: torch.device) -> str:
 
 
 def resolve_roots(d, info: runtime.DistInfo) -> tuple[str, str]:
-    """(metadata_root, data_root) of the data config `d`. The built-in dataset is generated on first use
-    under data_root (its cache root; default `builtin.default_root()`) unless a metadata root is given too."""
-    if d.dataset == builtin_masks.DATASET and not d.metadata_root:   # the mask variant (PxAP), same way
-        root = os.path.abspath(d.data_root or builtin_masks.default_root())
-        if info.local_rank == 0:
-            builtin_masks.generate(root, seed=d.builtin_seed, progress=info.is_main)
-        runtime.barrier(info)
-        return builtin_masks.metadata_root(root), builtin_masks.data_root(root)
-    if d.dataset in builtin.DATASETS and not d.metadata_root:  # both roots given: a generated copy, as is
-        root = os.path.abspath(d.data_root or builtin.default_root(d.dataset))
+    """(metadata_root, data_root) of the data config `d`. A generated dataset (data/generated.py) is generated
+    on first use under data_root (its cache root; default `$WSOL_FAST_CACHE/<dataset>`) unless a metadata root
+    is given too (both roots given: a generated copy, used as is)."""
+    entry = generated.GENERATED.get(d.dataset)
+    if entry is not None and not d.metadata_root:
+        root = os.path.abspath(d.data_root or entry.default_root())
         if info.local_rank == 0:  # one generator per node; a shared file system is serialised by a lock
-            builtin.generate(root, seed=d.builtin_seed, progress=info.is_main, dataset=d.dataset)
+            entry.generate(root, seed=d.builtin_seed, progress=info.is_main)
         runtime.barrier(info)
-        return builtin.metadata_root(root), builtin.data_root(root)
+        return entry.metadata_root(root), entry.data_root(root)
     if not d.metadata_root or not d.data_root:
         raise ValueError(f"dataset {d.dataset!r} needs both a metadata root and a data root")
     return d.metadata_root, d.data_root
@@ -149,10 +145,10 @@ def prepare_data(d, info: runtime.DistInfo, device: torch.device, *, batch_size:
 def partial_batches(d) -> bool:
     """Whether the train loader keeps the last incomplete batch: the data config's resolved partial_batches,
     or where it is None, True on real data (wsolevaluation's DataLoader, drop_last False) and False on a
-    built-in set (its profile's numbers were measured with it dropped)."""
+    generated set (data/generated.py: its profile's numbers were measured with it dropped)."""
     value = getattr(d, "partial_batches", None)
     if value is None:
-        return not str(getattr(d, "dataset", "builtin")).startswith("builtin")
+        return not generated.is_generated(str(getattr(d, "dataset", "builtin")))
     return bool(value)
 
 
