@@ -39,3 +39,16 @@ def cub_metadata_root():
     if not os.path.isdir(os.path.join(CUB_METADATA, "CUB")):
         pytest.skip(f"wsolevaluation's CUB metadata is not at {CUB_METADATA}")
     return CUB_METADATA
+
+
+# A small builtin-masks set (OpenImages' layout: masks, ignore regions), generated once per session for
+# the tests that read it (tests/data/test_builtin_masks.py, tests/test_pxap.py); none of them writes in it.
+TINY_MASKS = dict(num_train=24, num_val=10, num_test=10, min_size=72, max_size=96)
+
+
+@pytest.fixture(scope="session")
+def tiny_masks(tmp_path_factory):
+    from wsol_fast.data import builtin_masks
+    root = str(tmp_path_factory.mktemp("tiny_masks"))
+    builtin_masks.generate(root, seed=0, progress=False, **TINY_MASKS)
+    return root

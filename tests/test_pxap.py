@@ -15,16 +15,6 @@ from wsol_fast import evaluate, metrics, train
 from wsol_fast.data import builtin_masks
 from wsol_fast.data.metadata import load_metadata, mask_paths
 
-TINY = dict(num_train=24, num_val=10, num_test=10, min_size=72, max_size=96)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("tiny_masks"))
-    builtin_masks.generate(root, seed=0, progress=False, **TINY)
-    return root
-
-
 def test_best_point_hand_computed():
     """Interval 0.5: bins [0, .5), [.5, 1), [1, 2), [2, 3]. Foreground scores 0.9, 0.9, 0.2 (tp from
     the top: 0, 0, 2, 3), background 0.6, 0.1, 0.1, 0.1 (fp: 0, 0, 1, 4). Points (t = 2, 1, .5, 0):
@@ -49,12 +39,12 @@ def _args(root, out, *extra):
             *extra]
 
 
-def test_train_and_evaluate_report_pxap(tiny, tmp_path, capsys):
+def test_train_and_evaluate_report_pxap(tiny_masks, tmp_path, capsys):
     """The one-command path on a mask dataset: val selects best.pt by PxAP, the test results hold PxAP,
     the best PR threshold and the centre prior's PxAP; overlays are written; the saved maps score back
     to the same PxAP with `--scoremap-root`; `evaluate --checkpoint` reproduces the numbers."""
     out, maps = tmp_path / "run", tmp_path / "maps"
-    assert train.main(_args(tiny, out, "--save-scoremaps", str(maps))) == 0
+    assert train.main(_args(tiny_masks, out, "--save-scoremaps", str(maps))) == 0
     table = capsys.readouterr().out
     assert "val PxAP" in table and "PxAP" in table and "PR best threshold" in table
     results = json.loads((out / "results.json").read_text())
@@ -67,11 +57,11 @@ def test_train_and_evaluate_report_pxap(tiny, tmp_path, capsys):
     assert len(list((out / "overlays").glob("*.png"))) == 2
     assert "val_pxap" in (out / "metrics.csv").read_text().splitlines()[0]
 
-    meta = load_metadata(builtin_masks.metadata_root(tiny), builtin_masks.DATASET, "test")
+    meta = load_metadata(builtin_masks.metadata_root(tiny_masks), builtin_masks.DATASET, "test")
     assert sorted(str(p.relative_to(maps)) for p in maps.rglob("*.npy")) == sorted(i + ".npy" for i in meta.image_ids)
-    assert evaluate.main(["--scoremap-root", str(maps), "--metadata-root", builtin_masks.metadata_root(tiny),
+    assert evaluate.main(["--scoremap-root", str(maps), "--metadata-root", builtin_masks.metadata_root(tiny_masks),
                           "--dataset", builtin_masks.DATASET, "--split", "test",
-                          "--mask-root", builtin_masks.mask_root(tiny), "--output", str(tmp_path / "s")]) == 0
+                          "--mask-root", builtin_masks.mask_root(tiny_masks), "--output", str(tmp_path / "s")]) == 0
     again = json.loads((tmp_path / "s" / "results.json").read_text())
     assert again["pxap"] == results["pxap"]
 
@@ -84,10 +74,10 @@ def test_train_and_evaluate_report_pxap(tiny, tmp_path, capsys):
     assert red.sum() > 20                     # the GT mask outline is drawn
 
 
-def test_missing_mask_stops_before_training(tiny, tmp_path, capsys):
+def test_missing_mask_stops_before_training(tiny_masks, tmp_path, capsys):
     import shutil
     copy = tmp_path / "copy"
-    shutil.copytree(tiny, copy)
+    shutil.copytree(tiny_masks, copy)
     meta = load_metadata(builtin_masks.metadata_root(str(copy)), builtin_masks.DATASET, "val")
     victim = mask_paths(meta, builtin_masks.mask_root(str(copy)), meta.image_ids[2])[0][0]
     os.remove(victim)

@@ -13,34 +13,25 @@ cv2 = pytest.importorskip("cv2")
 
 from wsol_fast.data import builtin, builtin_masks, drawing  # noqa: E402
 from wsol_fast.data.metadata import check_mask_files, load_metadata, mask_paths  # noqa: E402
-
-TINY = dict(num_train=24, num_val=10, num_test=10, min_size=72, max_size=96)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("tiny_masks"))
-    builtin_masks.generate(root, seed=0, progress=False, **TINY)
-    return root
-
+from conftest import TINY_MASKS  # noqa: E402
 
 def _split_dir(root, split):
     return os.path.join(builtin_masks.metadata_root(root), builtin_masks.DATASET, split)
 
 
-def test_layout_is_openimages(tiny):
+def test_layout_is_openimages(tiny_masks):
     """As wsolevaluation ships OpenImages: empty image_sizes.txt everywhere, an empty localization.txt
     on train, and on val/test one `image,mask,ignore` line per instance with the ignore path on the
     image's first line only; masks beside the images (mask root = data root)."""
     for split in ("train", "val", "test"):
-        assert os.path.getsize(os.path.join(_split_dir(tiny, split), "image_sizes.txt")) == 0
-    assert os.path.getsize(os.path.join(_split_dir(tiny, "train"), "localization.txt")) == 0
-    assert not load_metadata(builtin_masks.metadata_root(tiny), builtin_masks.DATASET, "train").has_masks
+        assert os.path.getsize(os.path.join(_split_dir(tiny_masks, split), "image_sizes.txt")) == 0
+    assert os.path.getsize(os.path.join(_split_dir(tiny_masks, "train"), "localization.txt")) == 0
+    assert not load_metadata(builtin_masks.metadata_root(tiny_masks), builtin_masks.DATASET, "train").has_masks
     for split in ("val", "test"):
-        meta = load_metadata(builtin_masks.metadata_root(tiny), builtin_masks.DATASET, split)
-        assert meta.has_masks and len(meta) == TINY[f"num_{split}"]
-        check_mask_files(meta, builtin_masks.mask_root(tiny))
-        with open(os.path.join(_split_dir(tiny, split), "localization.txt")) as fh:
+        meta = load_metadata(builtin_masks.metadata_root(tiny_masks), builtin_masks.DATASET, split)
+        assert meta.has_masks and len(meta) == TINY_MASKS[f"num_{split}"]
+        check_mask_files(meta, builtin_masks.mask_root(tiny_masks))
+        with open(os.path.join(_split_dir(tiny_masks, split), "localization.txt")) as fh:
             lines = [line.rstrip("\n").split(",") for line in fh]
         first = {}
         for image_id, mask, ignore in lines:
@@ -51,12 +42,12 @@ def test_layout_is_openimages(tiny):
     assert len(lines) > len(meta)            # some images hold two instances
 
 
-def test_masks_are_the_ink_and_ignore_regions_hold_no_foreground(tiny):
-    meta = load_metadata(builtin_masks.metadata_root(tiny), builtin_masks.DATASET, "test")
+def test_masks_are_the_ink_and_ignore_regions_hold_no_foreground(tiny_masks):
+    meta = load_metadata(builtin_masks.metadata_root(tiny_masks), builtin_masks.DATASET, "test")
     ignored = 0
     for image_id in meta.image_ids:
-        files, ignore_file = mask_paths(meta, builtin_masks.mask_root(tiny), image_id)
-        image = cv2.imread(os.path.join(builtin_masks.data_root(tiny), builtin_masks.DATASET, image_id))
+        files, ignore_file = mask_paths(meta, builtin_masks.mask_root(tiny_masks), image_id)
+        image = cv2.imread(os.path.join(builtin_masks.data_root(tiny_masks), builtin_masks.DATASET, image_id))
         inst = [cv2.imread(f, cv2.IMREAD_GRAYSCALE) for f in files]
         ignore = cv2.imread(ignore_file, cv2.IMREAD_GRAYSCALE)
         assert all(m.shape == image.shape[:2] and set(np.unique(m)) <= {0, 255} for m in inst)
@@ -71,16 +62,16 @@ def test_masks_are_the_ink_and_ignore_regions_hold_no_foreground(tiny):
     assert 0 < ignored < len(meta)
 
 
-def test_same_seed_same_bytes(tiny, tmp_path):
+def test_same_seed_same_bytes(tiny_masks, tmp_path):
     other = str(tmp_path / "again")
-    builtin_masks.generate(other, seed=0, progress=False, **TINY)
+    builtin_masks.generate(other, seed=0, progress=False, **TINY_MASKS)
     for split in ("val", "test"):
-        a = open(os.path.join(_split_dir(tiny, split), "localization.txt"), "rb").read()
+        a = open(os.path.join(_split_dir(tiny_masks, split), "localization.txt"), "rb").read()
         b = open(os.path.join(_split_dir(other, split), "localization.txt"), "rb").read()
         assert a == b
-    meta = load_metadata(builtin_masks.metadata_root(tiny), builtin_masks.DATASET, "test")
-    f = mask_paths(meta, builtin_masks.mask_root(tiny), meta.image_ids[0])[0][0]
-    g = f.replace(os.path.abspath(tiny), os.path.abspath(other))
+    meta = load_metadata(builtin_masks.metadata_root(tiny_masks), builtin_masks.DATASET, "test")
+    f = mask_paths(meta, builtin_masks.mask_root(tiny_masks), meta.image_ids[0])[0][0]
+    g = f.replace(os.path.abspath(tiny_masks), os.path.abspath(other))
     assert open(f, "rb").read() == open(g, "rb").read()
 
 
