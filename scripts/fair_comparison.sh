@@ -8,17 +8,21 @@
 #   TRIALS=12 bash scripts/fair_comparison.sh                # a smaller budget, the same for every method
 #   TRIALS=2 SEEDS=2 OUT=runs/fair-smoke bash scripts/fair_comparison.sh --max-steps-per-epoch 2
 #                                                            # a smoke run: extra flags go to every train run
+#   WORKERS=2 TRIALS=12 bash scripts/fair_comparison.sh      # two processes at a time, one thread each
 #
 # Resumable: rerun the same command; a finished warm-up or final run is kept, each tune study continues to
 # TRIALS. Environment: BACKBONE (inceptionv3), DATASET (builtin-parts), TRIALS (30), SEEDS (3),
 # SAMPLER (random), OUT (runs/fair-<backbone>-<dataset>), STORAGE (each method's SQLite file by default; a
-# postgresql:// URL lets several machines share the studies: run the same command on each).
+# postgresql:// URL lets several machines share the studies: run the same command on each), WORKERS (1: one
+# process at a time with torch's threads; N > 1: N tune workers on each study, the later warm-ups and the
+# final runs N at a time, each process at OMP_NUM_THREADS=1 unless set, for a CPU with about N cores).
 set -euo pipefail
 BACKBONE=${BACKBONE:-inceptionv3}
 DATASET=${DATASET:-builtin-parts}
 TRIALS=${TRIALS:-30}
 SEEDS=${SEEDS:-3}
 SAMPLER=${SAMPLER:-random}
+WORKERS=${WORKERS:-1}
 OUT=${OUT:-runs/fair-$BACKBONE-$DATASET}
 EXTRA=("$@")
 PY=${PYTHON:-python}
@@ -39,27 +43,45 @@ warmup() {   # seed -> OUT/warmup-seed<S>/last.pt (CAM, the block warm-up epochs
   fi
 }
 
+final() {   # method seed -> OUT/final/<method>/seed<S>/results.json
+  local dir="$OUT/final/$1/seed$2"
+  [ -f "$dir/results.json" ] && return
+  if [ -f "$dir/last.pt" ]; then "$PY" -m wsol_fast.train --resume "$dir/last.pt"; return; fi
+  # The best config of the search, this seed, forked from this seed's warm-up, scored on test at the end.
+  "$PY" -m wsol_fast.train --config "$OUT/tune-$1/best_config.json" --seed "$2" --output "$dir" \
+    --init-from "$OUT/warmup-seed$2/last.pt" --num-overlays 0
+}
+# jobs: run "$@" in the background while fewer than WORKERS jobs of ours run, else wait for one first;
+# a failed job fails the script at the `wait`s below.
+pids=()
+start() {
+  if [ "$WORKERS" -le 1 ]; then "$@"; return; fi
+  while [ "$(jobs -rp | wc -l)" -ge "$WORKERS" ]; do wait -n; done
+  "$@" & pids+=($!)
+}
+drain() { local p; for p in "${pids[@]}"; do wait "$p"; done; pids=(); }
+if [ "$WORKERS" -gt 1 ]; then export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}; fi
+
 mkdir -p "$OUT"
 warmup 0
 FORK=(--epochs "$EPOCHS" --block-warmup-epochs 0 --fork-weights-only)
 for m in cam adl icl; do
   storage=()
   if [ -n "${STORAGE:-}" ]; then storage=(--storage "$STORAGE"); fi
-  "$PY" -m wsol_fast.tune --method "$m" --trials "$TRIALS" --sampler "$SAMPLER" --output "$OUT/tune-$m" \
-    --study-name "fair-$m" "${storage[@]}" --search-only \
-    "${COMMON[@]}" "${FORK[@]}" --init-from "$OUT/warmup-seed0/last.pt" --num-overlays 0
-done
-for s in $(seq 0 $((SEEDS - 1))); do
-  warmup "$s"
-  for m in cam adl icl; do
-    dir="$OUT/final/$m/seed$s"
-    [ -f "$dir/results.json" ] && continue
-    if [ -f "$dir/last.pt" ]; then "$PY" -m wsol_fast.train --resume "$dir/last.pt"; continue; fi
-    # The best config of the search, this seed, forked from this seed's warm-up, scored on test at the end.
-    "$PY" -m wsol_fast.train --config "$OUT/tune-$m/best_config.json" --seed "$s" --output "$dir" \
-      --init-from "$OUT/warmup-seed$s/last.pt" --num-overlays 0
+  for w in $(seq 1 "$WORKERS"); do   # WORKERS processes on one study: exactly TRIALS trials finish
+    start "$PY" -m wsol_fast.tune --method "$m" --trials "$TRIALS" --sampler "$SAMPLER" --output "$OUT/tune-$m" \
+      --study-name "fair-$m" "${storage[@]}" --search-only \
+      "${COMMON[@]}" "${FORK[@]}" --init-from "$OUT/warmup-seed0/last.pt" --num-overlays 0
+    if [ "$w" -lt "$WORKERS" ]; then sleep 10; fi   # the first worker creates the study
   done
+  drain
 done
+for s in $(seq 1 $((SEEDS - 1))); do start warmup "$s"; done
+drain
+for s in $(seq 0 $((SEEDS - 1))); do
+  for m in cam adl icl; do start final "$m" "$s"; done
+done
+drain
 "$PY" - "$OUT" "$SEEDS" "$TRIALS" "$BACKBONE" "$DATASET" <<'EOF'
 import json, math, os, sys
 out, seeds, trials, backbone, dataset = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
