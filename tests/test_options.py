@@ -29,8 +29,11 @@ def test_defaults_resolve_as_before(backbone, method):
         cfg = TrainConfig()
         cfg.model.backbone, cfg.model.method, cfg.model.preset = backbone, method, preset
         resolve(cfg, "cpu")
-        assert _json({"model": asdict(cfg.model), "optim": asdict(cfg.optim)}) == \
-            BASELINE[f"{backbone}/{method}/resolve/{preset}"]
+        expected = json.loads(json.dumps(BASELINE[f"{backbone}/{method}/resolve/{preset}"]))
+        # Since --drop-threshold became a flag, config.json records it: ADL's 0.9, None for ICL (gamma_fg
+        # stands in) and CAM.
+        expected["model"]["drop_threshold"] = 0.9 if method == "adl" else None
+        assert _json({"model": asdict(cfg.model), "optim": asdict(cfg.optim)}) == expected
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model = create_model(backbone, 4, method)
@@ -48,6 +51,7 @@ def test_flags_parse_as_before(argv):
     # (their resolved values are pinned by test_defaults_resolve_as_before).
     assert [expected["optim"][k] for k in ("lambda_ca", "lambda_fc", "margin")] == [1.0, 1.0, 1.0]
     expected["optim"].update(lambda_ca=None, lambda_fc=None, margin=None)
+    expected["model"]["drop_threshold"] = None   # a flag since the ADL search space needed it
     assert _json({"model": c["model"], "optim": c["optim"]}) == expected
 
 

@@ -212,10 +212,29 @@ def test_a_bad_space_file_is_one_error_naming_the_key_and_line(tmp_path, capsys,
     assert not (tmp_path / "never").exists()
 
 
+def test_a_key_the_methods_runs_would_ignore_is_refused(tmp_path, capsys):
+    # ICL's --gamma-fg in an ADL space: ADL's runs ignore it (a warning), so a search over it searches nothing.
+    space = tmp_path / "adl.yaml"
+    space.write_text("lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
+                     "gamma-fg: {type: float, low: 0.01, high: 1.0}\n")
+    assert tune.main(["--method", "adl", "--space", str(space), "--output", str(tmp_path / "never")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --space {space}, line 2: gamma-fg: --gamma-fg does not apply to --method adl (an option of "
+        "icl): its trials would ignore it")
+    # ADL's own erasing threshold is a train flag, and it reaches the blocks.
+    from wsol_fast.config import resolve
+    from wsol_fast.models import create_model
+    from wsol_fast.train_args import parse_args
+    cfg = resolve(parse_args(["--method", "adl", "--backbone", "vgg16", "--drop-threshold", "0.6"]), "cpu")
+    assert cfg.model.drop_threshold == 0.6
+    model = create_model("vgg16", 4, "adl", **{"drop_threshold": cfg.model.drop_threshold})
+    assert {b.drop_threshold for b in model.attention_blocks} == {0.6}
+
+
 def test_the_shipped_spaces_load_and_flags_tune_sets_are_refused(tmp_path, capsys):
     assert set(tuning.load_space(tuning.default_space("icl"))) >= {"lr", "gamma-fg", "gamma-bg", "drop-rate",
                                                                    "lambda-ca", "lambda-fc", "margin", "attention-form"}
-    assert set(tuning.load_space(tuning.default_space("adl"))) == {"lr", "drop-rate", "gamma-fg"}
+    assert set(tuning.load_space(tuning.default_space("adl"), "adl")) == {"lr", "drop-rate", "drop-threshold"}
     assert set(tuning.load_space(tuning.default_space("cam"))) == {"lr"}
     assert tune.main(["--method", "cam", "--output", str(tmp_path / "o"), "--lr", "0.1"]) == 2
     assert capsys.readouterr().err.strip() == "error: --lr is searched by the space file; remove it (or the key " \

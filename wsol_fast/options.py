@@ -89,8 +89,9 @@ OPTIONS: tuple[Option, ...] = (
     # ADL (Choe & Shim, CVPR 2019): drop threshold 0.9 of the per-sample max. ICL uses it only with
     # use_dfg_mask=False (ADL's drop mask [A < t * max]); None means t = gamma_fg, so that ablation differs
     # from full ICL only by not dropping the background.
-    Option("drop_threshold", {"adl": 0.9, "icl": None}, "ADL's drop mask threshold, a fraction of max A",
-           flags.unit_interval),
+    Option("drop_threshold", {"adl": 0.9, "icl": None}, "ADL's erasing threshold t: its drop mask removes where "
+           "A > t * max A, t in [0, 1] (ICL: only with --no-dfg-mask; unset there, t = gamma_fg)", flags.unit_interval,
+           flag="--drop-threshold"),
     Option("per_sample_drop", {"adl": False, "icl": False}, "draw the drop mask per sample (else per batch)",
            kind=bool),
     Option("inner_channels_ratio", {"icl": 0.5}, "C' / C of the non-local block's f and g", flags.positive_float),

@@ -110,7 +110,7 @@ def _main(argv) -> int:
     import optuna
 
     a, passthrough = parse_args(argv)
-    space = tuning.load_space(a.space or tuning.default_space(a.method))
+    space = tuning.load_space(a.space or tuning.default_space(a.method), a.method)
     train_args = ["--method", a.method, *passthrough]
     tuning.check_passthrough(train_args, space)
     os.makedirs(a.output, exist_ok=True)

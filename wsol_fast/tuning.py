@@ -23,11 +23,14 @@ import socket
 import warnings
 from dataclasses import dataclass
 
+from . import options
 from .errors import WsolError
 
 SPACES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tune_spaces")
 # Train flags tune sets itself for every trial (a space file or the pass-through may not give them).
 SET_BY_TUNE = ("output", "resume", "no-test", "test", "overwrite", "config")
+# The model options' flags (options.py), to refuse a key that the method's runs would ignore.
+OPTION_OF_FLAG = {o.flag: o for o in options.OPTIONS if o.flag is not None}
 SPEC_KEYS = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "low", "high", "log", "step"},
              "categorical": {"type", "choices"}}
 
@@ -89,8 +92,9 @@ def train_flags() -> set[str]:
     return set(re.findall(r"(?<![\w-])--([a-z0-9][a-z0-9-]*)", out.getvalue()))
 
 
-def load_space(path: str) -> dict[str, Param]:
-    """The space file as {flag: Param}; errors name the file, line and key (TuneError)."""
+def load_space(path: str, method: str | None = None) -> dict[str, Param]:
+    """The space file as {flag: Param}; errors name the file, line and key (TuneError). With `method`, a key
+    that is a model option of another method only (e.g. gamma-fg for ADL, which its runs ignore) is refused."""
     import yaml
 
     where = f"--space {path}"
@@ -120,6 +124,10 @@ def load_space(path: str) -> dict[str, Param]:
                             "the dashes, e.g. lr, gamma-fg)")
         if key in SET_BY_TUNE:
             raise TuneError(f"{at}: --{key} is set by tune for every trial; it cannot be searched")
+        option = OPTION_OF_FLAG.get(f"--{key}")
+        if method is not None and option is not None and method not in option.methods:
+            raise TuneError(f"{at}: --{key} does not apply to --method {method} (an option of "
+                            f"{', '.join(option.methods)}): its trials would ignore it")
         if not isinstance(spec, dict) or spec.get("type") not in SPEC_KEYS:
             raise TuneError(f"{at}: expected a mapping with type: float, int or categorical")
         extra = set(spec) - SPEC_KEYS[spec["type"]]
