@@ -48,7 +48,7 @@ IGNORED_DIGIT = 0.5      # share of images with a small ignored digit
 
 def default_root() -> str:
     """`$WSOL_FAST_CACHE/builtin-masks`, else `./.wsol_fast_cache/builtin-masks`."""
-    return os.path.join(os.environ.get("WSOL_FAST_CACHE") or ".wsol_fast_cache", DATASET)
+    return builtin.default_root(DATASET)
 
 
 data_root = builtin.data_root           # images (and masks) at <data_root>/builtin-masks/<image_id>
