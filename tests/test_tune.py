@@ -221,6 +221,9 @@ def test_a_key_the_methods_runs_would_ignore_is_refused(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         f"error: --space {space}, line 2: gamma-fg: --gamma-fg does not apply to --method adl (an option of "
         "icl): its trials would ignore it")
+    space.write_text("lambda-ca: {type: float, low: 0.1, high: 10.0, log: true}\n")   # ICL's loss only
+    assert tune.main(["--method", "cam", "--space", str(space), "--output", str(tmp_path / "never")]) == 2
+    assert "line 1: lambda-ca: --lambda-ca does not apply to --method cam" in capsys.readouterr().err
     # ADL's own erasing threshold is a train flag, and it reaches the blocks.
     from wsol_fast.config import resolve
     from wsol_fast.models import create_model

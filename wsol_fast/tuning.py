@@ -29,8 +29,8 @@ from .errors import WsolError
 SPACES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tune_spaces")
 # Train flags tune sets itself for every trial (a space file or the pass-through may not give them).
 SET_BY_TUNE = ("output", "resume", "no-test", "test", "overwrite", "config")
-# The model options' flags (options.py), to refuse a key that the method's runs would ignore.
-OPTION_OF_FLAG = {o.flag: o for o in options.OPTIONS if o.flag is not None}
+# The model's and the loss's option flags (options.py), to refuse a key that the method's runs would ignore.
+OPTION_OF_FLAG = {o.flag: o for o in (*options.OPTIONS, *options.LOSS_OPTIONS) if o.flag is not None}
 SPEC_KEYS = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "low", "high", "log", "step"},
              "categorical": {"type", "choices"}}
 
