@@ -70,7 +70,7 @@ for m in cam adl icl; do
   if [ -n "${STORAGE:-}" ]; then storage=(--storage "$STORAGE"); fi
   for w in $(seq 1 "$WORKERS"); do   # WORKERS processes on one study: exactly TRIALS trials finish
     start "$PY" -m wsol_fast.tune --method "$m" --trials "$TRIALS" --sampler "$SAMPLER" --output "$OUT/tune-$m" \
-      --study-name "fair-$m" "${storage[@]}" --search-only \
+      --study-name "fair-$m" "${storage[@]}" --search-only --keep-checkpoints best \
       "${COMMON[@]}" "${FORK[@]}" --init-from "$OUT/warmup-seed0/last.pt" --num-overlays 0
     if [ "$w" -lt "$WORKERS" ]; then sleep 10; fi   # the first worker creates the study
   done

@@ -77,10 +77,16 @@ def _two_workers_finish_exactly(root, out, storage, trials=3):
 @pytest.mark.slow
 def test_a_three_trial_study_writes_its_outputs_scores_test_once_and_the_best_config_reruns(parts_root, tmp_path):
     out = tmp_path / "study"
-    assert tune.main(_argv(parts_root, out)) == 0
+    assert tune.main(_argv(parts_root, out, "--keep-checkpoints", "best")) == 0
     with open(out / "trials.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["state"] for r in rows] == ["COMPLETE"] * 3
+    # --keep-checkpoints best: only the best (and ties) keep their checkpoints. At this size the trials tie,
+    # so this checks that nothing the report needs is deleted; the deleting is tested on its own below.
+    top = max(float(r["value"]) for r in rows)
+    assert {r["folder"] for r in rows if os.path.isfile(os.path.join(r["folder"], "last.pt"))} \
+        == {r["folder"] for r in rows if float(r["value"]) == top}
+    assert all(os.path.isfile(os.path.join(r["folder"], "metrics.csv")) for r in rows)
     for r in rows:   # each trial's value is its val MaxBoxAccV2 of the last epoch, from its metrics.csv
         with open(os.path.join(r["folder"], "metrics.csv")) as fh:
             assert float(r["value"]) == float(list(csv.DictReader(fh))[-1]["val_maxboxacc_v2"])
@@ -188,6 +194,31 @@ def test_a_worker_killed_mid_trial_leaves_a_resumable_study(parts_root, tmp_path
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 1 and len(trials) == 2
     assert done[0].system_attrs.get("failed_trial") == 0 and done[0].params["lr"] == lost_lr   # retried as it was
+
+
+def test_keep_checkpoints_best_deletes_only_what_cannot_be_the_best(tmp_path):
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState as S
+
+    study = optuna.create_study(direction="maximize")
+    cases = {"best": (S.COMPLETE, 50.0), "tie": (S.COMPLETE, 50.0), "worse": (S.COMPLETE, 49.9),
+             "pruned": (S.PRUNED, None), "failed": (S.FAIL, None), "running": (S.RUNNING, None)}
+    for name, (state, value) in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        for f in ("last.pt", "best.pt", "metrics.csv", "config.json"):
+            (folder / f).write_text("x")
+        study.add_trial(optuna.trial.create_trial(
+            state=state, value=value, params={"lr": 0.01}, distributions={"lr": FloatDistribution(1e-4, 1.0)},
+            user_attrs={"folder": str(folder)}))
+    gone = tune._drop_checkpoints(study)
+    assert sorted(gone) == sorted(str(tmp_path / n / f) for n in ("worse", "pruned", "failed")
+                                  for f in ("best.pt", "last.pt"))
+    for name in cases:
+        assert sorted(os.listdir(tmp_path / name)) == sorted(
+            ["config.json", "metrics.csv"] + ([] if name in ("worse", "pruned", "failed") else ["best.pt", "last.pt"]))
+    assert tune._drop_checkpoints(study) == []   # nothing left to delete; a second worker's call is harmless
 
 
 @pytest.mark.parametrize("text, where", [

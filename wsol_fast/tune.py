@@ -80,6 +80,11 @@ def parse_args(argv=None):
     p.add_argument("--max-retry", type=int, default=2, help="retries of a killed worker's trial (default: 2)")
     p.add_argument("--max-failed", type=int, default=None,
                    help="stop when the study holds more failed trials than this (default: --trials)")
+    p.add_argument("--keep-checkpoints", default="all", choices=["all", "best"],
+                   help="all: every trial folder keeps its checkpoints (*.pt, about 200 MB each for InceptionV3); "
+                        "best: after each trial, the checkpoints of finished trials that score below the study's "
+                        "best so far (and of pruned and failed ones) are deleted; their metrics, config and logs "
+                        "stay (default: all)")
     p.add_argument("--report", action="store_true",
                    help="run no trial: write the outputs and score the best trial so far on test (once)")
     p.add_argument("--search-only", action="store_true",
@@ -209,6 +214,35 @@ def _search(a, study, space, train_args) -> None:
             continue
         waiting = False
         study.optimize(lambda trial: _objective(trial, a, space, train_args), n_trials=1, catch=(TrialFailed,))
+        if a.keep_checkpoints == "best":
+            _drop_checkpoints(study)
+
+
+def _drop_checkpoints(study) -> list[str]:
+    """--keep-checkpoints best: delete the *.pt files of the finished trials that cannot be the best (a complete
+    trial strictly below the best value, a pruned or failed one). The best never goes: no trial is above it,
+    and ties are kept, so workers doing this at once never delete a checkpoint the report needs. Returns the
+    deleted paths."""
+    from optuna.trial import TrialState as S
+
+    trials = study.get_trials(deepcopy=False)
+    values = [t.value for t in trials if t.state == S.COMPLETE and t.value is not None]
+    if not values:
+        return []
+    best, gone = max(values), []
+    for t in trials:
+        worse = t.state == S.COMPLETE and t.value is not None and t.value < best
+        if not (worse or t.state in (S.PRUNED, S.FAIL)) or "folder" not in t.user_attrs:
+            continue
+        folder = t.user_attrs["folder"]
+        for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            if name.endswith(".pt"):
+                try:
+                    os.remove(os.path.join(folder, name))
+                    gone.append(os.path.join(folder, name))
+                except FileNotFoundError:   # another worker deleted it first
+                    pass
+    return gone
 
 
 def _objective(trial, a, space, train_args) -> float:
