@@ -82,27 +82,4 @@ for s in $(seq 0 $((SEEDS - 1))); do
   for m in cam adl icl; do start final "$m" "$s"; done
 done
 drain
-"$PY" - "$OUT" "$SEEDS" "$TRIALS" "$BACKBONE" "$DATASET" <<'EOF'
-import json, math, os, sys
-out, seeds, trials, backbone, dataset = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
-keys = (("maxboxacc_v2", "test MaxBoxAccV2"), ("top1_loc", "top-1 loc"), ("gt_known_loc", "GT-known"),
-        ("top1_cls", "top-1 cls"))
-def ms(v):
-    m = sum(v) / len(v)
-    return m, (math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0)
-table, lines = {}, ["| method | best val (search) | trials finished | " + " | ".join(l for _, l in keys) + " |",
-                    "|" + "---|" * (len(keys) + 3)]
-for m in ("cam", "adl", "icl"):
-    best = json.load(open(os.path.join(out, f"tune-{m}", "best.json")))
-    runs = [json.load(open(os.path.join(out, "final", m, f"seed{s}", "results.json"))) for s in range(seeds)]
-    table[m] = {"best": best["best"], "finished": best["finished"],
-                **{k: [r[k] for r in runs] for k, _ in keys}}
-    cells = ["%.1f ± %.1f" % ms(table[m][k]) for k, _ in keys]
-    lines.append(f"| {m.upper()} | {best['best']['val']:.1f} | {best['finished']} | " + " | ".join(cells) + " |")
-text = (f"{backbone} on {dataset}: each method tuned with {trials} trials (random search on val, every trial "
-        f"forked from one CAM warm-up), its best config then trained over {seeds} seed(s) (each forked from its "
-        "own seed's warm-up) and scored on test once; mean ± std over the seeds.\n\n" + "\n".join(lines) + "\n")
-open(os.path.join(out, "comparison.md"), "w").write(text)
-json.dump(table, open(os.path.join(out, "comparison.json"), "w"), indent=2)
-print(text)
-EOF
+"$PY" -m wsol_fast.compare "$OUT" --seeds "$SEEDS"   # OUT/comparison.md and comparison.json

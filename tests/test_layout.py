@@ -16,7 +16,7 @@ WHY_LONGER = re.compile(r"longer than 450 lines", re.IGNORECASE)
 # commands: what a user runs (`python -m ...`); library: everything else.
 GROUND = {"wsol_fast.errors", "wsol_fast.files"}
 COMMANDS = {"wsol_fast.train", "wsol_fast.evaluate", "wsol_fast.predict", "wsol_fast.plot",
-            "wsol_fast.ablate", "wsol_fast.tune", "wsol_fast.launch", "wsol_fast.data.__main__"}
+            "wsol_fast.ablate", "wsol_fast.tune", "wsol_fast.compare", "wsol_fast.launch", "wsol_fast.data.__main__"}
 COMMAND_RUNS_COMMAND = {("wsol_fast.ablate", "wsol_fast.train"), ("wsol_fast.tune", "wsol_fast.train")}
 FLOORS = ("ground", "kernels", "library", "commands")
 

@@ -25,14 +25,12 @@ ablation.md (the table) in OUTPUT. Options the ablation does not know (e.g. --ba
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import math
 import os
 import sys
 import time
 
-from . import flags, train
+from . import flags, seed_table, train
 from .data import generated
 from .files import atomic_write
 
@@ -49,13 +47,6 @@ ROWS = {
     "icl_paper": ("ICL, --preset paper", ["--method", "icl", "--preset", "paper"]),
 }
 TABLE2 = ("cam", "adl", "icl", "no_ca", "no_fc", "no_nonlocal", "no_dfg")
-METRICS = (("maxboxacc_30", "MaxBoxAcc@30"), ("maxboxacc_50", "@50"), ("maxboxacc_70", "@70"),
-           ("maxboxacc_v2", "MaxBoxAccV2"), ("top1_cls", "top-1 cls"), ("val_maxboxacc_v2", "val MaxBoxAccV2"))
-# builtin-parts only (results.json has them when the metadata has part_boxes.txt): where the val-threshold box
-# lies, the CAM failure the paper fixes (a box on the discriminative head that misses the body).
-PART_METRICS = (("box_coverage", "object covered"), ("part_coverage", "head covered"),
-                ("rest_coverage", "rest covered"), ("box_precision", "box on object"),
-                ("peak_on_part", "peak on head"), ("gt_known_loc", "GT-known"))
 # The generated box sets (data/generated.py): a shared CAM warm-up per seed; the table is of box metrics.
 BUILTIN = generated.box_sets()
 
@@ -145,68 +136,6 @@ def _run(argv: list[str], folder: str) -> None:
         raise SystemExit(f"error: the run in {folder} failed (exit {rc}); rerun the same command to resume")
 
 
-def _row_numbers(folder: str) -> dict:
-    with open(os.path.join(folder, "results.json")) as fh:
-        r = json.load(fh)
-    with open(os.path.join(folder, "metrics.csv")) as fh:
-        last = list(csv.DictReader(fh))[-1]
-    out = {f"maxboxacc_{k}": float(v) for k, v in r["maxboxacc"].items()}
-    out.update(maxboxacc_v2=float(r["maxboxacc_v2"]), top1_cls=float(r["top1_cls"]),
-               top1_loc=float(r["top1_loc"]), gt_known_loc=float(r["gt_known_loc"]),
-               val_maxboxacc_v2=float(last["val_maxboxacc_v2"]))
-    out.update({k: float(r[k]) for k in (*(k for k, _ in PART_METRICS), "part_area_share") if k in r})
-    return out
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    m = sum(values) / len(values)
-    s = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return m, s
-
-
-def summarise(per_seed: dict, rows: list[str]) -> dict:
-    """{row: {metric: {"mean", "std", "values", "diff_to_icl"}}} from {row: [numbers per seed]}."""
-    table = {}
-    for row in rows:
-        runs = per_seed[row]
-        table[row] = {}
-        for key in runs[0]:
-            m, s = _mean_std([r[key] for r in runs])
-            table[row][key] = {"mean": m, "std": s, "values": [r[key] for r in runs]}
-    if "icl" in table:
-        # Paired over seeds: a seed's rows fork from its own warm-up, so the spread of the per-seed differences
-        # is what a row's difference to ICL must exceed (the rows' own spreads also hold the warm-ups').
-        for row in rows:
-            for key in table[row]:
-                diffs = [a - b for a, b in zip(table[row][key]["values"], table["icl"][key]["values"])]
-                table[row][key]["diff_to_icl"], table[row][key]["diff_to_icl_std"] = _mean_std(diffs)
-    return table
-
-
-def render_table(table: dict, rows: list[str], seeds: int) -> str:
-    head = "| method | " + " | ".join(label for _, label in METRICS) + " | Δ MaxBoxAccV2 vs ICL, paired |"
-    lines = [head, "|" + "---|" * (len(METRICS) + 2)]
-    for row in rows:
-        cells = [f"{table[row][k]['mean']:.1f} ± {table[row][k]['std']:.1f}" for k, _ in METRICS]
-        cell = table[row]["maxboxacc_v2"]
-        diff = "—" if "diff_to_icl" not in cell or row == "icl" else \
-            f"{round(cell['diff_to_icl'], 1) + 0.0:+.1f} ± {cell['diff_to_icl_std']:.1f}"
-        lines.append(f"| {ROWS[row][0]} | " + " | ".join(cells) + f" | {diff} |")
-    lines.append(f"\nmean ± std over {seeds} seed(s); test split (last epoch, CAM threshold chosen on val) except "
-                 "the val column; the last column is the mean ± std of the per-seed differences (each seed's rows "
-                 "share its warm-up).")
-    part = [(k, label) for k, label in PART_METRICS if all(k in table[row] for row in rows)]
-    if any(k == "part_coverage" for k, _ in part):
-        lines += ["", "Where the boxes lie (test, % of images' mean; one largest-component box per image at the "
-                      "val threshold; the head is about "
-                      f"{table[rows[0]].get('part_area_share', {}).get('mean', float('nan')):.0f}% of the GT box):", "",
-                  "| method | " + " | ".join(label for _, label in part) + " |", "|" + "---|" * (len(part) + 1)]
-        for row in rows:
-            lines.append(f"| {ROWS[row][0]} | " + " | ".join(
-                f"{table[row][k]['mean']:.1f} ± {table[row][k]['std']:.1f}" for k, _ in part) + " |")
-    return "\n".join(lines)
-
-
 def main(argv=None) -> int:
     a, passthrough = parse_args(argv)
     if a.study == "location":
@@ -252,9 +181,9 @@ def main(argv=None) -> int:
         print(f"\n{len(missing)} row run(s) not finished yet ({shown}...): the table is written when every seed's "
               "rows are done")
         return 0
-    per_seed = {row: [_row_numbers(os.path.join(out, f"seed{s}", row)) for s in seeds] for row in a.rows}
-    table = summarise(per_seed, a.rows)
-    text = render_table(table, a.rows, len(seeds))
+    per_seed = {row: [seed_table.row_numbers(os.path.join(out, f"seed{s}", row)) for s in seeds] for row in a.rows}
+    table = seed_table.summarise(per_seed, a.rows)
+    text = seed_table.render_table(table, a.rows, len(seeds), {r: ROWS[r][0] for r in a.rows})
     notes = ([f"Only seeds {seeds} of 0..{a.seeds - 1} had finished every row (--table-only)."]
              if len(seeds) < a.seeds else [])
     if a.shared_warmup:
@@ -267,11 +196,11 @@ def main(argv=None) -> int:
             "wall_seconds_this_call": time.perf_counter() - t0}
     _write(os.path.join(out, "ablation.json"), json.dumps({"meta": meta, "table": table, "per_seed": per_seed},
                                                           indent=2))
-    fields = ["row", "label", *(f"{k}_{s}" for k, _ in METRICS for s in ("mean", "std")), "diff_v2_to_icl",
+    fields = ["row", "label", *(f"{k}_{s}" for k, _ in seed_table.METRICS for s in ("mean", "std")), "diff_v2_to_icl",
               "diff_v2_to_icl_std"]
     lines = [",".join(fields)]
     for row in a.rows:
-        vals = [f"{table[row][k][s]:.4f}" for k, _ in METRICS for s in ("mean", "std")]
+        vals = [f"{table[row][k][s]:.4f}" for k, _ in seed_table.METRICS for s in ("mean", "std")]
         cell = table[row]["maxboxacc_v2"]
         diffs = [f"{cell[k]:.4f}" if k in cell else "" for k in ("diff_to_icl", "diff_to_icl_std")]
         lines.append(",".join([row, f'"{ROWS[row][0]}"', *vals, *diffs]))
@@ -361,8 +290,8 @@ def location_study(a, passthrough: list[str]) -> int:
         print(f"\n{a.seeds - len(seeds)} seed(s) have unfinished rows: the table is written when every seed's rows "
               "are done")
         return 0
-    per_seed = {row: [_row_numbers(os.path.join(out, f"seed{s}", row)) for s in seeds] for row in trained}
-    table = summarise(per_seed, trained)
+    per_seed = {row: [seed_table.row_numbers(os.path.join(out, f"seed{s}", row)) for s in seeds] for row in trained}
+    table = seed_table.summarise(per_seed, trained)
     text = render_location_table(table, rows, len(seeds))
     if len(seeds) < a.seeds:
         text += f" Only seeds {seeds} of 0..{a.seeds - 1} had finished every row (--table-only)."

@@ -1,0 +1,133 @@
+"""python -m wsol_fast.compare OUT [--seeds N]
+
+The fair comparison's table (scripts/fair_comparison.sh, docs/tune.md): for each method, its search (trials
+finished, the best val score and parameters, from OUT/tune-<method>/best.json) and its best config's final
+runs over the seeds (OUT/final/<method>/seed<S>: results.json on test, metrics.csv), as mean ± sample std;
+then each method's difference to ICL paired by seed (a seed's final runs all fork from that seed's CAM
+warm-up, so the spread of the per-seed differences is what a difference must exceed), and one plain line
+per method saying whether ICL's difference exceeds that spread. Writes OUT/comparison.md and
+OUT/comparison.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from . import errors, flags, seed_table, tuning
+from .files import atomic_write
+
+METHODS = ("cam", "adl", "icl")
+LABELS = {"cam": "CAM", "adl": "ADL", "icl": "ICL"}
+
+
+class CompareError(errors.UserError):
+    """A piece of the comparison is missing or unreadable; the message names the file."""
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise CompareError(f"{path}: missing (has scripts/fair_comparison.sh finished this piece?)") from None
+    except json.JSONDecodeError as e:
+        raise CompareError(f"{path}: not valid JSON ({e})") from None
+
+
+def setting(out: str, methods=METHODS) -> str:
+    """'<backbone> on <dataset>', from the first method's seed-0 final run's config.json."""
+    c = _read_json(os.path.join(out, "final", methods[0], "seed0", "config.json"))
+    return f"{c['model']['backbone']} on {c['data']['dataset']}"
+
+
+def collect(out: str, seeds: int, methods=METHODS) -> tuple[dict, dict]:
+    """({method: the search's best.json}, {method: [the final run's numbers per seed]})."""
+    searches, per_seed = {}, {}
+    for m in methods:
+        searches[m] = _read_json(os.path.join(out, f"tune-{m}", "best.json"))
+        runs = []
+        for s in range(seeds):
+            folder = os.path.join(out, "final", m, f"seed{s}")
+            _read_json(os.path.join(folder, "results.json"))   # a clear error when missing
+            if not os.path.isfile(os.path.join(folder, "metrics.csv")):
+                raise CompareError(f"{os.path.join(folder, 'metrics.csv')}: missing")
+            runs.append(seed_table.row_numbers(folder))
+        per_seed[m] = runs
+    return searches, per_seed
+
+
+def verdicts(table: dict, methods=METHODS) -> list[str]:
+    """One line per method against ICL: ICL's mean paired difference in test MaxBoxAccV2 and whether it is
+    larger than the std of the per-seed differences (a difference smaller than the spread is not a result)."""
+    lines = []
+    for m in methods:
+        if m == "icl":
+            continue
+        cell = table[m]["maxboxacc_v2"]
+        d, s, n = 0.0 - cell["diff_to_icl"], cell["diff_to_icl_std"], len(cell["values"])
+        per_seed = [i - v for i, v in zip(table["icl"]["maxboxacc_v2"]["values"], cell["values"])]
+        above = sum(x > 0 for x in per_seed)
+        if n < 2:
+            word = "one seed: no spread to compare with"
+        elif abs(d) > s:
+            word = f"larger than its spread (ICL above {m.upper()} on {above} of {n} seeds)"
+        else:
+            word = f"smaller than its spread: not a result (ICL above {m.upper()} on {above} of {n} seeds)"
+        lines.append(f"- ICL − {m.upper()}: {d:+.2f} ± {s:.2f} test MaxBoxAccV2 points, mean ± std of the "
+                     f"per-seed differences over {n} seed(s); {word}.")
+    return lines
+
+
+def render(searches: dict, table: dict, seeds: int, methods=METHODS, setting: str = "") -> str:
+    first = searches[methods[0]]
+    budgets = sorted({s.get("budget") for s in searches.values()})
+    head = (f"{setting}: each method tuned with "
+            f"{' / '.join(str(b) for b in budgets)} trials ({first.get('sampler', '?')} search on val, "
+            f"objective {first.get('objective', '?')}), its best config then trained over {seeds} seed(s), each "
+            "forked from its own seed's CAM warm-up, and scored on test once.")
+    lines = [head, "", "The searches (val; test unseen):", "",
+             "| method | trials finished | failed | best val | best trial's parameters |", "|---|---|---|---|---|"]
+    for m in methods:
+        b = searches[m]
+        params = ", ".join(f"{k}={tuning._fmt(v)}" for k, v in b["best"]["params"].items())
+        lines.append(f"| {LABELS[m]} | {b['finished']} of {b['budget']} | {b.get('failed', 0)} | "
+                     f"{b['best']['val']:.2f} | {params} |")
+    lines += ["", "The best configs on test:", "", seed_table.render_table(table, list(methods), seeds, LABELS)]
+    if "icl" in methods:
+        lines += ["", "ICL against each method, paired by seed:", "", *verdicts(table, methods)]
+    return "\n".join(lines) + "\n"
+
+
+def write(out: str, seeds: int, methods=METHODS) -> str:
+    searches, per_seed = collect(out, seeds, methods)
+    table = seed_table.summarise(per_seed, list(methods))
+    text = render(searches, table, seeds, methods, setting(out, methods))
+    atomic_write(text, os.path.join(out, "comparison.md"))
+    atomic_write(json.dumps({"seeds": seeds, "searches": searches, "table": table, "per_seed": per_seed},
+                            indent=2), os.path.join(out, "comparison.json"))
+    return text
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m wsol_fast.compare", description=__doc__.split("\n\n")[1],
+                                formatter_class=flags.DefaultsHelpFormatter)
+    p.add_argument("out", metavar="OUT", help="the comparison's folder (scripts/fair_comparison.sh's OUT)")
+    p.add_argument("--seeds", type=int, default=3, help="final runs per method: OUT/final/<method>/seed0..N-1")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    a = p.parse_args(argv)
+    if a.seeds < 1:
+        p.error(f"--seeds must be >= 1, got {a.seeds}")
+
+    def run():
+        text = write(a.out, a.seeds, tuple(a.methods))
+        print(text)
+        print(f"written: {a.out}/comparison.md, comparison.json")
+        return 0
+
+    return errors.run_command(run, False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
