@@ -221,6 +221,25 @@ def test_keep_checkpoints_best_deletes_only_what_cannot_be_the_best(tmp_path):
     assert tune._drop_checkpoints(study) == []   # nothing left to delete; a second worker's call is harmless
 
 
+def test_a_failed_trial_without_a_reason_says_so_in_trials_csv():
+    """Optuna's heartbeat check fails a silent worker's trial without tune's reason (as two ICL trials of the
+    fair comparison were, when the session running them ended): trials.csv says what that means."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState as S
+
+    study = optuna.create_study(direction="maximize")
+    dist = {"lr": FloatDistribution(1e-4, 1.0)}
+    study.add_trial(optuna.trial.create_trial(state=S.FAIL, params={"lr": 0.1}, distributions=dist,
+                                              user_attrs={"reason": ""}))
+    study.add_trial(optuna.trial.create_trial(state=S.FAIL, params={"lr": 0.2}, distributions=dist,
+                                              user_attrs={"reason": "train exited with 2: error: bad"}))
+    study.add_trial(optuna.trial.create_trial(state=S.COMPLETE, value=1.0, params={"lr": 0.1}, distributions=dist,
+                                              user_attrs={"reason": ""}, system_attrs={"failed_trial": 0}))
+    rows = tuning.trial_rows(study)
+    assert [r["reason"] for r in rows] == [tuning.NO_REASON, "train exited with 2: error: bad", ""]
+    assert rows[2]["retry_of"] == 0
+
+
 @pytest.mark.parametrize("text, where", [
     ("lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\nbogus-flag: {type: float, low: 0, high: 1}\n",
      "line 2: bogus-flag: unknown key"),

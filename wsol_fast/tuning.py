@@ -289,15 +289,24 @@ def dead_here(worker: str | None) -> bool:
 
 # ---------------------------------------------------------------------------------------------- outputs
 
+# A failed trial without a reason of tune's own: Optuna's heartbeat check failed it (its worker was killed or
+# stopped on another host, or stopped sending heartbeats), or its worker was interrupted mid-trial.
+NO_REASON = "no reason recorded: its worker was killed, stopped or interrupted mid-trial"
+
+
 def trial_rows(study) -> list[dict]:
+    from optuna.trial import TrialState
+
     rows = []
     for t in study.get_trials(deepcopy=False):
         wall = (t.datetime_complete - t.datetime_start).total_seconds() \
             if t.datetime_complete and t.datetime_start else None
+        reason = t.user_attrs.get("reason", "")
         rows.append({"number": t.number, "state": t.state.name, "value": t.value,
                      **{f"param_{k}": v for k, v in t.params.items()},
                      "wall_seconds": None if wall is None else round(wall, 1),
-                     "folder": t.user_attrs.get("folder", ""), "reason": t.user_attrs.get("reason", ""),
+                     "folder": t.user_attrs.get("folder", ""),
+                     "reason": reason or (NO_REASON if t.state == TrialState.FAIL else ""),
                      "retry_of": t.system_attrs.get("failed_trial", "")})
     return rows
 
