@@ -62,10 +62,20 @@ start() {
 drain() { local p; for p in "${pids[@]}"; do wait "$p"; done; pids=(); }
 if [ "$WORKERS" -gt 1 ]; then export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}; fi
 
+# A search whose best.json says TRIALS finished is skipped: rerunning needs no tune start-up, and on another
+# machine the committed results (docs/tune-results/<run>/<method>/best.json and best_config.json, copied to
+# OUT/tune-<method>/) take the searches' place.
+searched() {
+  [ -f "$OUT/tune-$1/best_config.json" ] && [ -f "$OUT/tune-$1/best.json" ] && "$PY" -c \
+    'import json, sys; sys.exit(0 if json.load(open(sys.argv[1]))["finished"] >= int(sys.argv[2]) else 1)' \
+    "$OUT/tune-$1/best.json" "$TRIALS"
+}
+
 mkdir -p "$OUT"
 warmup 0
 FORK=(--epochs "$EPOCHS" --block-warmup-epochs 0 --fork-weights-only)
 for m in cam adl icl; do
+  if searched "$m"; then echo "tune-$m: $TRIALS trials finished (its best.json); search skipped" >&2; continue; fi
   storage=()
   if [ -n "${STORAGE:-}" ]; then storage=(--storage "$STORAGE"); fi
   for w in $(seq 1 "$WORKERS"); do   # WORKERS processes on one study: exactly TRIALS trials finish
