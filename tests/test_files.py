@@ -34,3 +34,26 @@ def test_stale_temp_files_are_removed_and_named(tmp_path):
     assert files.remove_stale_temp_files(str(tmp_path)) == ["last.pt.tmp-123", "metrics.csv.tmp"]
     assert sorted(os.listdir(tmp_path)) == ["best.pt", "folder.tmp", "notes.txt"]
     assert files.remove_stale_temp_files(str(tmp_path / "missing")) == []
+
+
+def test_atomic_link_shares_the_bytes_and_survives_the_next_write_of_its_source(tmp_path):
+    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
+    files.atomic_write(b"epoch 1", str(best))
+    files.atomic_write(b"epoch 0", str(last))
+    files.atomic_link(str(best), str(last))
+    assert last.read_bytes() == b"epoch 1" and os.path.samefile(best, last)
+    files.atomic_write(b"epoch 2", str(last))            # a new inode: best.pt keeps epoch 1
+    assert best.read_bytes() == b"epoch 1" and last.read_bytes() == b"epoch 2"
+    assert sorted(os.listdir(tmp_path)) == ["best.pt", "last.pt"]   # no temp file left
+
+
+def test_atomic_link_copies_where_the_filesystem_has_no_hard_links(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
+    files.atomic_write(b"epoch 1", str(last))
+    files.atomic_link(str(last), str(best))
+    assert best.read_bytes() == b"epoch 1" and not os.path.samefile(best, last)
+    assert sorted(os.listdir(tmp_path)) == ["best.pt", "last.pt"]

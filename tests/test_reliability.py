@@ -276,6 +276,7 @@ def test_every_test_image_skipped_is_an_error_after_training_that_keeps_the_chec
     err = capsys.readouterr().err
     assert "every image of the test split (4) failed to decode" in err
     assert checkpoint.load_checkpoint(out / "last.pt")["epoch"] == 1 and (out / "best.pt").is_file()
+    assert os.path.samefile(out / "best.pt", out / "last.pt")   # epoch 1 is the best: one file, linked
     assert len((out / "skipped_images.txt").read_text().split()) == 4
     assert not (out / "results.json").exists()
 

@@ -104,17 +104,17 @@ def test_resume_after_a_crash_at_an_epoch_boundary_equals_the_uninterrupted_run(
     assert train.main(_args(tiny_root, full, "--epochs", "2")) == 0
 
     crashed = tmp_path / "crashed"
-    real_save = train.Trainer.save
+    real_save = train.Trainer.save_epoch
 
-    def save_then_crash(self, name, epoch, step):
-        real_save(self, name, epoch, step)
-        if name == "last.pt" and epoch == 1:
+    def save_then_crash(self, epoch, best):   # the epoch-end checkpoints (last.pt, best.pt) are on disk
+        real_save(self, epoch, best)
+        if epoch == 1:
             raise RuntimeError("simulated crash after epoch 1")
 
-    monkeypatch.setattr(train.Trainer, "save", save_then_crash)
+    monkeypatch.setattr(train.Trainer, "save_epoch", save_then_crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train.main(_args(tiny_root, crashed, "--epochs", "2"))
-    monkeypatch.setattr(train.Trainer, "save", real_save)
+    monkeypatch.setattr(train.Trainer, "save_epoch", real_save)
     assert checkpoint.load_checkpoint(str(crashed / "last.pt"))["epoch"] == 1
     assert train.main(["--resume", str(crashed / "last.pt")]) == 0
     _assert_same_weights(_weights(str(full / "last.pt")), _weights(str(crashed / "last.pt")))

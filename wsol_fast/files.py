@@ -61,6 +61,28 @@ def atomic_write(data, path: str, fsync: bool = True) -> None:
         _write_all(fh, data)
 
 
+def atomic_link(src: str, path: str) -> None:
+    """Make `path` hold `src`'s bytes, atomically, without writing them again: a hard link made under a temp
+    name, then renamed over `path`. Every write of this package replaces a file (a new inode), so a later
+    write of `src` leaves `path` as it was. Where the filesystem has no hard links, a copy through
+    atomic_open."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(tmp)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        with open(src, "rb") as fh:
+            atomic_write(fh.read(), path)
+        return
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
 def remove_stale_temp_files(folder: str) -> list[str]:
     """Remove `*.tmp-*` / `*.tmp` files that an earlier crash left in a run folder (call it holding the
     folder's lock, so no live writer owns them). Returns the names removed."""

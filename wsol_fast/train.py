@@ -96,6 +96,17 @@ class Trainer:
                             config=self.cfg.to_dict(), model_config=getattr(self.raw_model, "config", {}),
                             num_classes=self.data.num_classes, partial=self._partial_row(epoch, step))
 
+    def save_epoch(self, epoch: int, best: bool) -> None:
+        """The epoch-end checkpoint: last.pt; when the epoch is the best so far, best.pt written first (as
+        before: a crash between the two leaves last.pt at the previous epoch, to be resumed) and last.pt
+        then linked to it, so the same bytes are not written twice."""
+        if not best:
+            self.save("last.pt", epoch, 0)
+            return
+        self.save("best.pt", epoch, 0)
+        if self.info.is_main:
+            files.atomic_link(os.path.join(self.out, "best.pt"), os.path.join(self.out, "last.pt"))
+
     def _partial_row(self, epoch: int, step: int) -> dict | None:
         """The metrics-row sums of epoch `epoch` up to `step` (a save mid-epoch), or None: what the resumed
         epoch's row starts from, so that metrics.csv counts every step of it (runlog.write_metrics_csv)."""
@@ -206,10 +217,10 @@ class Trainer:
                 if "maxboxacc_v1" in val:   # GT-known loc at this val pass's own threshold (the one-box rule)
                     stats["val_gt_known_loc"] = val["maxboxacc_v1"]
                 self.history.append(stats)
-                if score > self.best.get(key, -1.0):
+                improved = score > self.best.get(key, -1.0)
+                if improved:
                     self.best = {key: score, "epoch": epoch + 1, "threshold": threshold}
-                    self.save("best.pt", epoch + 1, 0)
-                self.save("last.pt", epoch + 1, 0)
+                self.save_epoch(epoch + 1, improved)
                 if self.info.is_main:
                     runlog.write_metrics_csv(self.history, self.out)
                     self.tb.epoch(stats, self.raw_model, threshold)
