@@ -48,18 +48,30 @@ final() {   # method seed -> OUT/final/<method>/seed<S>/results.json
   [ -f "$dir/results.json" ] && return
   if [ -f "$dir/last.pt" ]; then "$PY" -m wsol_fast.train --resume "$dir/last.pt"; return; fi
   # The best config of the search, this seed, forked from this seed's warm-up, scored on test at the end.
+  # The extra flags of the command line too (--amp off, say), so every train run of the comparison gets them.
   "$PY" -m wsol_fast.train --config "$OUT/tune-$1/best_config.json" --seed "$2" --output "$dir" \
-    --init-from "$OUT/warmup-seed$2/last.pt" --num-overlays 0
+    --init-from "$OUT/warmup-seed$2/last.pt" --num-overlays 0 "${EXTRA[@]}"
 }
 # jobs: run "$@" in the background while fewer than WORKERS jobs of ours run, else wait for one first;
 # a failed job fails the script at the `wait`s below.
+# `started` is the pid of the job just started (empty when it ran in the foreground).
 pids=()
+started=""
 start() {
+  started=""
   if [ "$WORKERS" -le 1 ]; then "$@"; return; fi
   while [ "$(jobs -rp | wc -l)" -ge "$WORKERS" ]; do wait -n; done
-  "$@" & pids+=($!)
+  "$@" & pids+=($!); started=$!
 }
 drain() { local p; for p in "${pids[@]}"; do wait "$p"; done; pids=(); }
+# await PID: wait for one job (its failure fails the script) and drop it from the ones drain waits for.
+await() {
+  local p rest=()
+  wait "$1"
+  for p in "${pids[@]}"; do [ "$p" = "$1" ] || rest+=("$p"); done
+  pids=("${rest[@]}")
+}
+declare -A warming=()   # seed -> pid of its warm-up while it runs in the background
 if [ "$WORKERS" -gt 1 ]; then export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}; fi
 
 # A search whose best.json says TRIALS finished is skipped: rerunning needs no tune start-up, and on another
@@ -72,7 +84,15 @@ searched() {
 }
 
 mkdir -p "$OUT"
-warmup 0
+# With every search done already (the committed results copied in), all warm-ups run side by side; else the
+# warm-up of seed 0 comes first, since every trial forks from it.
+todo=()
+for m in cam adl icl; do searched "$m" || todo+=("$m"); done
+if [ "${#todo[@]}" -eq 0 ]; then
+  for s in $(seq 0 $((SEEDS - 1))); do start warmup "$s"; warming[$s]=$started; done
+else
+  warmup 0
+fi
 FORK=(--epochs "$EPOCHS" --block-warmup-epochs 0 --fork-weights-only)
 for m in cam adl icl; do
   if searched "$m"; then echo "tune-$m: $TRIALS trials finished (its best.json); search skipped" >&2; continue; fi
@@ -86,9 +106,12 @@ for m in cam adl icl; do
   done
   drain
 done
-for s in $(seq 1 $((SEEDS - 1))); do start warmup "$s"; done
-drain
+if [ "${#todo[@]}" -gt 0 ]; then
+  for s in $(seq 1 $((SEEDS - 1))); do start warmup "$s"; warming[$s]=$started; done
+fi
+# A seed's final runs start as soon as its own warm-up is done, beside the later seeds' warm-ups.
 for s in $(seq 0 $((SEEDS - 1))); do
+  if [ -n "${warming[$s]:-}" ]; then await "${warming[$s]}"; fi
   for m in cam adl icl; do start final "$m" "$s"; done
 done
 drain
