@@ -66,7 +66,8 @@ def test_the_table_and_the_paired_verdicts_match_a_hand_computation(tmp_path):
 
 def test_a_difference_within_the_spread_is_said_to_be_no_result(tmp_path):
     V = {"cam": [46.0, 48.0, 47.0], "icl": [47.0, 46.0, 48.0]}   # differences 1, -2, 1: mean 0, std 1.73
-    cell = {"values": V["cam"], "diff_to_icl": 0.0, "diff_to_icl_std": _std([1.0, -2.0, 1.0])}
+    cell = {"values": V["cam"], "diffs_to_icl": [-1.0, 2.0, -1.0], "diff_to_icl": 0.0,
+            "diff_to_icl_std": _std([1.0, -2.0, 1.0])}
     lines = compare.verdicts({"cam": {"maxboxacc_v2": cell}, "icl": {"maxboxacc_v2": {"values": V["icl"]}}},
                              ("cam", "icl"))
     assert lines == ["- ICL − CAM: +0.00 ± 1.73 test MaxBoxAccV2 points, mean ± std of the per-seed differences "
@@ -80,3 +81,23 @@ def test_a_missing_final_run_is_one_error_naming_its_file(tmp_path, capsys):
     assert err == f"error: {tmp_path}/final/adl/seed2/results.json: missing (has scripts/fair_comparison.sh " \
                   "finished this piece?)"
     assert not (tmp_path / "comparison.md").exists()
+
+
+def test_a_final_run_without_metrics_csv_or_a_number_is_one_error_naming_it(tmp_path, capsys):
+    _make(tmp_path)
+    os.remove(tmp_path / "final" / "cam" / "seed1" / "metrics.csv")
+    assert compare.main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path}/final/cam/seed1/metrics.csv: missing (has " \
+                                              "scripts/fair_comparison.sh finished this piece?)"
+    _make(tmp_path / "b")
+    results = tmp_path / "b" / "final" / "icl" / "seed0" / "results.json"
+    r = json.loads(results.read_text())
+    del r["top1_cls"]
+    results.write_text(json.dumps(r))
+    assert compare.main([str(tmp_path / "b")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path}/b/final/icl/seed0: results.json or " \
+                                              "metrics.csv lacks a number of a finished run (KeyError: 'top1_cls')"
+    results.write_text("{not json")
+    assert compare.main([str(tmp_path / "b")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {results}: not valid JSON (")
+    assert not (tmp_path / "b" / "comparison.md").exists()

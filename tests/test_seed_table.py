@@ -29,6 +29,7 @@ def test_summarise_pairs_the_differences_to_icl_by_seed():
     t = seed_table.summarise(per_seed, ["cam", "icl"])
     assert t["cam"]["maxboxacc_v2"]["mean"] == 42.0 and t["icl"]["maxboxacc_v2"]["mean"] == 44.0
     # per seed: -1, -3 -> mean -2, std sqrt(2); unpaired the stds would be 2.83 and 4.24
+    assert t["cam"]["maxboxacc_v2"]["diffs_to_icl"] == [-1.0, -3.0]
     assert t["cam"]["maxboxacc_v2"]["diff_to_icl"] == -2.0
     assert t["cam"]["maxboxacc_v2"]["diff_to_icl_std"] == pytest.approx(2 ** 0.5)
     assert t["icl"]["maxboxacc_v2"]["diff_to_icl"] == 0.0

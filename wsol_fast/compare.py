@@ -36,6 +36,19 @@ def _read_json(path: str) -> dict:
         raise CompareError(f"{path}: not valid JSON ({e})") from None
 
 
+def _run_numbers(folder: str) -> dict:
+    """seed_table.row_numbers of one final run, its failures as one error naming the file."""
+    try:
+        return seed_table.row_numbers(folder)
+    except FileNotFoundError as e:
+        raise CompareError(f"{e.filename}: missing (has scripts/fair_comparison.sh finished this piece?)") from None
+    except json.JSONDecodeError as e:
+        raise CompareError(f"{os.path.join(folder, 'results.json')}: not valid JSON ({e})") from None
+    except (KeyError, IndexError, ValueError) as e:
+        raise CompareError(f"{folder}: results.json or metrics.csv lacks a number of a finished run "
+                           f"({type(e).__name__}: {e})") from None
+
+
 def setting(out: str, methods=METHODS) -> str:
     """'<backbone> on <dataset>', from the first method's seed-0 final run's config.json."""
     c = _read_json(os.path.join(out, "final", methods[0], "seed0", "config.json"))
@@ -49,11 +62,7 @@ def collect(out: str, seeds: int, methods=METHODS) -> tuple[dict, dict]:
         searches[m] = _read_json(os.path.join(out, f"tune-{m}", "best.json"))
         runs = []
         for s in range(seeds):
-            folder = os.path.join(out, "final", m, f"seed{s}")
-            _read_json(os.path.join(folder, "results.json"))   # a clear error when missing
-            if not os.path.isfile(os.path.join(folder, "metrics.csv")):
-                raise CompareError(f"{os.path.join(folder, 'metrics.csv')}: missing")
-            runs.append(seed_table.row_numbers(folder))
+            runs.append(_run_numbers(os.path.join(out, "final", m, f"seed{s}")))
         per_seed[m] = runs
     return searches, per_seed
 
@@ -67,8 +76,7 @@ def verdicts(table: dict, methods=METHODS) -> list[str]:
             continue
         cell = table[m]["maxboxacc_v2"]
         d, s, n = 0.0 - cell["diff_to_icl"], cell["diff_to_icl_std"], len(cell["values"])
-        per_seed = [i - v for i, v in zip(table["icl"]["maxboxacc_v2"]["values"], cell["values"])]
-        above = sum(x > 0 for x in per_seed)
+        above = sum(x < 0 for x in cell["diffs_to_icl"])   # row - ICL < 0: ICL above
         if n < 2:
             word = "one seed: no spread to compare with"
         elif abs(d) > s:

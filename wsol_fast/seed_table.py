@@ -37,7 +37,8 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarise(per_seed: dict, rows: list[str]) -> dict:
-    """{row: {metric: {"mean", "std", "values", "diff_to_icl"}}} from {row: [numbers per seed]}."""
+    """{row: {metric: {"mean", "std", "values", "diffs_to_icl" (row - ICL per seed), "diff_to_icl",
+    "diff_to_icl_std"}}} from {row: [numbers per seed]}; the last three only when ICL is a row."""
     table = {}
     for row in rows:
         runs = per_seed[row]
@@ -51,6 +52,7 @@ def summarise(per_seed: dict, rows: list[str]) -> dict:
         for row in rows:
             for key in table[row]:
                 diffs = [a - b for a, b in zip(table[row][key]["values"], table["icl"][key]["values"])]
+                table[row][key]["diffs_to_icl"] = diffs
                 table[row][key]["diff_to_icl"], table[row][key]["diff_to_icl_std"] = mean_std(diffs)
     return table
 
