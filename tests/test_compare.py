@@ -5,8 +5,9 @@ import math
 import os
 
 import pytest
+from PIL import Image
 
-from wsol_fast import compare
+from wsol_fast import compare, figures
 
 # test MaxBoxAccV2 of the final runs, seeds 0..2
 V2 = {"cam": [46.0, 47.0, 48.0], "adl": [40.0, 41.0, 45.0], "icl": [46.5, 47.0, 48.7]}
@@ -59,7 +60,13 @@ def test_the_table_and_the_paired_verdicts_match_a_hand_computation(tmp_path):
     assert "- ICL − ADL: +5.40 ± 1.49 test MaxBoxAccV2 points, mean ± std of the per-seed differences over 3 " \
            "seed(s); larger than its spread (ICL above ADL on 3 of 3 seeds)." in md
     assert "| method | object covered | head covered |" in md   # builtin-parts: where the boxes lie
+    assert md.endswith("\n![test MaxBoxAccV2 per seed](comparison.png)\n")
+    # the figure: one line per seed through CAM, ADL, ICL, drawn on a PNG of the figure's size
+    with Image.open(tmp_path / "comparison.png") as im:
+        assert im.format == "PNG" and im.size == (550, 380)
     data = json.loads((tmp_path / "comparison.json").read_text())
+    assert figures.seed_lines(data["table"], ["cam", "adl", "icl"], "maxboxacc_v2") == \
+        [[V2["cam"][s], V2["adl"][s], V2["icl"][s]] for s in range(3)]
     assert data["table"]["cam"]["maxboxacc_v2"]["values"] == V2["cam"]
     assert data["table"]["cam"]["maxboxacc_v2"]["diff_to_icl"] == pytest.approx(-0.4)
 
@@ -80,7 +87,7 @@ def test_a_missing_final_run_is_one_error_naming_its_file(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == f"error: {tmp_path}/final/adl/seed2/results.json: missing (has scripts/fair_comparison.sh " \
                   "finished this piece?)"
-    assert not (tmp_path / "comparison.md").exists()
+    assert not (tmp_path / "comparison.md").exists() and not (tmp_path / "comparison.png").exists()
 
 
 def test_a_final_run_without_metrics_csv_or_a_number_is_one_error_naming_it(tmp_path, capsys):

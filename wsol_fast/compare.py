@@ -5,8 +5,8 @@ finished, the best val score and parameters, from OUT/tune-<method>/best.json) a
 runs over the seeds (OUT/final/<method>/seed<S>: results.json on test, metrics.csv), as mean ± sample std;
 then each method's difference to ICL paired by seed (a seed's final runs all fork from that seed's CAM
 warm-up, so the spread of the per-seed differences is what a difference must exceed), and one plain line
-per method saying whether ICL's difference exceeds that spread. Writes OUT/comparison.md and
-OUT/comparison.json.
+per method saying whether ICL's difference exceeds that spread. Writes OUT/comparison.md,
+OUT/comparison.json and OUT/comparison.png (each seed's test MaxBoxAccV2 per method, a seed's runs joined).
 """
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ import json
 import os
 import sys
 
-from . import errors, flags, seed_table, tuning
+from . import errors, figures, flags, seed_table, tuning
 from .files import atomic_write
 
 METHODS = ("cam", "adl", "icl")
 LABELS = {"cam": "CAM", "adl": "ADL", "icl": "ICL"}
+FIGURE = "comparison.png"   # test MaxBoxAccV2 per seed, a seed's runs joined
 
 
 class CompareError(errors.UserError):
@@ -111,7 +112,11 @@ def render(searches: dict, table: dict, seeds: int, methods=METHODS, setting: st
 def write(out: str, seeds: int, methods=METHODS) -> str:
     searches, per_seed = collect(out, seeds, methods)
     table = seed_table.summarise(per_seed, list(methods))
-    text = render(searches, table, seeds, methods, setting(out, methods))
+    where = setting(out, methods)
+    text = render(searches, table, seeds, methods, where)
+    text += f"\n![test MaxBoxAccV2 per seed]({FIGURE})\n"
+    figures.seeds_figure(table, list(methods), LABELS, os.path.join(out, FIGURE),
+                         title=f"{where}, tuned; lines join a seed's runs")
     atomic_write(text, os.path.join(out, "comparison.md"))
     atomic_write(json.dumps({"seeds": seeds, "searches": searches, "table": table, "per_seed": per_seed},
                             indent=2), os.path.join(out, "comparison.json"))
@@ -131,7 +136,7 @@ def main(argv=None) -> int:
     def run():
         text = write(a.out, a.seeds, tuple(a.methods))
         print(text)
-        print(f"written: {a.out}/comparison.md, comparison.json")
+        print(f"written: {a.out}/comparison.md, comparison.json, {FIGURE}")
         return 0
 
     return errors.run_command(run, False)

@@ -116,6 +116,36 @@ def pxap_figure(results: dict, path: str) -> str:
     return _save(fig, path)
 
 
+def seed_lines(table: dict, rows: list[str], metric: str) -> list[list[float]]:
+    """One line per seed through the rows' values of `metric` (seed_table.summarise's table): a seed's rows
+    share its warm-up, so the lines show the paired differences that the rows' means hide."""
+    seeds = len(table[rows[0]][metric]["values"])
+    return [[table[row][metric]["values"][s] for row in rows] for s in range(seeds)]
+
+
+def seeds_figure(table: dict, rows: list[str], labels: dict, path: str, metric: str = "maxboxacc_v2",
+                 ylabel: str = "test MaxBoxAccV2 (%)", title: str = "") -> str:
+    """Each row's per-seed values joined seed by seed (thin lines), and its mean ± std (black bars)."""
+    lines = seed_lines(table, rows, metric)
+    xs = list(range(len(rows)))
+    fig = _figure(1.6 + 1.3 * len(rows), 3.8)
+    ax = fig.subplots()
+    for s, ys in enumerate(lines):
+        ax.plot(xs, ys, marker="o", markersize=4, linewidth=1, alpha=0.8, label=f"seed {s}")
+    means = [table[row][metric]["mean"] for row in rows]
+    stds = [table[row][metric]["std"] for row in rows]
+    ax.errorbar([x + 0.12 for x in xs], means, yerr=stds, fmt="s", color="k", markersize=5, capsize=4,
+                label="mean ± std")
+    ax.set_xticks(xs, [labels[row] for row in rows])
+    ax.set_xlim(-0.4, len(rows) - 0.6)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
 def plot_run(run_dir: str, out_dir: str | None = None, quiet: bool = False) -> list[str]:
     """Every figure the run's files allow; returns the paths written. Missing inputs are reported."""
     out_dir = out_dir or run_dir
