@@ -108,3 +108,26 @@ def test_a_final_run_without_metrics_csv_or_a_number_is_one_error_naming_it(tmp_
     assert compare.main([str(tmp_path / "b")]) == 2
     assert capsys.readouterr().err.startswith(f"error: {results}: not valid JSON (")
     assert not (tmp_path / "b" / "comparison.md").exists()
+
+
+def test_the_committed_comparison_is_what_its_committed_runs_give(tmp_path):
+    """docs/tune-results' comparison.md and README's table, recomputed from the committed runs' files."""
+    root = os.path.join(os.path.dirname(__file__), "..")
+    runs = os.path.join(root, "docs", "tune-results", "fair-inceptionv3-builtin-parts")
+    for m in compare.METHODS:
+        os.makedirs(tmp_path / f"tune-{m}")
+        with open(os.path.join(runs, m, "best.json")) as fh:
+            (tmp_path / f"tune-{m}" / "best.json").write_text(fh.read())
+    os.symlink(os.path.join(runs, "final"), tmp_path / "final")
+    text = compare.write(str(tmp_path), 3)
+    with open(os.path.join(runs, "comparison.md")) as fh:
+        assert text == fh.read()
+    table = json.loads((tmp_path / "comparison.json").read_text())["table"]
+    cells = [f"{table[m]['maxboxacc_v2']['mean']:.1f} ± {table[m]['maxboxacc_v2']['std']:.1f}"
+             for m in compare.METHODS]
+    diffs = [f"{-table[m]['maxboxacc_v2']['diff_to_icl']:+.1f} ± {table[m]['maxboxacc_v2']['diff_to_icl_std']:.1f}"
+             .replace("-", "−") for m in ("cam", "adl")]
+    with open(os.path.join(root, "README.md")) as fh:
+        readme = fh.read()
+    assert f"| test MaxBoxAccV2, 3 seeds | {' | '.join(cells)} |" in readme
+    assert f"| ICL − method, paired by seed | {' | '.join(diffs)} | — |" in readme
