@@ -72,6 +72,14 @@ def _two_workers_finish_exactly(root, out, storage, trials=3):
     folders = {t.user_attrs["folder"] for t in done}
     assert len(folders) == trials and all(os.path.isfile(os.path.join(f, "last.pt")) for f in folders)
     assert not any(os.path.isfile(os.path.join(f, "results.json")) for f in folders)   # test never seen
+    # the outputs, written by whichever worker finished last, hold every trial
+    with open(os.path.join(out, "trials.csv")) as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(int(r["number"]) for r in rows if r["state"] == "COMPLETE") == sorted(t.number for t in done)
+    with open(os.path.join(out, "best.json")) as fh:
+        assert json.load(fh)["finished"] == trials
+    for figure in ("optimization_history.png", "param_importances.png", "val_vs_top_params.png"):
+        assert os.path.getsize(os.path.join(out, figure)) > 0, figure
 
 
 @pytest.mark.slow
@@ -120,7 +128,8 @@ def test_a_three_trial_study_writes_its_outputs_scores_test_once_and_the_best_co
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_two_workers_on_one_study_finish_exactly_n_distinct_trials(parts_root, tmp_path, kind):
     storage = f"sqlite:///{tmp_path}/shared.db" if kind == "sqlite" else f"journal:{tmp_path}/shared.journal"
-    _two_workers_finish_exactly(parts_root, tmp_path / kind, storage, trials=3 if kind == "sqlite" else 2)
+    # SQLite: the check, a 4-trial study on two processes
+    _two_workers_finish_exactly(parts_root, tmp_path / kind, storage, trials=4 if kind == "sqlite" else 2)
 
 
 def _start_postgres():
