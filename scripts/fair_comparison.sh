@@ -86,16 +86,17 @@ searched() {
 mkdir -p "$OUT"
 # With every search done already (the committed results copied in), all warm-ups run side by side; else the
 # warm-up of seed 0 comes first, since every trial forks from it.
-todo=()
-for m in cam adl icl; do searched "$m" || todo+=("$m"); done
+todo=()   # the methods whose search is still to run
+for m in cam adl icl; do
+  if searched "$m"; then echo "tune-$m: $TRIALS trials finished (its best.json); search skipped" >&2; else todo+=("$m"); fi
+done
 if [ "${#todo[@]}" -eq 0 ]; then
   for s in $(seq 0 $((SEEDS - 1))); do start warmup "$s"; warming[$s]=$started; done
 else
   warmup 0
 fi
 FORK=(--epochs "$EPOCHS" --block-warmup-epochs 0 --fork-weights-only)
-for m in cam adl icl; do
-  if searched "$m"; then echo "tune-$m: $TRIALS trials finished (its best.json); search skipped" >&2; continue; fi
+for m in "${todo[@]}"; do
   storage=()
   if [ -n "${STORAGE:-}" ]; then storage=(--storage "$STORAGE"); fi
   for w in $(seq 1 "$WORKERS"); do   # WORKERS processes on one study: exactly TRIALS trials finish

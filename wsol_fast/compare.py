@@ -27,12 +27,16 @@ class CompareError(errors.UserError):
     """A piece of the comparison is missing or unreadable; the message names the file."""
 
 
+def _missing(path: str) -> CompareError:
+    return CompareError(f"{path}: missing (has scripts/fair_comparison.sh finished this piece?)")
+
+
 def _read_json(path: str) -> dict:
     try:
         with open(path) as fh:
             return json.load(fh)
     except FileNotFoundError:
-        raise CompareError(f"{path}: missing (has scripts/fair_comparison.sh finished this piece?)") from None
+        raise _missing(path) from None
     except json.JSONDecodeError as e:
         raise CompareError(f"{path}: not valid JSON ({e})") from None
 
@@ -42,7 +46,7 @@ def _run_numbers(folder: str) -> dict:
     try:
         return seed_table.row_numbers(folder)
     except FileNotFoundError as e:
-        raise CompareError(f"{e.filename}: missing (has scripts/fair_comparison.sh finished this piece?)") from None
+        raise _missing(e.filename) from None
     except json.JSONDecodeError as e:
         raise CompareError(f"{os.path.join(folder, 'results.json')}: not valid JSON ({e})") from None
     except (KeyError, IndexError, ValueError) as e:

@@ -26,6 +26,11 @@ def _write_all(fh, data) -> None:
     fh.write(data)
 
 
+def _temp_path(path: str) -> str:
+    """The temp name a write of `path` goes through (remove_stale_temp_files knows its pattern)."""
+    return f"{path}.tmp-{os.getpid()}"
+
+
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "wb", fsync: bool = True, **open_kwargs):
     """Write `path` through `path.tmp-PID` in the same folder, flushed (and fsynced), then renamed over
@@ -34,7 +39,7 @@ def atomic_open(path: str, mode: str = "wb", fsync: bool = True, **open_kwargs):
 
     fsync=False for the many small per-image files of evaluate and predict (score maps, overlays), where
     a sync per file would cost more than the file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = _temp_path(path)
     if "b" not in mode:
         open_kwargs.setdefault("encoding", "utf-8")
     try:
@@ -65,8 +70,8 @@ def atomic_link(src: str, path: str) -> None:
     """Make `path` hold `src`'s bytes, atomically, without writing them again: a hard link made under a temp
     name, then renamed over `path`. Every write of this package replaces a file (a new inode), so a later
     write of `src` leaves `path` as it was. Where the filesystem has no hard links, a copy through
-    atomic_open."""
-    tmp = f"{path}.tmp-{os.getpid()}"
+    atomic_write."""
+    tmp = _temp_path(path)
     with contextlib.suppress(FileNotFoundError):
         os.remove(tmp)
     try:

@@ -295,8 +295,6 @@ NO_REASON = "no reason recorded: its worker was killed, stopped or interrupted m
 
 
 def trial_rows(study) -> list[dict]:
-    from optuna.trial import TrialState
-
     rows = []
     for t in study.get_trials(deepcopy=False):
         wall = (t.datetime_complete - t.datetime_start).total_seconds() \
@@ -306,7 +304,7 @@ def trial_rows(study) -> list[dict]:
                      **{f"param_{k}": v for k, v in t.params.items()},
                      "wall_seconds": None if wall is None else round(wall, 1),
                      "folder": t.user_attrs.get("folder", ""),
-                     "reason": reason or (NO_REASON if t.state == TrialState.FAIL else ""),
+                     "reason": reason or (NO_REASON if t.state.name == "FAIL" else ""),
                      "retry_of": t.system_attrs.get("failed_trial", "")})
     return rows
 
